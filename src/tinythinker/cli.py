@@ -1,0 +1,120 @@
+"""`tinythinker`: one subcommand per DVC stage, each a thin wrapper over a plain function.
+
+Heavy libraries (torch, transformers, datasets, openai) are imported inside the commands, so
+`tinythinker --help` starts in about a second.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="TinyThinker as a DVC pipeline: dataset -> teacher rationales -> curriculum SFT -> iterative DPO -> test.\n\n"
+         "Every command reads params.yaml (validated) and writes the outputs declared in dvc.yaml; "
+         "run them through `dvc repro` rather than by hand.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+ROOT = typer.Option(Path("."), "--root", help="Repository root holding params.yaml, data/, models/, metrics/.")
+
+
+def _ctx(root: Path):
+    from .params import load
+    from .paths import Paths
+
+    paths = Paths(root)
+    return load(paths.params), paths
+
+
+def _run(fn, *args) -> None:
+    """Expected failures (bad params, bad data, missing key) end with one clear line and exit code 2."""
+    from .io import DataError
+    from .params import ParamsError
+
+    try:
+        fn(*args)
+    except (ParamsError, DataError) as e:
+        typer.secho(f"error: {e}", fg="red", err=True)
+        sys.exit(2)
+
+
+@app.command()
+def download(root: Path = ROOT) -> None:
+    """Fetch the dataset named by `dataset.name` (Hub or `dataset.source`; synthetic is generated) into data/raw."""
+    from .download import download as run
+    _run(lambda: run(*_ctx(root)))
+
+
+@app.command()
+def prepare(root: Path = ROOT) -> None:
+    """Seeded train/valid/test splits with their ids saved, into data/prepared."""
+    from .prepare import prepare as run
+    _run(lambda: run(*_ctx(root)))
+
+
+@app.command()
+def prompt(root: Path = ROOT) -> None:
+    """One teacher chat request per training question, plus a cost estimate in metrics/teacher_cost.json."""
+    from .prompts import prompt as run
+    _run(lambda: run(*_ctx(root)))
+
+
+@app.command()
+def request(root: Path = ROOT) -> None:
+    """Ask the teacher (offline or OpenAI-compatible); every response is journaled, a rerun never pays twice."""
+    from .teacher import request as run
+    _run(lambda: run(*_ctx(root)))
+
+
+@app.command()
+def build(root: Path = ROOT) -> None:
+    """Parse and filter teacher completions into the recall/analyze/summarize stage datasets (and ablations)."""
+    from .build import build as run
+    _run(lambda: run(*_ctx(root)))
+
+
+@app.command()
+def tokenizer(root: Path = ROOT) -> None:
+    """Train the embedded student's tokenizer on the stage datasets, or save the pretrained one."""
+    from .student import tokenizer_stage as run
+    _run(lambda: run(*_ctx(root)))
+
+
+@app.command()
+def sft(root: Path = ROOT) -> None:
+    """Phase 1: curriculum SFT over recall -> analyze -> summarize; the best checkpoint by validation chain accuracy."""
+    from .sft import sft as run
+    _run(lambda: run(*_ctx(root)))
+
+
+@app.command("dpo-sample")
+def dpo_sample(iteration: str = typer.Argument(..., help="Iteration key of dpo.iterations, e.g. iter1."),
+               root: Path = ROOT) -> None:
+    """Phase 2: sample the student's own chains on the training questions and build preference pairs."""
+    from .pairs import dpo_sample as run
+    _run(lambda: run(*_ctx(root), iteration))
+
+
+@app.command("dpo-train")
+def dpo_train(iteration: str = typer.Argument(..., help="Iteration key of dpo.iterations, e.g. iter1."),
+              root: Path = ROOT) -> None:
+    """Phase 2: DPO (+ NLL on chosen) from the iteration's starting model, which is also the reference."""
+    from .dpo import dpo_train as run
+    _run(lambda: run(*_ctx(root), iteration))
+
+
+@app.command()
+def test(model: Path = typer.Option(..., help="Checkpoint directory to evaluate."),
+         name: str = typer.Option("test", help="Name of the metrics/predictions files written."),
+         root: Path = ROOT) -> None:
+    """Run the generation chain on the test split; accuracy (and majority vote) to metrics/<name>.json."""
+    from .evaluate import test as run
+    _run(lambda: run(*_ctx(root), model, name))
+
+
+if __name__ == "__main__":
+    app()

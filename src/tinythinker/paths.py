@@ -1,0 +1,80 @@
+"""Where every stage reads and writes, relative to the repository root. dvc.yaml declares the same paths."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Paths:
+    root: Path = Path(".")
+
+    @property
+    def params(self) -> Path:
+        return self.root / "params.yaml"
+
+    # --- data ---------------------------------------------------------------------------------------
+    @property
+    def raw(self) -> Path:  # official splits, normalised (download)
+        return self.root / "data" / "raw"
+
+    @property
+    def prepared(self) -> Path:  # seeded train/valid/test + saved ids (prepare)
+        return self.root / "data" / "prepared"
+
+    def split(self, name: str) -> Path:
+        return self.prepared / f"{name}.jsonl"
+
+    @property
+    def teacher(self) -> Path:
+        return self.root / "data" / "teacher"
+
+    @property
+    def requests(self) -> Path:  # one chat request per training question (prompt)
+        return self.teacher / "requests.jsonl"
+
+    @property
+    def journal(self) -> Path:  # every paid response, append-only, keyed by request hash (request)
+        return self.teacher / "journal.jsonl"
+
+    @property
+    def completions(self) -> Path:  # per question: its request and all completions gathered (request)
+        return self.teacher / "completions.jsonl"
+
+    @property
+    def sft_data(self) -> Path:  # stage datasets (build)
+        return self.root / "data" / "sft"
+
+    def stage_file(self, stage_type: str, stage: str) -> Path:
+        return self.sft_data / stage_type / f"{stage}.jsonl"
+
+    def dpo_data(self, iteration: str) -> Path:
+        return self.root / "data" / "dpo" / iteration
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "data" / "predictions"
+
+    # --- models -------------------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> Path:
+        return self.root / "models" / "tokenizer"
+
+    @property
+    def sft_model(self) -> Path:
+        return self.root / "models" / "sft"
+
+    def dpo_model(self, iteration: str) -> Path:
+        return self.root / "models" / "dpo" / iteration
+
+    @property
+    def checkpoints(self) -> Path:  # resumable trainer state, kept out of DVC outputs (git-ignored)
+        return self.root / "models" / "checkpoints"
+
+    # --- metrics ------------------------------------------------------------------------------------
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    def metric(self, name: str) -> Path:
+        return self.metrics / f"{name}.json"

@@ -1,0 +1,94 @@
+"""The text protocol between stages, byte-exact with the original TinyThinker (spec 3.6, 4, 5.5, 6.2).
+
+Teacher build, SFT, DPO sampling and evaluation all render and parse prompts through this module only:
+a change here changes every stage consistently, and nothing else may spell these strings.
+
+    question block   {question}\\n(A) text (B) text ...
+    recall prompt    {block}\\nRecall:
+    analyze prompt   {block}\\nRecall: {recall}\\nAnalyze: For option X,
+    summarize prompt {block}\\nRecall: {recall}\\nAnalyze: For option A, .. For option B, ..\\nSummarize:
+    summarize target So the answer is option X.
+
+The ablation stage types drop Recall and/or Analyze from the same strings (spec 4).
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Mapping, Optional, Sequence
+
+RECALL = "Recall:"
+ANALYZE = "Analyze:"
+SUMMARIZE = "Summarize:"
+ANSWER_RE = re.compile(r"the answer is option ([A-Z])\.")
+OPTION_RE = re.compile(r"For option ([A-Z]),")
+_SENTENCE_END = (".", '"', "'")
+
+# Which steps of the chain each SFT stage type runs (spec 5.1); summarize always closes the chain.
+STAGES = {
+    "recall_analyze_summarize": ("recall", "analyze", "summarize"),
+    "recall_summarize": ("recall", "summarize"),
+    "analyze_summarize": ("analyze", "summarize"),
+    "summarize": ("summarize",),
+}
+
+
+def question_block(question: str, choices: Sequence[Mapping[str, str]]) -> str:
+    """Built from structured choices, so option texts containing ", " survive (fixes spec 9.2)."""
+    opts = " ".join(f"({c['label']}) {c['text']}" for c in choices)
+    return f"{question}\n{opts}"
+
+
+def option_prefix(letter: str) -> str:
+    return f"For option {letter},"
+
+
+def close_sentence(text: str) -> str:
+    """Strip, and end with a period unless the text already ends with . " or ' (spec 3.2 step 8, 5.5)."""
+    text = text.strip()
+    return text if text.endswith(_SENTENCE_END) else text + "."
+
+
+def analyses_text(analyses: Mapping[str, str], order: Optional[Iterable[str]] = None) -> str:
+    """``For option A, {a} For option B, {b}``; alphabetical unless an explicit order is given."""
+    letters = list(order) if order is not None else sorted(analyses)
+    return " ".join(f"{option_prefix(x)} {analyses[x]}" for x in letters).strip()
+
+
+def recall_prompt(block: str) -> str:
+    return f"{block}\n{RECALL}"
+
+
+def analyze_prompt(block: str, letter: str, recall: Optional[str] = None) -> str:
+    head = f"{block}\n{RECALL} {recall}" if recall is not None else block
+    return f"{head}\n{ANALYZE} {option_prefix(letter)}"
+
+
+def summarize_prompt(block: str, recall: Optional[str] = None, analyses: Optional[Mapping[str, str]] = None,
+                     order: Optional[Iterable[str]] = None) -> str:
+    parts = [block]
+    if recall is not None:
+        parts.append(f"{RECALL} {recall}")
+    if analyses is not None:
+        parts.append(f"{ANALYZE} {analyses_text(analyses, order)}")
+    parts.append(SUMMARIZE)
+    return "\n".join(parts)
+
+
+def summarize_target(letter: str) -> str:
+    return f"So the answer is option {letter}."
+
+
+def extract_answer(text: str) -> Optional[str]:
+    """The option letter of the first ``the answer is option X.``; None when there is none (counts wrong)."""
+    m = ANSWER_RE.search(text)
+    return m.group(1) if m else None
+
+
+def split_analyses(text: str) -> dict[str, str]:
+    """Inverse of `analyses_text`: ``For option A, x For option B, y`` -> {"A": "x", "B": "y"}."""
+    marks = list(OPTION_RE.finditer(text))
+    out: dict[str, str] = {}
+    for i, m in enumerate(marks):
+        end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
+        out.setdefault(m.group(1), text[m.end():end].strip())
+    return out
