@@ -116,5 +116,12 @@ def test(model: Path = typer.Option(..., help="Checkpoint directory to evaluate.
     _run(lambda: run(*_ctx(root), model, name))
 
 
+@app.command()
+def report(root: Path = ROOT) -> None:
+    """Collect SFT and per-iteration validation/test accuracy into metrics/iterations.json and summary.json."""
+    from .report import report as run
+    _run(lambda: run(*_ctx(root)))
+
+
 if __name__ == "__main__":
     app()
