@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 from tinythinker.cli import app
 
 COMMANDS = ["download", "prepare", "prompt", "request", "build", "tokenizer", "sft", "dpo-sample", "dpo-train",
-            "test", "report"]
+            "test", "report", "preset"]
 
 
 def test_cli_start_up_imports_no_heavy_library():

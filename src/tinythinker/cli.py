@@ -123,5 +123,27 @@ def report(root: Path = ROOT) -> None:
     _run(lambda: run(*_ctx(root)))
 
 
+@app.command()
+def preset(dataset: str = typer.Argument(..., help="csqa, obqa or strategyqa."),
+           student: str = typer.Argument(..., help="t5-small, t5-base or t5-large."),
+           write: bool = typer.Option(False, "--write", help="Write the preset into params.yaml."),
+           root: Path = ROOT) -> None:
+    """The paper's configuration for a dataset x student: prints `dvc exp run` flags, or --write params.yaml."""
+    import json
+
+    from .presets import apply, preset as overrides
+
+    def run():
+        if write:
+            apply(root / "params.yaml", dataset, student)
+            typer.echo(f"params.yaml now holds the {dataset} / {student} preset; run `dvc repro` or `dvc exp run`")
+        else:
+            flags = overrides(dataset, student)
+            iters = flags.pop("dpo.iterations")
+            flags |= {f"+dpo.iterations.{k}.init": v["init"] for k, v in iters.items()}
+            typer.echo(" ".join(f"-S '{k}={json.dumps(v)}'" for k, v in flags.items()))
+    _run(run)
+
+
 if __name__ == "__main__":
     app()

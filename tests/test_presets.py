@@ -1,0 +1,46 @@
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tinythinker.cli import app
+from tinythinker.params import ParamsError, load
+from tinythinker.presets import STUDENTS, TEACHER, resolve
+from tinythinker.tasks import get_task
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("dataset", sorted(TEACHER))
+@pytest.mark.parametrize("student", sorted(STUDENTS))
+def test_every_preset_resolves_to_valid_paper_params(dataset, student):
+    p = resolve(load(REPO / "params.yaml"), dataset, student)
+    assert p.dataset.name == dataset and p.student.model == STUDENTS[student]
+    assert p.teacher.backend == "openai" and p.teacher.samples == {"csqa": 8}.get(dataset, 4)
+    assert (p.sft.batch_size, p.sft.learning_rate, p.sft.epochs, p.sft.interval) == (64, 5e-4, 10.0, 100)
+    assert (p.dpo.beta, p.dpo.loss_weights, p.dpo.learning_rate, p.dpo.batch_size) == (0.5, (1.0, 0.5), 5e-6, 32)
+    assert list(p.dpo.iterations) == [f"iter{k}" for k in range(1, 6)]
+    assert p.dpo.iterations["iter3"].init == "models/dpo/iter2"
+    get_task(p.dataset.name)  # the task file exists for it
+
+
+def test_unknown_preset_names_the_choice():
+    with pytest.raises(ParamsError, match="unknown student"):
+        resolve(load(REPO / "params.yaml"), "csqa", "t5-huge")
+
+
+def test_preset_write_keeps_params_valid(tmp_path):
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    res = CliRunner().invoke(app, ["preset", "strategyqa", "t5-large", "--write", "--root", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    p = load(tmp_path / "params.yaml")
+    assert p.student.model == "google-t5/t5-large" and p.teacher.rounds == 2
+    assert yaml.safe_load((tmp_path / "params.yaml").read_text())["sft"]["max_source_length"] == 512
+
+
+def test_preset_prints_dvc_flags():
+    res = CliRunner().invoke(app, ["preset", "csqa", "t5-small"])
+    assert res.exit_code == 0
+    assert "-S 'dataset.name=\"csqa\"'" in res.output
+    assert "-S '+dpo.iterations.iter5.init=\"models/dpo/iter4\"'" in res.output
