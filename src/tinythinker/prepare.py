@@ -1,39 +1,65 @@
-"""Stage `prepare`: seeded train/valid/test splits (spec 1.3), with the chosen ids saved."""
+"""Stage `prepare`: seeded train/valid/test splits of the official data (spec 1.3), with their ids saved.
+
+The split recipe comes from the task file (tasks.SplitRecipe). The same data and `dataset.seed` give
+byte-identical outputs; data/prepared/split_ids.json records which question went where.
+"""
 from __future__ import annotations
 
 import random
 
-from .io import read_jsonl, write_json, write_jsonl
+from .download import RECORD, jsonl_rows, collect
+from .io import DataError, atomic_path, write_json, write_jsonl
 from .params import Params
 from .paths import Paths
-from .tasks import get_task
+from .tasks import SplitRecipe, get_task
+
+SPLITS = ("train", "valid", "test")
 
 
-def make_splits(task_split: dict, official: dict[str, list[dict]], seed: int) -> dict[str, list[dict]]:
+def make_splits(recipe: SplitRecipe, official: dict[str, list[dict]], seed: int) -> dict[str, list[dict]]:
+    """train/valid/test record lists from the official splits; only `seed` drives the randomness.
+
+    Sampling and shuffling start from the records sorted by id, so which question lands where depends on
+    the questions and the seed only, not on the order a source (Hub or local file) happens to list them.
+    """
     rng = random.Random(seed)
-    if "shuffle" in task_split:  # StrategyQA: one file, 80/10/10 after a shuffle
-        rows = list(official[task_split["shuffle"]])
-        rng.shuffle(rows)
-        n_train, n_valid = len(rows) * 8 // 10, len(rows) // 10
-        return {"train": rows[:n_train], "valid": rows[n_train:n_train + n_valid], "test": rows[n_train + n_valid:]}
-    valid = task_split["valid"]
-    if isinstance(valid, dict):  # CSQA: valid sampled from train, as large as the official dev set
-        pool = official[valid["sample_from"]]
-        picked = set(rng.sample(range(len(pool)), len(official[valid["size_of"]])))
-        return {"train": [r for i, r in enumerate(pool) if i not in picked],
-                "valid": [r for i, r in enumerate(pool) if i in picked],
-                "test": official[task_split["test"]]}
-    return {s: official[task_split[s]] for s in ("train", "valid", "test")}
+    if recipe.method == "official":
+        return {s: list(official[getattr(recipe, s)]) for s in SPLITS}
+    if recipe.method == "sample_valid":
+        pool, test = official[recipe.train], official[recipe.test]
+        if len(test) >= len(pool):
+            raise DataError(f"split: cannot sample {len(test)} valid questions from {len(pool)} train questions")
+        picked = set(rng.sample(sorted(r["id"] for r in pool), len(test)))
+        # Both parts keep the official file order.
+        return {"train": [r for r in pool if r["id"] not in picked],
+                "valid": [r for r in pool if r["id"] in picked], "test": list(test)}
+    rows = sorted(official[recipe.source], key=lambda r: r["id"])
+    rng.shuffle(rows)
+    total = sum(recipe.ratio)
+    n_train, n_valid = len(rows) * recipe.ratio[0] // total, len(rows) * recipe.ratio[1] // total
+    return {"train": rows[:n_train], "valid": rows[n_train:n_train + n_valid], "test": rows[n_train + n_valid:]}
 
 
 def prepare(params: Params, paths: Paths) -> None:
     task = get_task(params.dataset.name)
-    official = {f.stem: read_jsonl(f) for f in sorted(paths.raw.glob("*.jsonl"))}
+    n_opts = task.num_options_for(params)
+    files = {s: paths.raw / f"{s}.jsonl" for s in task.official_splits}
+    for s, f in files.items():
+        if not f.is_file():
+            raise DataError(f"{f}: no such file (the {task.name} {s} split; run `tinythinker download` first)")
+    # Re-checked on read: data/raw may have been edited or produced for another dataset.
+    official = collect({s: jsonl_rows(f) for s, f in files.items()}, RECORD, n_opts)
     splits = make_splits(task.split, official, params.dataset.seed)
-    for name, rows in splits.items():
-        write_jsonl(paths.split(name), rows)
-    write_json(paths.prepared / "split_ids.json", {
-        "dataset": task.name, "seed": params.dataset.seed, **{s: [r["id"] for r in rows] for s, rows in splits.items()}})
-    options = sorted({len(r["choices"]) for rows in splits.values() for r in rows})
-    write_json(paths.metric("prepare"), {**{f"{s}_questions": len(r) for s, r in splits.items()},
-                                         "options_min": options[0], "options_max": options[-1]})
+    for s, rows in splits.items():
+        if not rows:
+            raise DataError(f"{paths.raw}: the {s} split of {task.name} would be empty")
+
+    ids = {s: [r["id"] for r in rows] for s, rows in splits.items()}
+    source = params.dataset.source or (task.hub.path if task.hub is not None else "generated")
+    with atomic_path(paths.prepared) as tmp:  # replaced as a whole: no stale file from another dataset
+        tmp.mkdir()
+        for s, rows in splits.items():
+            write_jsonl(tmp / f"{s}.jsonl", rows)
+        write_json(tmp / "split_ids.json", {**ids, "seed": params.dataset.seed, "dataset": task.name,
+                                            "source": source})
+    write_json(paths.metric("prepare"), {**{s: len(rows) for s, rows in splits.items()}, "num_options": n_opts})
