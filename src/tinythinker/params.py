@@ -65,7 +65,7 @@ class TeacherParams:
     samples: Optional[int] = None  # completions per question; None = the task's default (8 CSQA, 4 OBQA/SQA)
     temperature: float = 0.8
     max_tokens: int = 256
-    rounds: int = 3  # re-ask rounds for missing/invalid samples (spec 3.1)
+    rounds: Optional[int] = None  # re-ask rounds for missing/invalid samples (spec 3.1); None = task default
     exemplars: Optional[str] = None  # few-shot file in the original *_cot.json format; None = shipped ones
     num_shots: Optional[int] = None  # None = all exemplars of the file
     requests_per_minute: int = 4500
@@ -81,7 +81,7 @@ class TeacherParams:
     def __post_init__(self):
         _check(self.samples is None or self.samples >= 1, "teacher.samples", "must be >= 1")
         _check(self.max_tokens >= 1, "teacher.max_tokens", "must be >= 1")
-        _check(self.rounds >= 1, "teacher.rounds", "must be >= 1")
+        _check(self.rounds is None or self.rounds >= 1, "teacher.rounds", "must be >= 1")
         _check(0.0 <= self.offline_fault_rate < 1.0, "teacher.offline_fault_rate", "must be in [0, 1)")
         _check(self.requests_per_minute > 0 and self.tokens_per_minute > 0, "teacher.requests_per_minute",
                "rate limits must be > 0")

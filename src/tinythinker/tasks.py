@@ -86,14 +86,11 @@ class SplitRecipe:
 @dataclass(frozen=True)
 class TeacherDefaults:
     samples: int  # completions per question when teacher.samples is null
-    rounds: int  # re-ask rounds of the original (spec 3.1), for reference; teacher.rounds rules
+    rounds: int  # re-ask rounds (spec 3.1) when teacher.rounds is null
 
     def __post_init__(self):
         _check(self.samples >= 1, "teacher.samples", "must be >= 1")
         _check(self.rounds >= 1, "teacher.rounds", "must be >= 1")
-
-    def __getitem__(self, key: str) -> int:  # callers written against the earlier dict form: task.teacher["samples"]
-        return getattr(self, key)
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,10 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
                         usd=f"{stats['usd_micro'] / 1e6:.2f}", refresh=False)
         return resp
 
-    for rnd in range(1, t.rounds + 1):
+    from .tasks import get_task
+
+    rounds = t.rounds or get_task(params.dataset.name).teacher.rounds
+    for rnd in range(1, rounds + 1):
         todo = [s for s in state.values() if s["needed"] > 0]
         if not todo:
             break
@@ -212,7 +215,7 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
             parts = ([({**body, "n": 1}, f"round{rnd}/repeat{i}") for i in range(s["needed"])] if t.repeat_n
                      else [(body, f"round{rnd}")])
             jobs += [(s, b, request_key(b, salt)) for b, salt in parts]
-        with tqdm(total=len(jobs), desc=f"teacher round {rnd}/{t.rounds}", unit="req", mininterval=1.0) as bar:
+        with tqdm(total=len(jobs), desc=f"teacher round {rnd}/{rounds}", unit="req", mininterval=1.0) as bar:
             responses = await asyncio.gather(*(ask(b, k, s["req"]["id"], bar) for s, b, k in jobs))
         got: dict[str, list[dict]] = {}
         for (s, _, _), resp in zip(jobs, responses):
