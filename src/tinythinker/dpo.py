@@ -1,0 +1,347 @@
+"""Stage `dpo-train`: encoder-decoder DPO on a plain transformers Trainer (spec 6.3).
+
+TRL's DPOTrainer handles causal LMs only, so the loss lives here: per pair, the prompt is the encoder
+input and chosen / rejected are two label sequences run in one concatenated forward pass; a sequence's
+log-prob is the sum of its label-token log-probs. The loss is a weighted sum of TRL-named terms
+(`dpo.loss_type` / `dpo.loss_weights`): "sigmoid" = -log sigmoid(beta * policy-vs-reference margin),
+"sft" = token-mean NLL of the chosen responses. The reference is the iteration's starting model; its
+log-probs are computed once before training and carried in the dataset, so no second model is held.
+
+Training interleaves recall and analyze pairs with the curriculum sampler (spec 6.3 intervals) and
+validates with the full greedy chain; the best of the starting model and every evaluated step is the
+output (the starting model wins ties, so an iteration never makes the student worse on validation).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from .io import DataError, atomic_path, read_json, write_json
+from .pairs import FIELDS, iteration_init, read_rows
+from .params import Params, to_dict
+from .paths import Paths
+
+STAGES = ("recall", "analyze")
+REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+               "logps/chosen", "logps/rejected")
+# bookkeeping the trainer logs that makes no useful curve
+SKIP_LOG = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
+
+
+# --- data --------------------------------------------------------------------------------------------
+def tokenize_pairs(rows: Sequence[dict], tokenizer, max_source: int, max_target: int) -> list[dict]:
+    """Token ids per pair; the tokenizer appends </s> to prompt and both responses (kept when truncating)."""
+    if not rows:
+        return []
+
+    def enc(key, n):
+        return tokenizer([r[key] for r in rows], truncation=True, max_length=n)["input_ids"]
+
+    return [{"input_ids": i, "chosen": c, "rejected": r}
+            for i, c, r in zip(enc("prompt", max_source), enc("chosen", max_target), enc("rejected", max_target))]
+
+
+def collate(features: Sequence[dict], pad_id: int) -> dict:
+    """One batch of 2B rows: the prompts twice, labels = chosen responses then rejected ones (-100 padded)."""
+    import torch
+
+    def pad(seqs, value):
+        width = max(len(s) for s in seqs)
+        return torch.tensor([list(s) + [value] * (width - len(s)) for s in seqs], dtype=torch.long)
+
+    prompts = [f["input_ids"] for f in features] * 2
+    batch = {"input_ids": pad(prompts, pad_id),
+             "attention_mask": pad([[1] * len(p) for p in prompts], 0),
+             "labels": pad([f["chosen"] for f in features] + [f["rejected"] for f in features], -100)}
+    if "ref_chosen" in features[0]:
+        batch["ref_chosen"] = torch.tensor([f["ref_chosen"] for f in features], dtype=torch.float32)
+        batch["ref_rejected"] = torch.tensor([f["ref_rejected"] for f in features], dtype=torch.float32)
+    return batch
+
+
+# --- loss --------------------------------------------------------------------------------------------
+def sequence_logps(logits, labels):
+    """(sum of label-token log-probs, number of label tokens) per row; -100 positions are ignored."""
+    import torch.nn.functional as F
+
+    # cross_entropy gives the per-token -log p without materialising a second vocabulary-wide tensor
+    token = -F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none")
+    return token.sum(-1), (labels != -100).sum(-1)
+
+
+def policy_logps(model, batch):
+    """Chosen and rejected sequence log-probs and the token-mean NLL of the chosen half, one forward pass."""
+    labels = batch["labels"]
+    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   decoder_input_ids=decoder_input_ids).logits
+    sums, counts = sequence_logps(logits, labels)
+    b = labels.shape[0] // 2
+    nll = -sums[:b].sum() / counts[:b].sum().clamp(min=1)
+    return sums[:b], sums[b:], nll
+
+
+def dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, nll, beta: float,
+             loss_type: Sequence[str], loss_weights: Sequence[float]):
+    """(scalar loss, logged metrics) with TRL's metric names."""
+    import torch.nn.functional as F
+
+    margin = (pi_chosen - pi_rejected) - (ref_chosen - ref_rejected)
+    terms = {"sigmoid": -F.logsigmoid(beta * margin).mean(), "sft": nll}
+    loss = sum(w * terms[t] for t, w in zip(loss_type, loss_weights))
+    chosen_reward = beta * (pi_chosen - ref_chosen).detach()
+    rejected_reward = beta * (pi_rejected - ref_rejected).detach()
+    metrics = {"rewards/chosen": chosen_reward.mean().item(), "rewards/rejected": rejected_reward.mean().item(),
+               "rewards/accuracies": (chosen_reward > rejected_reward).float().mean().item(),
+               "rewards/margins": (chosen_reward - rejected_reward).mean().item(),
+               "logps/chosen": pi_chosen.detach().mean().item(), "logps/rejected": pi_rejected.detach().mean().item(),
+               "nll_loss": nll.detach().item()}
+    return loss, metrics
+
+
+def reference_logps(model, features: list[dict], batch_size: int, pad_id: int) -> None:
+    """Store the model's chosen/rejected log-probs in each feature (eval mode, no grad, in order)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode():
+        for s in range(0, len(features), batch_size):
+            chunk = features[s:s + batch_size]
+            batch = {k: v.to(model.device) for k, v in collate(chunk, pad_id).items()}
+            chosen, rejected, _ = policy_logps(model, batch)
+            for f, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
+                f["ref_chosen"], f["ref_rejected"] = c, r
+    model.train(was_training)
+
+
+def disable_dropout(model) -> None:
+    """The policy must score a sequence the same way its frozen reference did (spec 6.3)."""
+    import torch.nn as nn
+
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+        elif isinstance(getattr(m, "dropout", None), float):  # T5 attention keeps its rate as a float
+            m.dropout = 0.0
+    if hasattr(model.config, "dropout_rate"):
+        model.config.dropout_rate = 0.0
+
+
+def schedule_intervals(n_recall: int, n_analyze: int, batch_size: int) -> dict[str, int]:
+    """Batches per block for each stage that has pairs (spec 6.3); each covers its stage in one block."""
+    if n_recall and n_analyze:
+        recall = n_recall // batch_size + 1
+        return {"recall": recall, "analyze": (n_analyze // n_recall + 1) * recall}
+    if n_recall:
+        return {"recall": n_recall // batch_size + 1}
+    if n_analyze:
+        return {"analyze": n_analyze // batch_size + 1}
+    return {}
+
+
+# --- trainer -----------------------------------------------------------------------------------------
+def _trainer_classes():
+    from transformers import Trainer, TrainerCallback
+
+    class Seq2SeqDPOTrainer(Trainer):
+        def __init__(self, *args, batch_sampler, valid, chain_kwargs, dpo, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.batch_sampler, self.valid, self.chain_kwargs, self.dpo = batch_sampler, valid, chain_kwargs, dpo
+            self._stored: dict[str, list[float]] = {}
+
+        def get_train_dataloader(self):
+            from torch.utils.data import DataLoader
+            dl = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+            return self.accelerator.prepare(dl)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            chosen, rejected, nll = policy_logps(model, inputs)
+            d = self.dpo
+            loss, metrics = dpo_loss(chosen, rejected, inputs["ref_chosen"], inputs["ref_rejected"], nll,
+                                     d.beta, d.loss_type, d.loss_weights)
+            for k, v in metrics.items():
+                self._stored.setdefault(k, []).append(v)
+            return (loss, {}) if return_outputs else loss
+
+        def log(self, logs, start_time=None):
+            if "loss" in logs and self._stored:  # a training log: add the reward means since the last one
+                logs |= {k: sum(v) / len(v) for k, v in self._stored.items()}
+                self._stored = {}
+            super().log(logs, start_time)
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            from .chain import accuracy, run_chain
+            results = run_chain(self.model, self.processing_class, self.valid, desc="valid", **self.chain_kwargs)
+            metrics = {f"{metric_key_prefix}_accuracy": accuracy(results)}
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    class LiveCallback(TrainerCallback):
+        """dvclive curves at the trainer's global step, TRL's metric names, eval_x logged as eval/x."""
+
+        def __init__(self, live, start_accuracy: float):
+            self.live, self.start_accuracy = live, start_accuracy
+
+        def log(self, step: int, logs: dict) -> None:
+            self.live.step = step
+            for k, v in logs.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SKIP_LOG:
+                    self.live.log_metric(f"eval/{k[5:]}" if k.startswith("eval_") else k, v)
+            self.live.make_summary()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.log(0, {"eval_accuracy": self.start_accuracy})
+            for entry in state.log_history:  # a resumed run replays what its checkpoint logged
+                self.log(entry["step"], entry)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self.log(state.global_step, logs or {})
+
+    return Seq2SeqDPOTrainer, LiveCallback
+
+
+def build_trainer(params: Params, model, tokenizer, features: list[dict], sizes: dict[str, int],
+                  intervals: dict[str, int], ckpt_dir: Path, valid: list[dict], chain_kwargs: dict,
+                  callbacks: Sequence = ()):
+    """The DPO trainer over `features` (reference log-probs already in them), stages concatenated in
+    `sizes` order; evaluation and checkpoints once per schedule cycle, `dpo.passes` cycles in all."""
+    import torch
+    from transformers import TrainingArguments
+
+    from .curriculum import CurriculumBatchSampler
+
+    d, cuda = params.dpo, torch.cuda.is_available()
+    cycle = sum(intervals.values())
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), max_steps=d.passes * cycle, per_device_train_batch_size=d.batch_size,
+        learning_rate=d.learning_rate, lr_scheduler_type="cosine", warmup_steps=d.warmup_ratio,  # float = ratio
+        weight_decay=0.0, max_grad_norm=d.max_grad_norm, seed=params.seed,
+        tf32=cuda and torch.cuda.get_device_capability()[0] >= 8,
+        eval_strategy="steps", eval_steps=cycle, save_strategy="steps", save_steps=cycle,
+        logging_steps=max(1, min(50, cycle // 4)), logging_first_step=True,
+        load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
+        save_total_limit=2,  # the best and the latest (to resume)
+        remove_unused_columns=False, report_to="none", dataloader_pin_memory=cuda,
+    )
+    Trainer, _ = _trainer_classes()
+    return Trainer(model=model, args=args, train_dataset=features, eval_dataset=valid, processing_class=tokenizer,
+                   data_collator=lambda f: collate(f, tokenizer.pad_token_id),
+                   callbacks=list(callbacks),
+                   batch_sampler=CurriculumBatchSampler(sizes, intervals, d.batch_size, params.seed),
+                   valid=valid, chain_kwargs=chain_kwargs, dpo=d)
+
+
+def _fingerprint(params: Params, files: Sequence[Path]) -> str:
+    """What a resumed run must share with the interrupted one: its params and the bytes of its inputs."""
+    g = params.generation
+    dpo = {k: v for k, v in to_dict(params.dpo).items() if k != "iterations"}  # adding one must not restart
+    h = hashlib.sha256(json.dumps([params.seed, dpo, g.batch_size, g.max_new_tokens,
+                                   params.sft.max_source_length], sort_keys=True).encode())
+    for f in sorted(files):
+        h.update(f.as_posix().encode())
+        with f.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | None = None) -> dict:
+    """Train one iteration; write models/dpo/<iteration> and metrics/dpo/<iteration>.json.
+
+    `stop_after` interrupts after that many steps (tests of resuming): checkpoints stay, nothing else is
+    written, and a later call with the same inputs resumes.
+    """
+    import torch
+    from dvclive import Live
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .chain import Decoding, accuracy, run_chain
+    from .student import load_student
+
+    d, g = params.dpo, params.generation
+    init = paths.root / iteration_init(params, iteration)
+    if not (init / "config.json").exists():
+        raise DataError(f"{init}: no model (dpo.iterations.{iteration}.init)")
+    data_dir = paths.dpo_data(iteration)
+    pairs = {s: read_rows(data_dir / f"{s}_pairs.jsonl", FIELDS) for s in STAGES}
+    valid = read_rows(paths.sft_data / "valid.jsonl", ("qid", "block", "options", "gt"))
+    out_model, metrics_file = paths.dpo_model(iteration), paths.metrics / "dpo" / f"{iteration}.json"
+    ckpt_dir = paths.checkpoints / "dpo" / iteration
+
+    model, tokenizer = load_student(params, paths, init)
+    cuda = torch.cuda.is_available()
+    model.to("cuda" if cuda else "cpu")
+    greedy = Decoding(max_new_tokens=g.max_new_tokens)
+    chain_kwargs = {"stage_type": "recall_analyze_summarize", "batch_size": g.batch_size,
+                    "recall": greedy, "analyze": greedy, "summarize": greedy}
+
+    fingerprint = _fingerprint(params, [p for p in init.rglob("*") if p.is_file()]
+                               + [data_dir / f"{s}_pairs.jsonl" for s in STAGES] + [paths.sft_data / "valid.jsonl"])
+    stamp, start_file, resume = ckpt_dir / "fingerprint.txt", ckpt_dir / "start.json", None
+    if stamp.exists() and stamp.read_text() == fingerprint and start_file.exists():
+        resume = get_last_checkpoint(str(ckpt_dir))
+        start_accuracy = read_json(start_file)["start_valid_accuracy"]
+    else:  # other params, data or starting model: stale checkpoints must not be resumed
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        ckpt_dir.mkdir(parents=True)
+        start_accuracy = accuracy(run_chain(model, tokenizer, valid, desc="valid (start)", **chain_kwargs))
+        write_json(start_file, {"start_valid_accuracy": start_accuracy})
+        stamp.write_text(fingerprint)
+
+    live = Live(dir=str(paths.metrics / "dpo_live" / iteration), dvcyaml=False, save_dvc_exp=False)
+    counts = {f"{s}_pairs": len(pairs[s]) for s in STAGES}
+    metrics = {"valid_accuracy": start_accuracy, "start_valid_accuracy": start_accuracy, "best_step": 0,
+               "steps": 0, **counts}
+
+    intervals = schedule_intervals(len(pairs["recall"]), len(pairs["analyze"]), d.batch_size)
+    if not intervals:  # spec 9.21: nothing to learn from; the starting model passes through unchanged
+        live.step = 0
+        live.log_metric("eval/accuracy", start_accuracy)
+        live.end()
+        with atomic_path(out_model) as tmp:
+            shutil.copytree(init, tmp)
+        metrics["skipped"] = 1
+        write_json(metrics_file, metrics)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        return metrics
+
+    features: list[dict] = []
+    for s in STAGES:
+        features += tokenize_pairs(pairs[s], tokenizer, params.sft.max_source_length, g.max_new_tokens)
+    disable_dropout(model)
+    reference_logps(model, features, d.batch_size, tokenizer.pad_token_id)  # same weights as the policy now
+
+    from transformers import TrainerCallback
+
+    class Stop(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if stop_after is not None and state.global_step >= stop_after:
+                control.should_training_stop = control.should_save = True
+
+    LiveCallback = _trainer_classes()[1]
+    trainer = build_trainer(params, model, tokenizer, features, {s: len(pairs[s]) for s in STAGES}, intervals,
+                            ckpt_dir, valid, chain_kwargs, [LiveCallback(live, start_accuracy), Stop()])
+    trainer.train(resume_from_checkpoint=resume)
+    live.end()
+    if trainer.state.global_step < trainer.state.max_steps:  # interrupted on purpose
+        return {"steps": trainer.state.global_step}
+
+    state = trainer.state
+    train_logs = [e for e in state.log_history if "rewards/margins" in e]
+    metrics |= {"steps": state.global_step, **{k: train_logs[-1][k] for k in REWARD_KEYS if train_logs}}
+    if state.best_metric is not None and state.best_metric > start_accuracy:
+        metrics |= {"valid_accuracy": state.best_metric, "best_step": state.best_global_step}
+        with atomic_path(out_model) as tmp:
+            trainer.save_model(str(tmp))  # the best checkpoint (load_best_model_at_end), tokenizer included
+    else:
+        with atomic_path(out_model) as tmp:
+            shutil.copytree(init, tmp)
+    write_json(metrics_file, metrics)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # done: nothing to resume, and a rerun must retrain
+    return metrics

@@ -1,0 +1,228 @@
+"""Stage `dpo-sample`: the student's own chains on the training questions -> preference pairs (spec 6.2).
+
+(a) Recall pairs: the chain runs `dpo.samples` times per question with a sampled recall and greedy
+analyze/summarize; a recall is chosen when its chain ends at the gold option, rejected otherwise.
+(b) Analyze pairs: for every chosen recall the chain runs again with that recall fixed and sampled
+analyses; chosen/rejected are whole analysis sets, and each pair yields two records (the gold option and
+the option the rejected chain wrongly picked).
+
+Fixes over the original: teacher top-up matched by qid rather than a substring of the question (9.22);
+validity of a predicted option checked per row (9.20); analyze chosen sets topped up, not replaced
+(9.19); an empty result writes empty files rather than crashing (9.21).
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Mapping, Sequence
+
+from . import protocol as P
+from .io import DataError, iter_jsonl, write_json, write_jsonl
+from .params import Params, ParamsError
+from .paths import Paths
+
+FIELDS = ("qid", "prompt", "chosen", "rejected")  # what a pair file holds (DEVELOPERS.md)
+
+
+def read_rows(path, keys: Sequence[str]) -> list[dict]:
+    """JSONL rows that must carry `keys`; a row without one raises DataError naming file and line."""
+    rows = []
+    for lineno, row in iter_jsonl(path):
+        missing = [k for k in keys if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing {', '.join(missing)}")
+        rows.append(row)
+    return rows
+
+
+def _unique(items: Sequence, key) -> list:
+    """First occurrence of each key, in order (so the result does not depend on set iteration)."""
+    seen, out = set(), []
+    for it in items:
+        k = key(it)
+        if k not in seen:
+            seen.add(k)
+            out.append(it)
+    return out
+
+
+def _draw(pool: Sequence, k: int, rng: random.Random) -> list:
+    """k items of pool: without replacement while it lasts, with replacement only beyond its size."""
+    if k <= len(pool):
+        return rng.sample(list(pool), k)
+    return list(pool) + rng.choices(list(pool), k=k - len(pool))
+
+
+def _correct(row: Mapping) -> bool:
+    return row["prediction"] is not None and row["prediction"] == row["gt"]
+
+
+def recall_pairs(chains_by_qid: Mapping[str, Sequence[Mapping]], teacher_by_qid: Mapping[str, Sequence[Mapping]],
+                 rng: random.Random, blocks: Mapping[str, str]) -> list[dict]:
+    """Recall pairs from sampled chains, per question in the order of `chains_by_qid`.
+
+    Each pair is ``{qid, prompt, chosen, rejected}`` plus ``analyses`` (the chosen chain's analyses, the
+    analyze step's fallback) and ``teacher`` (whether the chosen side is a teacher chain).
+    """
+    out = []
+    for qid, rows in chains_by_qid.items():
+        chosen = _unique([r for r in rows if _correct(r)], key=lambda r: r["recall"])
+        rejected = _unique([r for r in rows if not _correct(r)], key=lambda r: r["recall"])
+        both = {r["recall"] for r in chosen} & {r["recall"] for r in rejected}
+        chosen = [r for r in chosen if r["recall"] not in both]
+        rejected = [r for r in rejected if r["recall"] not in both]
+        if not rejected:
+            continue
+        chosen = [{"recall": r["recall"], "analyses": r["analyses"], "teacher": False} for r in chosen]
+        if len(chosen) < len(rejected):
+            wrong = {r["recall"] for r in rejected}
+            pool = [{"recall": t["recall"], "analyses": t["analyses"], "teacher": True}
+                    for t in teacher_by_qid.get(qid, ()) if t["recall"] not in wrong]
+            # Without a teacher chain, the question's own correct chains are the only chosen material.
+            pool = pool or chosen
+            if not pool:
+                continue
+            chosen += _draw(pool, len(rejected) - len(chosen), rng)
+        elif len(rejected) < len(chosen):
+            # Every distinct wrong recall is used once before any repeats.
+            rejected += rng.choices(rejected, k=len(chosen) - len(rejected))
+        prompt = P.recall_prompt(blocks[qid])
+        out += [{"qid": qid, "prompt": prompt, "chosen": c["recall"], "rejected": r["recall"],
+                 "analyses": c["analyses"], "teacher": c["teacher"]} for c, r in zip(chosen, rejected)]
+    return out
+
+
+def _analysis_key(analyses: Mapping[str, str]) -> tuple:
+    return tuple(sorted(analyses.items()))
+
+
+def analyze_pairs(groups: Sequence[Mapping], rng: random.Random) -> list[dict]:
+    """Analyze pair records from chains run with a fixed chosen recall.
+
+    Each group is ``{qid, block, options, gt, recall, chains, backup}``: `chains` are the sampled chain
+    results for that (question, recall) and `backup` the analyses of the chosen recall's own chain(s),
+    used when no sampled chain is correct. Returns ``{qid, prompt, chosen, rejected}`` records.
+    """
+    out = []
+    for g in groups:
+        gt, valid_letters = g["gt"], set(g["options"])
+
+        def usable(r):  # per row: a real option letter that this row (and the gold option) has an analysis of
+            a = r["analyses"] or {}
+            return r["prediction"] in valid_letters and r["prediction"] in a and gt in a
+
+        rows = [r for r in g["chains"] if usable(r)]
+        chosen = _unique([r["analyses"] for r in rows if r["prediction"] == gt], key=_analysis_key)
+        rejected = _unique([r for r in rows if r["prediction"] != gt], key=lambda r: _analysis_key(r["analyses"]))
+        both = {_analysis_key(a) for a in chosen} & {_analysis_key(r["analyses"]) for r in rejected}
+        chosen = [a for a in chosen if _analysis_key(a) not in both]
+        rejected = [r for r in rejected if _analysis_key(r["analyses"]) not in both]
+        if not rejected:
+            continue
+        if len(chosen) < len(rejected):
+            # Topped up, not replaced (spec 9.19): keep every sampled correct set, then repeat them, or
+            # fall back to the chosen recall's own analyses when no sampled chain was correct.
+            pool = chosen or [a for a in g["backup"] if a and gt in a]
+            if not pool:
+                continue
+            chosen = chosen + rng.choices(pool, k=len(rejected) - len(chosen))
+        elif len(rejected) < len(chosen):
+            rejected = rejected + rng.choices(rejected, k=len(chosen) - len(rejected))
+        for c, r in zip(chosen, rejected):
+            for letter in dict.fromkeys((gt, r["prediction"])):  # gt first; the wrong pick unless it is gt
+                if letter not in c:  # a backup chain without this option: no record rather than a crash
+                    continue
+                if c[letter] == r["analyses"][letter]:  # identical texts teach nothing
+                    continue
+                out.append({"qid": g["qid"], "prompt": P.analyze_prompt(g["block"], letter, g["recall"]),
+                            "chosen": c[letter], "rejected": r["analyses"][letter]})
+    return out
+
+
+def _decodings(params: Params):
+    from .chain import Decoding
+
+    d, n = params.dpo, params.generation.max_new_tokens
+    sampled = Decoding(do_sample=True, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, max_new_tokens=n)
+    return sampled, Decoding(max_new_tokens=n)
+
+
+def iteration_init(params: Params, iteration: str) -> str:
+    if iteration not in params.dpo.iterations:
+        known = ", ".join(sorted(params.dpo.iterations)) or "none"
+        raise ParamsError(f"dpo.iterations.{iteration}: no such iteration (known: {known})")
+    return params.dpo.iterations[iteration].init
+
+
+def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
+    import torch
+    from transformers import set_seed
+
+    from .chain import accuracy, run_chain
+    from .student import load_student
+
+    init = paths.root / iteration_init(params, iteration)
+    if params.sft.stage_type != "recall_analyze_summarize":
+        # Self-reflection ranks the student's own recall/analyze chains; an ablated student has none, so
+        # its DPO iterations keep the SFT model (dpo-train copies it when there are no pairs).
+        for name in ("recall_pairs", "analyze_pairs"):
+            write_jsonl(paths.dpo_data(iteration) / f"{name}.jsonl", [])
+        metrics = {"questions": 0, "questions_with_pairs": 0, "recall_pairs": 0, "analyze_pairs": 0, "skipped": 1}
+        write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
+        return metrics
+    if not (init / "config.json").exists():
+        raise DataError(f"{init}: no model (dpo.iterations.{iteration}.init)")
+    questions = read_rows(paths.sft_data / "train_questions.jsonl", ("qid", "block", "options", "gt"))
+    teacher: dict[str, list] = defaultdict(list)
+    for row in read_rows(paths.sft_data / "chains.jsonl", ("qid", "recall", "analyses")):
+        teacher[row["qid"]].append(row)
+
+    model, tokenizer = load_student(params, paths, init)
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    set_seed(params.seed)
+    rng = random.Random(f"{params.seed}/{iteration}")
+    sampled, greedy = _decodings(params)
+    n, bs = params.dpo.samples, params.generation.batch_size
+
+    # (a) one batched chain over all questions x samples; results come back in input order
+    recall_runs = run_chain(model, tokenizer, questions * n, recall=sampled, analyze=greedy, summarize=greedy,
+                              batch_size=bs, desc=f"{iteration} recall samples")
+    by_qid: dict[str, list] = {q["qid"]: [] for q in questions}
+    for r in recall_runs:
+        by_qid[r["qid"]].append(r)
+    blocks = {q["qid"]: q["block"] for q in questions}
+    rpairs = recall_pairs(by_qid, teacher, rng, blocks)
+
+    # (b) every distinct chosen recall once (a resampled duplicate adds no new context), analyses sampled
+    apairs: list[dict] = []
+    keys: dict[tuple, list] = {}
+    if params.dpo.stage_type in ("analyze", "recall_analyze"):
+        for p in rpairs:
+            keys.setdefault((p["qid"], p["chosen"]), []).append(p["analyses"])
+    if keys:
+        qmap = {q["qid"]: q for q in questions}
+        key_list = list(keys)
+        key_questions = [qmap[qid] for qid, _ in key_list]
+        runs = run_chain(model, tokenizer, key_questions * n, recalls=[rc for _, rc in key_list] * n,
+                         recall=greedy, analyze=sampled, summarize=greedy, batch_size=bs,
+                         desc=f"{iteration} analyze samples")
+        groups = [{**qmap[qid], "recall": P.close_sentence(rc), "chains": runs[k::len(key_list)],
+                   "backup": keys[(qid, rc)]} for k, (qid, rc) in enumerate(key_list)]
+        apairs = analyze_pairs(groups, rng)
+
+    out = paths.dpo_data(iteration)
+    # Only the pairs this stage type trains on are written; dpo-train trains on whatever the files hold.
+    written = [{k: p[k] for k in FIELDS} for p in rpairs] if params.dpo.stage_type != "analyze" else []
+    write_jsonl(out / "recall_pairs.jsonl", written)
+    write_jsonl(out / "analyze_pairs.jsonl", apairs)
+    metrics = {
+        "questions": len(questions),
+        "questions_with_pairs": len({p["qid"] for p in written + apairs}),
+        "recall_pairs": len(written),
+        "analyze_pairs": len(apairs),
+        "analyzed_recalls": len(keys),
+        "chosen_from_teacher": sum(p["teacher"] for p in rpairs),
+        "sample_accuracy": accuracy(recall_runs),
+    }
+    write_json(paths.metrics / "dpo" / f"{iteration}_pairs.json", metrics)
+    return metrics
