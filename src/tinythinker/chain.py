@@ -1,0 +1,118 @@
+"""The recall -> analyze -> summarize chain (spec 5.5, 6.2, 7), batched: validation, DPO sampling and test.
+
+Each step is one batched pass over all questions (analyze: over all (question, option) pairs), so a
+question's step k+1 prompt is built from its own step-k output. Prompts come only from `protocol`.
+Option letters come from each question's own `options` (fixes spec 9.12).
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Optional
+
+from . import protocol as P
+
+
+@dataclass(frozen=True)
+class Decoding:
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter (the original's sampling setting)
+    top_p: float = 1.0
+    max_new_tokens: int = 200
+
+
+GREEDY = Decoding()
+
+
+def _generation_kwargs(d: Decoding) -> dict:
+    kw = {"max_new_tokens": d.max_new_tokens, "num_beams": 1, "do_sample": d.do_sample}
+    if d.do_sample:  # only sampling reads these; passing them with greedy only triggers warnings
+        kw |= {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p}
+    return kw
+
+
+def generate(model, tokenizer, prompts: list[str], decoding: Decoding, batch_size: int,
+             desc: Optional[str] = None) -> list[str]:
+    """Decoded, stripped outputs in the order of `prompts`.
+
+    Prompts are batched longest first so each batch pads to similar lengths (and an out-of-memory shows up
+    in the first batch, not the last).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    if not prompts:
+        return []
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    out: list[str] = [""] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            starts = range(0, len(order), batch_size)
+            for s in tqdm(starts, desc=desc, disable=desc is None, leave=False):
+                idx = order[s:s + batch_size]
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(model.device)
+                ids = model.generate(**enc, **_generation_kwargs(decoding))
+                for i, text in zip(idx, tokenizer.batch_decode(ids, skip_special_tokens=True)):
+                    out[i] = text.strip()
+    finally:
+        model.train(was_training)
+    return out
+
+
+def run_chain(model, tokenizer, questions: list[dict], *, stage_type: str = "recall_analyze_summarize",
+              recall: Decoding = GREEDY, analyze: Decoding = GREEDY, summarize: Decoding = GREEDY,
+              batch_size: int = 256, recalls: Optional[list[str]] = None, desc: Optional[str] = None) -> list[dict]:
+    """Run the steps of `protocol.STAGES[stage_type]` on questions ``{qid, block, options, gt}``.
+
+    `recalls` replaces the recall step with given texts (DPO analyze-pair sampling). Returns per question
+    ``{qid, gt, recall, analyses, summary, prediction, prompt}``; recall/analyses are None where the stage
+    type skips them, prompt is the summarize input.
+    """
+    steps = P.STAGES[stage_type]
+    label = (lambda step: f"{desc} {step}") if desc else (lambda step: None)
+    blocks = [q["block"] for q in questions]
+
+    recall_texts: list[Optional[str]] = [None] * len(questions)
+    if "recall" in steps:
+        if recalls is None:
+            recalls = generate(model, tokenizer, [P.recall_prompt(b) for b in blocks], recall, batch_size,
+                               label("recall"))
+        assert len(recalls) == len(questions), "one recall per question"
+        recall_texts = [P.close_sentence(r) for r in recalls]
+
+    analyses: list[Optional[dict[str, str]]] = [None] * len(questions)
+    if "analyze" in steps:
+        pairs = [(i, x) for i, q in enumerate(questions) for x in sorted(q["options"])]
+        texts = generate(model, tokenizer, [P.analyze_prompt(blocks[i], x, recall_texts[i]) for i, x in pairs],
+                         analyze, batch_size, label("analyze"))
+        analyses = [{} for _ in questions]
+        for (i, x), text in zip(pairs, texts):
+            analyses[i][x] = P.close_sentence(text)
+
+    prompts = [P.summarize_prompt(b, r, a) for b, r, a in zip(blocks, recall_texts, analyses)]
+    summaries = generate(model, tokenizer, prompts, summarize, batch_size, label("summarize"))
+    return [{"qid": q["qid"], "gt": q["gt"], "recall": r, "analyses": a, "summary": s,
+             "prediction": P.extract_answer(s), "prompt": p}
+            for q, r, a, s, p in zip(questions, recall_texts, analyses, summaries, prompts)]
+
+
+def accuracy(results: list[dict]) -> float:
+    """Percent of results whose prediction equals gt (a None prediction is wrong)."""
+    if not results:
+        return 0.0
+    return 100.0 * sum(r["prediction"] is not None and r["prediction"] == r["gt"] for r in results) / len(results)
+
+
+def majority_vote(runs: list[list[dict]]) -> list[Optional[str]]:
+    """Per question (runs share question order): the most common prediction; ties go to the first seen.
+
+    None (no answer found) is not a vote unless every run has None (fixes spec 9.24).
+    """
+    votes = []
+    for preds in zip(*([r["prediction"] for r in run] for run in runs)):
+        counts = Counter(p for p in preds if p is not None)  # Counter keeps first-seen order among ties
+        votes.append(counts.most_common(1)[0][0] if counts else None)
+    return votes

@@ -1,0 +1,50 @@
+"""Stage `test`: the chain on the test questions, accuracy per run and majority-vote accuracy (spec 7).
+
+`generation.strategy: sample` samples recall and analyze (temperature / top_k / top_p) and keeps summarize
+greedy, as the original does; `generation.times` > 1 repeats the test set and adds a majority vote over the
+runs (self-consistency). Greedy runs are identical, so a greedy chain is generated once and repeated.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .chain import Decoding, accuracy, majority_vote, run_chain
+from .io import read_jsonl, write_json, write_jsonl
+from .params import Params
+from .paths import Paths
+from .student import load_student
+
+
+def test(params: Params, paths: Paths, model_dir: Path, name: str) -> dict:
+    import torch
+
+    g = params.generation
+    questions = read_jsonl(paths.sft_data / "test.jsonl")
+    model, tokenizer = load_student(params, paths, Path(model_dir))
+    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    greedy = Decoding(max_new_tokens=g.max_new_tokens)
+    sampled = Decoding(do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
+                       max_new_tokens=g.max_new_tokens) if g.strategy == "sample" else greedy
+
+    runs: list[list[dict]] = []
+    for t in range(g.times):
+        if sampled is greedy and runs:
+            runs.append(runs[0])
+            continue
+        torch.manual_seed(params.seed + t)  # each run its own, reproducible sample
+        runs.append(run_chain(model, tokenizer, questions, stage_type=params.sft.stage_type, recall=sampled,
+                              analyze=sampled, summarize=greedy, batch_size=g.batch_size,
+                              desc=f"{name} run {t + 1}/{g.times}"))
+
+    write_jsonl(paths.predictions / f"{name}.jsonl",
+                ({"qid": r["qid"], "run": t + 1, "recall": r["recall"], "analyses": r["analyses"],
+                  "summary": r["summary"], "prediction": r["prediction"], "gt": r["gt"]}
+                 for t, run in enumerate(runs) for r in run))
+    accs = [accuracy(run) for run in runs]
+    metrics = {"accuracy": sum(accs) / len(accs), "questions": len(questions)}
+    if g.times > 1:
+        metrics |= {f"accuracy_run_{t + 1}": a for t, a in enumerate(accs)}
+        votes = majority_vote(runs)
+        metrics["majority_accuracy"] = accuracy([{"prediction": v, "gt": q["gt"]} for v, q in zip(votes, questions)])
+    write_json(paths.metric(name), metrics)
+    return metrics

@@ -1,0 +1,186 @@
+"""Stage `sft`: phase 1 curriculum SFT (spec 5) on the stock HF Seq2SeqTrainer.
+
+Only two things differ from a plain Trainer run: the training batches come from the curriculum batch
+sampler (blocks of recall / analyze / summarize, spec 5.4), and evaluation is the full greedy chain on the
+validation questions (spec 5.5) scored by answer accuracy. The best checkpoint by that accuracy (ties keep
+the earlier one) becomes models/sft. Checkpoints live in models/checkpoints/sft, outside DVC, so a killed
+run resumes where it stopped as long as params and data are unchanged.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+from . import protocol as P
+from .chain import Decoding, accuracy, run_chain
+from .curriculum import CurriculumBatchSampler, sft_intervals
+from .io import DataError, atomic_path, read_jsonl, write_json
+from .params import Params, to_dict
+from .paths import Paths
+from .student import load_student
+
+
+def _stage_data(params: Params, paths: Paths, tokenizer) -> tuple[list[dict], dict[str, int], dict[str, list[int]]]:
+    """The stage datasets tokenised and concatenated in chain order, their sizes and input lengths."""
+    rows, sizes, lengths = [], {}, {}
+    for stage in P.STAGES[params.sft.stage_type]:
+        data = read_jsonl(paths.stage_file(params.sft.stage_type, stage))
+        if not data:
+            raise DataError(f"{paths.stage_file(params.sft.stage_type, stage)}: empty stage dataset")
+        src = tokenizer([r["input"] for r in data], truncation=True, max_length=params.sft.max_source_length)
+        tgt = tokenizer([r["target"] for r in data], truncation=True, max_length=params.sft.max_target_length)
+        rows += [{"input_ids": i, "attention_mask": m, "labels": t}
+                 for i, m, t in zip(src["input_ids"], src["attention_mask"], tgt["input_ids"])]
+        sizes[stage], lengths[stage] = len(data), [len(i) for i in src["input_ids"]]
+    return rows, sizes, lengths
+
+
+def _fingerprint(params: Params, paths: Paths) -> str:
+    """Everything a resumed run must share with the interrupted one: its params and its input files."""
+    g = params.generation
+    keys = {k: to_dict(getattr(params, k)) for k in ("seed", "student", "sft")}
+    keys["generation"] = [g.batch_size, g.max_new_tokens]  # what validation uses; as in dvc.yaml
+    h = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
+    files = sorted(paths.sft_data.glob(f"{params.sft.stage_type}/*.jsonl")) + [paths.sft_data / "valid.jsonl"]
+    files += sorted(p for p in paths.tokenizer.rglob("*") if p.is_file())
+    for f in files:
+        h.update(f.relative_to(paths.root).as_posix().encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def _trainer_classes():
+    """Trainer subclass and callbacks, defined lazily so importing this module stays light."""
+    from transformers import Seq2SeqTrainer, TrainerCallback
+
+    class CurriculumTrainer(Seq2SeqTrainer):
+        def __init__(self, *args, batch_sampler, valid, chain_kwargs, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.batch_sampler, self.valid, self.chain_kwargs = batch_sampler, valid, chain_kwargs
+
+        def get_train_dataloader(self):
+            from torch.utils.data import DataLoader
+            dl = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator,
+                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
+            return self.accelerator.prepare(dl)
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            results = run_chain(self.model, self.processing_class, self.valid, desc="valid", **self.chain_kwargs)
+            metrics = {f"{metric_key_prefix}_accuracy": accuracy(results)}  # numbers only (spec 9.13)
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    class EvaluateAtEnd(TrainerCallback):
+        """The last step is evaluated (and saved) even when it is no multiple of the eval interval."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_evaluate = control.should_save = True
+
+    class LiveCallback(TrainerCallback):
+        """dvclive curves indexed by the trainer's global step.
+
+        The stock DVCLiveCallback advances the dvclive step once per log call, so train and eval logs land on
+        different steps and a resumed run starts over at 0; here every value is logged at its global step, and
+        a resumed run first replays the history stored in its checkpoint.
+        """
+
+        def __init__(self, live_dir: Path):
+            self.live_dir, self.live = live_dir, None
+
+        def _log(self, step: int, logs: dict) -> None:
+            self.live.step = step
+            for k, v in logs.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch"):
+                    self.live.log_metric(k if k.startswith("eval_") else f"train_{k}", v)
+            self.live.make_summary()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            from dvclive import Live
+            self.live = Live(dir=str(self.live_dir), dvcyaml=False, save_dvc_exp=False)
+            for entry in state.log_history:
+                self._log(entry["step"], entry)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self._log(state.global_step, logs or {})
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.live.end()
+
+    return CurriculumTrainer, EvaluateAtEnd, LiveCallback
+
+
+def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
+    """Train, keep the best checkpoint by validation chain accuracy, write models/sft and metrics/sft.json.
+
+    `max_steps` stops early (tests: an interrupted run); the schedule and cosine decay still span the
+    full run, so a later call resumes exactly.
+    """
+    import torch
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments, TrainerCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    s = params.sft
+    model, tokenizer = load_student(params, paths)
+    rows, sizes, lengths = _stage_data(params, paths, tokenizer)
+    valid = read_jsonl(paths.sft_data / "valid.jsonl")
+    num_options = max(len(q["options"]) for q in valid)
+    intervals = sft_intervals(s.stage_type, s.interval, num_options)
+    sampler = CurriculumBatchSampler(sizes, intervals, s.batch_size, params.seed,
+                                     lengths if s.group_by_length else None)
+    eval_every = s.eval_every or sum(intervals.values())  # default: one R/A/S cycle (spec 5.1 table)
+
+    ckpt_dir = paths.checkpoints / "sft"
+    fingerprint = _fingerprint(params, paths)
+    stamp = ckpt_dir / "fingerprint.txt"
+    resume = None
+    if stamp.exists() and stamp.read_text() == fingerprint:
+        resume = get_last_checkpoint(str(ckpt_dir))
+    else:  # other params or data: stale checkpoints must not be resumed
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        ckpt_dir.mkdir(parents=True)
+        stamp.write_text(fingerprint)
+
+    cuda = torch.cuda.is_available()
+    bf16 = s.precision == "bf16" or (s.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
+    args = Seq2SeqTrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate,
+        num_train_epochs=s.epochs, lr_scheduler_type="cosine", warmup_steps=s.warmup_ratio,  # float = ratio
+        weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm, seed=params.seed,
+        bf16=bf16, tf32=cuda and torch.cuda.get_device_capability()[0] >= 8,
+        eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=eval_every,
+        logging_steps=max(1, min(50, eval_every // 4)), logging_first_step=True,
+        load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
+        save_total_limit=2,  # the best and the latest (to resume); 1 would drop the latest at train end
+        remove_unused_columns=False, report_to="none", disable_tqdm=False, dataloader_pin_memory=cuda,
+    )
+    chain_kwargs = {"stage_type": s.stage_type, "batch_size": params.generation.batch_size}
+    greedy = Decoding(max_new_tokens=params.generation.max_new_tokens)
+    chain_kwargs |= {"recall": greedy, "analyze": greedy, "summarize": greedy}
+    CurriculumTrainer, EvaluateAtEnd, LiveCallback = _trainer_classes()
+    callbacks: list[TrainerCallback] = [EvaluateAtEnd(), LiveCallback(paths.metrics / "sft_live")]
+    if max_steps is not None:
+        class Stop(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if state.global_step >= max_steps:
+                    control.should_training_stop = control.should_save = True
+        callbacks.append(Stop())
+    trainer = CurriculumTrainer(
+        model=model, args=args, train_dataset=rows, eval_dataset=valid, processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
+        callbacks=callbacks, batch_sampler=sampler, valid=valid, chain_kwargs=chain_kwargs)
+    out = trainer.train(resume_from_checkpoint=resume)
+    resumed = {"resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0}
+    if max_steps is not None and trainer.state.global_step < trainer.state.max_steps:
+        return {"train_steps": trainer.state.global_step} | resumed  # interrupted on purpose: no outputs
+
+    with atomic_path(paths.sft_model) as tmp:
+        trainer.save_model(str(tmp))  # the best checkpoint (load_best_model_at_end), tokenizer included
+    metrics = {"valid_accuracy": trainer.state.best_metric, "best_step": trainer.state.best_global_step,
+               "train_steps": trainer.state.global_step, "train_loss": out.training_loss}
+    write_json(paths.metric("sft"), metrics)
+    shutil.rmtree(ckpt_dir, ignore_errors=True)  # done: nothing to resume, and a rerun must retrain
+    return metrics | resumed

@@ -1,0 +1,111 @@
+"""The T5 student: stage `tokenizer` and loading/building the model.
+
+`student.model: embedded` is a small T5 built from config with a Unigram tokenizer trained on the stage
+datasets (no download); anything else is a Hub id or local directory loaded with `from_pretrained`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
+
+from .io import DataError, atomic_path, read_jsonl
+from .params import Params
+from .paths import Paths
+
+SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5: pad doubles as the decoder start token
+
+
+def _corpus(paths: Paths) -> Iterator[str]:
+    """Every text the student reads or writes: stage inputs and targets, valid/test question blocks."""
+    files = sorted(paths.sft_data.glob("*/*.jsonl"))
+    if not files:
+        raise DataError(f"{paths.sft_data}: no stage datasets (run the build stage first)")
+    for f in files:
+        for row in read_jsonl(f):
+            yield row["input"]
+            yield row["target"]
+    for split in ("valid", "test"):
+        for row in read_jsonl(paths.sft_data / f"{split}.jsonl"):
+            yield row["block"]
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A T5-style Unigram tokenizer trained on `texts`, as a transformers T5 tokenizer (appends `</s>`).
+
+    Trained with the pre-tokenizer T5Tokenizer rebuilds on every load (whitespace split + Metaspace, no
+    normalizer; newlines become spaces as in T5's own vocabulary), and wrapped through the same `vocab=`
+    constructor a reload uses, so the tokenizer trained here and the one saved behave identically.
+    """
+    import json
+    import math
+    from collections import Counter
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import T5TokenizerFast
+
+    texts = list(texts)
+    tok = Tokenizer(models.Unigram())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+                                                 pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
+    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, unk_token="<unk>",
+                                      show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    vocab = json.loads(tok.to_str())["model"]["vocab"]
+    assert [p for p, _ in vocab[:3]] == SPECIALS
+    # Make the result a function of the corpus alone (dvc repro gives the same file): the trainer gives
+    # characters it did not keep as pieces a score of min + k x 1e-4 with k in hash-set order, and its sums
+    # carry float noise. Give those characters the minimum score, round, and break ties by piece.
+    lowest = min(s for _, s in vocab[3:])
+    band = lowest + 1e-4 * (sum(len(p) == 1 for p, _ in vocab) + 1)
+    pieces = {p: round(lowest if s < band else s, 6) for p, s in vocab[3:]}
+    # The trainer seeds pieces from substrings shared by several distinct words, so on a small closed
+    # vocabulary (the synthetic task has ~100 words) it ends far below vocab_size and spells frequent words
+    # letter by letter. Add the frequent whole words, scored by their unigram log-frequency where that is higher.
+    words = Counter(w for t in texts for w, _ in tok.pre_tokenizer.pre_tokenize_str(t))
+    total = sum(words.values())
+    for w, n in sorted(words.items(), key=lambda x: (-x[1], x[0])):
+        if len(pieces) + 3 >= vocab_size or n < 2:
+            break
+        pieces[w] = max(pieces.get(w, -math.inf), round(math.log(n / total), 6))
+    rest = sorted(pieces.items(), key=lambda v: (-v[1], v[0]))
+    vocab = [(p, 0.0) for p in SPECIALS] + rest
+    # vocab=, not vocab_file= (transformers 5 silently builds a 4-token tokenizer from the latter)
+    return T5TokenizerFast(vocab=vocab, extra_ids=0)
+
+
+def tokenizer_stage(params: Params, paths: Paths) -> None:
+    if params.student.model == "embedded":
+        tokenizer = train_tokenizer(_corpus(paths), params.student.embedded.vocab_size)
+    else:
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(params.student.model)
+    with atomic_path(paths.tokenizer) as tmp:
+        tokenizer.save_pretrained(tmp)
+
+
+def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None):
+    """(model, tokenizer): a saved checkpoint when `model_dir` is given, else the initial student."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir or paths.tokenizer)
+    if model_dir is not None:
+        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+    elif params.student.model == "embedded":
+        e = params.student.embedded
+        config = T5Config(vocab_size=len(tokenizer), d_model=e.d_model, d_ff=e.d_ff, d_kv=e.d_kv,
+                          num_heads=e.num_heads, num_layers=e.num_layers, num_decoder_layers=e.num_decoder_layers,
+                          dropout_rate=e.dropout_rate, pad_token_id=tokenizer.pad_token_id,
+                          eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
+        torch.manual_seed(params.seed)  # the initial weights are part of the experiment
+        model = T5ForConditionalGeneration(config)
+    else:
+        model = AutoModelForSeq2SeqLM.from_pretrained(params.student.model)
+    # Generation reads model.generation_config only (transformers 5); pin it rather than inherit defaults.
+    g = model.generation_config
+    g.max_new_tokens = params.generation.max_new_tokens
+    g.max_length = None
+    g.eos_token_id = tokenizer.eos_token_id
+    g.pad_token_id = tokenizer.pad_token_id
+    g.decoder_start_token_id = model.config.decoder_start_token_id
+    return model, tokenizer

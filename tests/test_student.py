@@ -1,0 +1,86 @@
+"""Tokenizer stage and student loading on hand-made stage datasets (no download)."""
+import pytest
+
+from tinythinker import protocol as P
+from tinythinker.io import DataError, write_jsonl
+from tinythinker.params import Params
+from tinythinker.paths import Paths
+from tinythinker.student import load_student, tokenizer_stage
+
+BLOCK = P.question_block("Which is a metal?", [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron, cast"}])
+
+
+def stage_data(paths: Paths):
+    recall = "Metals conduct electricity."
+    write_jsonl(paths.stage_file("recall_analyze_summarize", "recall"),
+                [{"qid": "q1", "input": P.recall_prompt(BLOCK), "target": recall}])
+    write_jsonl(paths.stage_file("recall_analyze_summarize", "analyze"),
+                [{"qid": "q1", "input": P.analyze_prompt(BLOCK, x, recall), "target": t, "option": x}
+                 for x, t in (("A", "wood is not a metal."), ("B", "iron is a metal."))])
+    write_jsonl(paths.stage_file("recall_analyze_summarize", "summarize"),
+                [{"qid": "q1", "input": P.summarize_prompt(BLOCK, recall, {"A": "no.", "B": "yes."}),
+                  "target": P.summarize_target("B")}])
+    for split in ("valid", "test"):
+        write_jsonl(paths.sft_data / f"{split}.jsonl",
+                    [{"qid": "v", "block": "Is ice cold?\n(A) yes (B) no", "options": ["A", "B"], "gt": "A"}])
+
+
+@pytest.fixture
+def paths(tmp_path):
+    p = Paths(tmp_path)
+    stage_data(p)
+    return p
+
+
+PARAMS = Params().replace(**{"student.embedded.vocab_size": 80, "student.embedded.d_model": 32,
+                             "student.embedded.d_ff": 64, "student.embedded.d_kv": 8,
+                             "student.embedded.num_layers": 1, "student.embedded.num_decoder_layers": 1,
+                             "generation.max_new_tokens": 33})
+
+
+def test_tokenizer_round_trip_and_reload(paths):
+    from transformers import AutoTokenizer
+
+    tokenizer_stage(PARAMS, paths)
+    first = (paths.tokenizer / "tokenizer.json").read_bytes()
+    tokenizer_stage(PARAMS, paths)  # deterministic: same data, same file
+    assert (paths.tokenizer / "tokenizer.json").read_bytes() == first
+    tok = AutoTokenizer.from_pretrained(paths.tokenizer)
+    assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
+    assert 20 < len(tok) <= 80
+    text = "So the answer is option B."
+    ids = tok(text).input_ids
+    assert ids[-1] == tok.eos_token_id and tok.eos_token_id not in ids[:-1]  # </s> appended once
+    assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok.unk_token_id not in tok(P.summarize_prompt(BLOCK, "Metals conduct electricity.")).input_ids
+    # frequent words are single pieces even on a tiny closed vocabulary
+    assert tok.convert_ids_to_tokens(tok("iron is a metal.").input_ids) == ["▁iron", "▁is", "▁a", "▁metal.", "</s>"]
+    batch = tok([text, "iron"], padding=True)
+    assert batch.input_ids[1][-1] == tok.pad_token_id and batch.attention_mask[1][-1] == 0
+
+
+def test_tokenizer_needs_stage_data(tmp_path):
+    with pytest.raises(DataError, match="no stage datasets"):
+        tokenizer_stage(PARAMS, Paths(tmp_path))
+
+
+def test_load_student_embedded_and_checkpoint(paths, tmp_path):
+    import torch
+
+    tokenizer_stage(PARAMS, paths)
+    model, tok = load_student(PARAMS, paths)
+    c = model.config
+    assert (c.vocab_size, c.d_model, c.num_layers, c.num_decoder_layers) == (len(tok), 32, 1, 1)
+    assert (c.decoder_start_token_id, c.pad_token_id, c.eos_token_id) == (0, 0, 1)
+    g = model.generation_config
+    assert (g.max_new_tokens, g.eos_token_id, g.pad_token_id, g.decoder_start_token_id) == (33, 1, 0, 0)
+    again, _ = load_student(PARAMS, paths)  # seeded initialisation
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+    out = tmp_path / "ckpt"
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    loaded, tok2 = load_student(PARAMS, paths, out)
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+    assert tok2("iron").input_ids == tok("iron").input_ids
+    assert loaded.generation_config.max_new_tokens == 33
