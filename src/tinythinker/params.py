@@ -39,7 +39,7 @@ class SyntheticParams:
     num_options: int = 4
     num_categories: int = 6
     entities_per_category: int = 10
-    test_holdout: float = 0.3  # share of (entity, question-form) combinations only seen at test time
+    test_holdout: float = 0.3  # share of each category's things that answer only valid/test questions
 
     def __post_init__(self):
         _check(2 <= self.num_options <= 5, "dataset.synthetic.num_options", "must be within 2..5")

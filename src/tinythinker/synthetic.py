@@ -33,8 +33,10 @@ MAX_ENTITIES = min(len(v) for v in WORLD.values())
 
 QUESTIONS = ("Which one is a {c}?", "Which of these is a {c}?", "Pick the {c}.")
 RECALLS = ("We need a {c}.", "The answer must be a {c}.")
-FITS = ("{e} is a {c}.", "{e} is a {c}, as asked.")
-MISFITS = ("{e} is a {o}, not a {c}.", "{e} is a {o}, so not a {c}.")
+# Each reason first names its option's letter and thing, as the block pairs them ("(B) water"): the student then
+# looks the thing up from a letter it has just written, one attention hop, instead of two in one step.
+FITS = ("{l} is {e}, a {c}.", "{l} is {e}, which is a {c}.")
+MISFITS = ("{l} is {e}, a {o}, not a {c}.", "{l} is {e}, which is a {o}, not a {c}.")
 FAULTS = ("truncated", "malformed", "wrong_verdict")
 LABELS = "ABCDE"
 
@@ -96,7 +98,7 @@ def offline_completion(record: dict, rng: random.Random, fault: Optional[str] = 
     for i, label in enumerate([gt] + sorted(set(text) - {gt})):
         kind = kinds[label]
         templates = FITS if kind == asked else MISFITS
-        reason = rng.choice(templates).format(e=text[label], c=asked, o=kind)
+        reason = rng.choice(templates).format(l=label, e=text[label], c=asked, o=kind)
         verdict = "correct" if label == declared else "incorrect"
         lines.append(f"{'Explanations: ' if i == 0 else ''}{label} is {verdict}. Because {reason}")
     content = "\n".join(lines)

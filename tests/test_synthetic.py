@@ -1,0 +1,110 @@
+import random
+import re
+
+import pytest
+
+from tinythinker import synthetic as S
+from tinythinker.params import SyntheticParams
+
+CFG = SyntheticParams(num_train=120, num_valid=20, num_test=30)
+VERDICT = re.compile(r"^(?:Explanations: )?([A-E]) is (correct|incorrect)\. Because (.+)$")
+
+
+@pytest.fixture(scope="module")
+def data():
+    return S.generate(CFG, seed=7)
+
+
+def _answer_text(q):
+    return next(c["text"] for c in q["choices"] if c["label"] == q["answer"])
+
+
+def test_deterministic_per_seed(data):
+    assert S.generate(CFG, seed=7) == data
+    assert S.generate(CFG, seed=8) != data
+
+
+def test_split_sizes_ids_and_labels(data):
+    assert {k: len(v) for k, v in data.items()} == {"train": 120, "valid": 20, "test": 30}
+    ids = [q["id"] for rows in data.values() for q in rows]
+    assert len(ids) == len(set(ids))
+    for q in (q for rows in data.values() for q in rows):
+        labels = [c["label"] for c in q["choices"]]
+        assert labels == list("ABCDE"[:CFG.num_options])
+        assert q["answer"] in labels
+        assert len({c["text"] for c in q["choices"]}) == len(labels)
+        kinds = q["meta"]["kinds"]
+        assert [l for l in labels if kinds[l] == q["meta"]["category"]] == [q["answer"]]  # exactly one fits
+
+
+def test_test_questions_recombine_training_facts(data):
+    train_answers = {_answer_text(q) for q in data["train"]}
+    train_options = {c["text"] for q in data["train"] for c in q["choices"]}
+    for split in ("valid", "test"):
+        answers = {_answer_text(q) for q in data[split]}
+        assert not answers & train_answers  # held-out things never answer a training question ...
+        assert answers <= train_options  # ... but their facts are seen there, as distractors
+
+
+def test_no_holdout_uses_every_thing_everywhere():
+    d = S.generate(SyntheticParams(num_train=200, num_valid=10, num_test=50, test_holdout=0.0), seed=1)
+    assert {_answer_text(q) for q in d["test"]} & {_answer_text(q) for q in d["train"]}
+
+
+def test_world_limits():
+    with pytest.raises(ValueError, match="num_categories"):
+        S.generate(SyntheticParams(num_categories=S.MAX_CATEGORIES + 1), seed=0)
+    with pytest.raises(ValueError, match="entities_per_category"):
+        S.generate(SyntheticParams(entities_per_category=S.MAX_ENTITIES + 1), seed=0)
+
+
+def _lines(content):
+    return content.split("\n")
+
+
+def test_completion_format_and_order(data):
+    rng = random.Random(0)
+    for q in data["train"][:40]:
+        content, finish = S.offline_completion(q, rng)
+        assert finish == "stop"
+        first, *rest = _lines(content)
+        assert first.startswith("Key Information: ") and q["meta"]["category"] in first
+        assert rest[0].startswith("Explanations: ")
+        parsed = [VERDICT.match(l).groups() for l in rest]
+        others = sorted(c["label"] for c in q["choices"] if c["label"] != q["answer"])
+        assert [p[0] for p in parsed] == [q["answer"]] + others  # GT first, then alphabetical
+        assert [p[0] for p in parsed if p[1] == "correct"] == [q["answer"]]
+        text = {c["label"]: c["text"] for c in q["choices"]}
+        for label, verdict, reason in parsed:  # the reason names the option, its thing and its category
+            assert reason.startswith(f"{label} is {text[label]}, ") and reason.endswith(".")
+            assert f"a {q['meta']['kinds'][label]}" in reason
+            assert ("not a" in reason) == (verdict == "incorrect")
+
+
+def test_completion_is_deterministic_and_varied(data):
+    q = data["train"][0]
+    assert S.offline_completion(q, random.Random(3)) == S.offline_completion(q, random.Random(3))
+    rng = random.Random(3)
+    assert len({S.offline_completion(q, rng)[0] for _ in range(12)}) > 1
+
+
+def test_faults_break_what_they_should(data):
+    q = data["train"][0]
+    rng = random.Random(0)
+    full, _ = S.offline_completion(q, random.Random(0))
+    content, finish = S.offline_completion(q, rng, "truncated")
+    assert finish == "length" and len(content) < len(full) and len(_lines(content)) <= len(_lines(full))
+
+    content, finish = S.offline_completion(q, rng, "malformed")
+    assert finish == "stop" and not any(VERDICT.match(l) for l in _lines(content)[1:])
+
+    for _ in range(5):
+        content, finish = S.offline_completion(q, rng, "wrong_verdict")
+        parsed = [VERDICT.match(l).groups() for l in _lines(content)[1:]]
+        correct = [p[0] for p in parsed if p[1] == "correct"]
+        assert finish == "stop" and len(correct) == 1 and correct[0] != q["answer"]
+        assert len(parsed) == CFG.num_options
+
+    assert set(S.FAULTS) == {"truncated", "malformed", "wrong_verdict"}
+    with pytest.raises(ValueError, match="unknown fault"):
+        S.offline_completion(q, rng, "nonsense")
