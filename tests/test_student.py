@@ -54,7 +54,11 @@ def test_tokenizer_round_trip_and_reload(paths):
     assert tok.decode(ids, skip_special_tokens=True) == text
     assert tok.unk_token_id not in tok(P.summarize_prompt(BLOCK, "Metals conduct electricity.")).input_ids
     # frequent words are single pieces even on a tiny closed vocabulary
-    assert tok.convert_ids_to_tokens(tok("iron is a metal.").input_ids) == ["▁iron", "▁is", "▁a", "▁metal.", "</s>"]
+    assert tok.convert_ids_to_tokens(tok("iron is a metal.").input_ids) == ["▁iron", "▁is", "▁a", "▁metal", ".", "</s>"]
+    # an option letter is one and the same token in the question block and in the analyze/summarize strings
+    letter = tok.convert_tokens_to_ids("B")
+    assert letter in tok(BLOCK).input_ids and letter in tok("Analyze: For option B,").input_ids
+    assert letter in tok(P.summarize_target("B")).input_ids
     batch = tok([text, "iron"], padding=True)
     assert batch.input_ids[1][-1] == tok.pad_token_id and batch.attention_mask[1][-1] == 0
 

@@ -5,6 +5,9 @@ datasets (no download); anything else is a Hub id or local directory loaded with
 """
 from __future__ import annotations
 
+import re
+import string
+
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
@@ -27,6 +30,10 @@ def _corpus(paths: Paths) -> Iterator[str]:
     for split in ("valid", "test"):
         for row in read_jsonl(paths.sft_data / f"{split}.jsonl"):
             yield row["block"]
+
+
+_LETTER_GLUE = re.compile(r"▁?[(\[]?[A-Z][)\],.:;?!]?")
+_PUNCT = ")],.:;?!\"'"
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int):
@@ -57,11 +64,17 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     # carry float noise. Give those characters the minimum score, round, and break ties by piece.
     lowest = min(s for _, s in vocab[3:])
     band = lowest + 1e-4 * (sum(len(p) == 1 for p, _ in vocab) + 1)
-    pieces = {p: round(lowest if s < band else s, 6) for p, s in vocab[3:]}
+    # An option letter must be the same token in "(B) text" and in "For option B,": the analyze step copies
+    # the text that follows the asked letter, and a tiny model from scratch cannot learn that "▁(B)" and
+    # "▁B," mean the same letter in a few minutes. So no piece may glue a lone capital to ▁ or punctuation.
+    pieces = {p: round(lowest if s < band else s, 6) for p, s in vocab[3:] if not _LETTER_GLUE.fullmatch(p)}
+    for ch in "▁()[],.:;?!" + string.ascii_uppercase:
+        pieces.setdefault(ch, lowest)
     # The trainer seeds pieces from substrings shared by several distinct words, so on a small closed
     # vocabulary (the synthetic task has ~100 words) it ends far below vocab_size and spells frequent words
     # letter by letter. Add the frequent whole words, scored by their unigram log-frequency where that is higher.
-    words = Counter(w for t in texts for w, _ in tok.pre_tokenizer.pre_tokenize_str(t))
+    words = Counter(w for t in texts for w in (p.rstrip(_PUNCT) for p, _ in tok.pre_tokenizer.pre_tokenize_str(t))
+                    if w[1:].isalpha() and not _LETTER_GLUE.fullmatch(w))
     total = sum(words.values())
     for w, n in sorted(words.items(), key=lambda x: (-x[1], x[0])):
         if len(pieces) + 3 >= vocab_size or n < 2:
