@@ -173,6 +173,10 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
     if not (init / "config.json").exists():
         raise DataError(f"{init}: no model (dpo.iterations.{iteration}.init)")
     questions = read_rows(paths.sft_data / "train_questions.jsonl", ("qid", "block", "options", "gt"))
+    k = params.dpo.max_questions
+    if k is not None and k < len(questions):  # a fresh seeded subset each iteration, in file order
+        keep = set(random.Random(f"{params.seed}/{iteration}/questions").sample(range(len(questions)), k))
+        questions = [q for i, q in enumerate(questions) if i in keep]
     teacher: dict[str, list] = defaultdict(list)
     for row in read_rows(paths.sft_data / "chains.jsonl", ("qid", "recall", "analyses")):
         teacher[row["qid"]].append(row)

@@ -158,6 +158,7 @@ class DPOIteration:
 class DPOParams:
     stage_type: Literal["recall", "analyze", "recall_analyze"] = "recall_analyze"
     samples: int = 10  # sampled chains per training question (spec 6.2 generation_times)
+    max_questions: Optional[int] = None  # seeded subset of training questions sampled per iteration; None = all
     temperature: float = 0.7
     top_k: int = 0
     top_p: float = 1.0
@@ -179,6 +180,7 @@ class DPOParams:
             _check(lt in ("sigmoid", "sft"), "dpo.loss_type", f"unknown loss {lt!r} (sigmoid, sft)")
         _check(self.beta > 0, "dpo.beta", "must be > 0")
         _check(self.samples >= 2, "dpo.samples", "must be >= 2 (pairs need several chains)")
+        _check(self.max_questions is None or self.max_questions >= 1, "dpo.max_questions", "must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,132 @@
+"""End to end: the real `dvc repro` in a throwaway copy of the repository, on a shrunken embedded default."""
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Small enough for CI on two cores; the shape of every stage is unchanged.
+TINY = {
+    "dataset.synthetic.num_train": 48, "dataset.synthetic.num_valid": 12, "dataset.synthetic.num_test": 12,
+    "student.embedded.vocab_size": 300, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
+    "student.embedded.d_kv": 8, "student.embedded.num_heads": 2,
+    "student.embedded.num_layers": 1, "student.embedded.num_decoder_layers": 1,
+    "sft.epochs": 1.0, "sft.batch_size": 16, "sft.interval": 2,
+    "generation.max_new_tokens": 24, "dpo.samples": 2, "dpo.passes": 1,
+}
+
+
+def _set(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree[part]
+    assert leaf in tree, dotted  # the override must name a real key
+    tree[leaf] = value
+
+
+def _sh(cmd: str, cwd: Path) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": ""}
+    out = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, f"{cmd} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    return out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    dst = tmp_path_factory.mktemp("e2e") / "repo"
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file() and not f.startswith(("data/", "models/", "metrics/")):
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dst / f)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    for k, v in TINY.items():
+        _set(params, k, v)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _sh("git init -q && git add -A && git commit -qm init", dst)
+    return dst
+
+
+@pytest.mark.slow
+def test_dvc_repro_end_to_end(repo):
+    _sh("dvc repro", repo)
+    for out in ["data/prepared/split_ids.json", "data/teacher/journal.jsonl", "data/sft/valid.jsonl",
+                "models/sft/config.json", "models/dpo/iter2/config.json", "metrics/test/iter2.json"]:
+        assert (repo / out).exists(), out
+    rows = json.loads((repo / "metrics/iterations.json").read_text())
+    assert [r["model"] for r in rows] == ["sft", "iter1", "iter2"]
+    assert all(0.0 <= r["test_accuracy"] <= 100.0 for r in rows)
+    shown = _sh("dvc metrics show --json", repo)
+    assert "metrics/test/iter2.json" in shown
+
+    # A second repro is a no-op that only checks hashes.
+    t0 = time.monotonic()
+    out = _sh("dvc repro", repo)
+    assert time.monotonic() - t0 < 30
+    assert "didn't change" in out or "up to date" in out
+    assert "Running stage" not in out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server():
+    """A local S3-compatible server (moto) on 127.0.0.1, with one bucket."""
+    pytest.importorskip("dvc_s3", reason="S3 remote support is installed by the [test] extra")
+    boto3 = pytest.importorskip("boto3")
+    port = _free_port()
+    proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    os.environ.update(creds)
+    try:
+        for _ in range(100):
+            try:
+                boto3.client("s3", endpoint_url=url).create_bucket(Bucket="tinythinker")
+                break
+            except Exception:
+                time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        for k in creds:
+            os.environ.pop(k, None)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("remote", ["local", "s3"])
+def test_push_then_pull_into_fresh_clone(repo, tmp_path, remote, request):
+    """Data, teacher journal and checkpoints travel through a remote; the fresh clone is up to date."""
+    if not (repo / "dvc.lock").exists():
+        _sh("dvc repro", repo)
+    _sh("git add -A && git commit -qm 'pipeline run' || true", repo)
+    if remote == "local":
+        add = f"dvc remote add -f store {tmp_path / 'store'}"
+    else:
+        url = request.getfixturevalue("s3_server")
+        add = f"dvc remote add -f store s3://tinythinker/cache && dvc remote modify store endpointurl {url}"
+    _sh(add + " && dvc push -r store", repo)
+    clone = tmp_path / "clone"
+    _sh(f"git clone -q {repo} {clone}", tmp_path)
+    _sh(add.replace(str(tmp_path / "store"), str(tmp_path / "store")) + " && dvc pull -r store", clone)
+    assert (clone / "models/dpo/iter2/config.json").exists()
+    assert (clone / "data/teacher/journal.jsonl").read_bytes() == (repo / "data/teacher/journal.jsonl").read_bytes()
+    status = _sh("dvc status", clone)
+    assert "up to date" in status, status
+    assert "Running stage" not in _sh("dvc repro", clone)
