@@ -47,6 +47,19 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     return n
 
 
+def read_yaml(path: str | Path, error: type[Exception] = DataError, what: str = "file") -> Any:
+    """Parsed YAML; a missing file or a syntax error raises `error` naming the path."""
+    import yaml
+
+    path = Path(path)
+    try:
+        return yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except yaml.YAMLError as e:
+        raise error(f"{path}: not valid YAML: {e}") from None
+
+
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
+from .io import read_yaml
+
 
 DATASETS = ("synthetic", "csqa", "obqa", "strategyqa")
 STAGE_TYPES = ("recall_analyze_summarize", "summarize", "recall_summarize", "analyze_summarize")
@@ -272,12 +273,7 @@ def to_dict(p: Any) -> Any:
 
 def load(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: no such params file") from None
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path, ParamsError, "params file")
     _check(raw is None or isinstance(raw, dict), str(path), "top level must be a mapping")
     try:
         return from_dict(raw)

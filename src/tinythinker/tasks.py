@@ -14,8 +14,8 @@ from functools import cache
 from pathlib import Path
 from typing import Literal, Optional
 
-import yaml
 
+from .io import read_yaml
 from .params import Params, ParamsError, _build, _check
 
 TASK_DIR = Path(__file__).with_name("tasks")
@@ -151,12 +151,7 @@ def available() -> tuple[str, ...]:
 def load_task(path: str | Path) -> TaskSpec:
     """Parse and validate one task file."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise TaskError(f"{path}: no such task file") from None
-    except yaml.YAMLError as e:
-        raise TaskError(f"{path}: not valid YAML: {e}") from None
+    raw = read_yaml(path, TaskError, "task file")
     if not isinstance(raw, dict):
         raise TaskError(f"{path}: top level must be a mapping")
     for f in dataclasses.fields(TaskSpec):
