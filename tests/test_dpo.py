@@ -168,10 +168,12 @@ def test_empty_pairs_pass_the_starting_model_through(tmp_path, sft_model):
 @pytest.mark.parametrize("improves", [True, False])
 def test_stage_keeps_best_of_start_and_checkpoints(tmp_path, sft_model, monkeypatch, improves):
     import tinythinker.chain as chain
+    import tinythinker.distributed as distributed
 
     # Validation accuracy scripted per call (start, eval 1, eval 2): a random tiny model scores 0 throughout.
     scores = iter([50.0, 60.0, 55.0] if improves else [50.0, 40.0, 50.0])
-    monkeypatch.setattr(chain, "accuracy", lambda results: next(scores))
+    monkeypatch.setattr(chain, "accuracy", lambda results: next(scores))  # the starting model
+    monkeypatch.setattr(distributed, "chain_accuracy", lambda *a, **k: next(scores))  # the evaluations
     paths = repo(tmp_path, sft_model, RECALL, ANALYZE)
     m = dpo_train(PARAMS, paths, "iter1")
 
@@ -208,12 +210,14 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, sft_model, monkeypa
     from safetensors.torch import load_file
 
     import tinythinker.chain as chain
+    import tinythinker.distributed as distributed
 
     cycle = sum(schedule_intervals(3, 2, 2).values())
     runs = {}
     for name, stops in (("straight", [None]), ("resumed", [cycle - 1, None])):
         scores = iter([0.0, 10.0, 20.0])  # rising: the last step is the output
         monkeypatch.setattr(chain, "accuracy", lambda results: next(scores))
+        monkeypatch.setattr(distributed, "chain_accuracy", lambda *a, **k: next(scores))
         paths = repo(tmp_path / name, sft_model, RECALL, ANALYZE)
         for stop in stops:
             m = dpo_train(PARAMS, paths, "iter1", stop_after=stop)

@@ -38,3 +38,20 @@ def test_load_errors_name_the_file(tmp_path):
     f.write_text("sft:\n  epochz: 1\n")
     with pytest.raises(ParamsError, match=r"params.yaml: sft.epochz: unknown key"):
         load(f)
+
+
+def test_dvc_set_floats_load_as_numbers(tmp_path):
+    """`dvc exp run -S dpo.learning_rate=5e-6` writes `5e-06`, a string to YAML 1.1 readers; we read 1.2."""
+    from dvc.utils.hydra import apply_overrides
+
+    f = tmp_path / "params.yaml"
+    f.write_text((REPO / "params.yaml").read_text())
+    apply_overrides(str(f), ["dpo.learning_rate=5e-6", "sft.learning_rate=1E-3"])
+    p = load(f)
+    assert p.dpo.learning_rate == 5e-6 and p.sft.learning_rate == 1e-3
+
+
+def test_launcher_must_run_a_module():
+    with pytest.raises(ParamsError, match="launcher: must end with -m"):
+        Params().replace(launcher="accelerate launch --num_processes 2")
+    assert Params().replace(launcher="accelerate launch --cpu --num_processes 2 -m").launcher.endswith("-m")

@@ -38,9 +38,8 @@ def _sh(cmd: str, cwd: Path) -> str:
     return out.stdout + out.stderr
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    dst = tmp_path_factory.mktemp("e2e") / "repo"
+def _copy_repo(dst: Path) -> Path:
+    """The tracked and untracked-but-not-ignored files of this checkout, TINY params, as a new git repo."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
     for f in files:
@@ -53,6 +52,11 @@ def repo(tmp_path_factory) -> Path:
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _sh("git init -q && git add -A && git commit -qm init", dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Path:
+    return _copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
 
 
 @pytest.mark.slow
@@ -130,3 +134,68 @@ def test_push_then_pull_into_fresh_clone(repo, tmp_path, remote, request):
     status = _sh("dvc status", clone)
     assert "up to date" in status, status
     assert "Running stage" not in _sh("dvc repro", clone)
+
+
+def _lock_outs(repo: Path) -> dict[str, str]:
+    """Output path -> content hash, for every stage output recorded in dvc.lock."""
+    lock = yaml.safe_load((repo / "dvc.lock").read_text())
+    return {o["path"]: o["md5"] for st in lock["stages"].values() for o in st.get("outs", [])}
+
+
+def _metrics(repo: Path) -> dict[str, dict]:
+    return {p.relative_to(repo).as_posix(): json.loads(p.read_text()) for p in sorted((repo / "metrics").rglob("*.json"))
+            if "_live" not in p.as_posix()}
+
+
+@pytest.mark.slow
+def test_same_params_same_machine_reproduce_exactly(repo, tmp_path):
+    """A second clone run from scratch: identical hashes for data, teacher outputs and models; same metrics."""
+    if not (repo / "dvc.lock").exists():
+        _sh("dvc repro", repo)
+    other = _copy_repo(tmp_path / "again")
+    _sh("dvc repro", other)
+    first, second = _lock_outs(repo), _lock_outs(other)
+    assert set(first) == set(second)
+    for path in ("data/raw", "data/prepared", "data/teacher/requests.jsonl", "data/teacher/journal.jsonl",
+                 "data/teacher/completions.jsonl", "data/sft", "data/dpo/iter1", "models/tokenizer"):
+        assert first[path] == second[path], path
+    assert _metrics(repo) == _metrics(other)
+    assert first == second  # trained models too: CPU training here is deterministic
+
+
+@pytest.mark.slow
+def test_training_stages_under_accelerate_with_two_cpu_processes(repo, tmp_path):
+    """`launcher` switches sft and dpo_train to `accelerate launch` (DDP over 2 CPU processes), no code change."""
+    clone = _copy_repo(tmp_path / "ddp")
+    out = _sh("dvc exp run -S \"launcher='accelerate launch --multi_gpu --num_processes 2 -m'\"", clone)
+    assert "accelerate launch --multi_gpu --num_processes 2 -m tinythinker sft" in out
+    assert "accelerate launch --multi_gpu --num_processes 2 -m tinythinker dpo-train iter2" in out
+    sft = json.loads((clone / "metrics/sft.json").read_text())
+    assert sft["processes"] == 2 and 0.0 <= sft["valid_accuracy"] <= 100.0
+    assert (clone / "models/dpo/iter2/model.safetensors").exists()
+    assert json.loads((clone / "metrics/dpo/iter2.json").read_text())["steps"] >= 0
+
+
+@pytest.mark.slow
+def test_queued_ablation_runs_and_shows(repo):
+    """`dvc exp run --queue` + `dvc queue start`: the queued summarize-only ablation runs and is compared."""
+    if not (repo / "dvc.lock").exists():
+        _sh("dvc repro", repo)
+    _sh("git add -A && git commit -qm 'pipeline run' || true", repo)
+    _sh("dvc exp run --queue -n summarize-only -S sft.stage_type=summarize", repo)
+    _sh("dvc queue start -j 1", repo)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        status = _sh("dvc queue status", repo)
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert "Success" in status, status
+    import dvc.api
+
+    rows = {r["Experiment"]: r for r in dvc.api.exp_show(repo=str(repo))}
+    ablation = rows["summarize-only"]
+    assert ablation["sft.stage_type"] == "summarize"
+    accuracies = {k: v for k, v in ablation.items() if k.endswith("accuracy") and isinstance(v, (int, float))}
+    assert any("test" in k for k in accuracies), ablation
+    assert "summarize-only" in _sh("dvc exp show --csv", repo)

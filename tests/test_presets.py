@@ -39,8 +39,16 @@ def test_preset_write_keeps_params_valid(tmp_path):
     assert yaml.safe_load((tmp_path / "params.yaml").read_text())["sft"]["max_source_length"] == 512
 
 
-def test_preset_prints_dvc_flags():
+def test_preset_flags_applied_by_dvc_give_the_preset(tmp_path):
+    """The printed flags, applied by DVC's own `-S` machinery to params.yaml, yield exactly the preset."""
+    import shlex
+
+    from dvc.utils.hydra import apply_overrides
+
     res = CliRunner().invoke(app, ["preset", "csqa", "t5-small"])
-    assert res.exit_code == 0
-    assert "-S 'dataset.name=\"csqa\"'" in res.output
-    assert "-S '+dpo.iterations.iter5.init=\"models/dpo/iter4\"'" in res.output
+    assert res.exit_code == 0, res.output
+    words = shlex.split(res.output)
+    assert words[::2] == ["-S"] * (len(words) // 2)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    apply_overrides(str(tmp_path / "params.yaml"), words[1::2])
+    assert load(tmp_path / "params.yaml") == resolve(load(REPO / "params.yaml"), "csqa", "t5-small")

@@ -92,7 +92,8 @@ def test_learns_and_resumes(paths, tmp_path_factory):
     m = sft(PARAMS, paths)  # picks up the interrupted run
     assert m["resumed_from_step"] == 50 and m["train_steps"] == 360
     assert read_json(paths.metric("sft")) == {k: m[k] for k in ("valid_accuracy", "best_step", "train_steps",
-                                                                "train_loss")}
+                                                                "train_loss", "processes")}
+    assert m["processes"] == 1
     after = chain_accuracy(PARAMS, paths, paths.sft_model)  # the saved model is the best checkpoint
     assert before == 0 and after >= 50 and after == m["valid_accuracy"]
     assert not (paths.checkpoints / "sft").exists()  # finished: nothing left to resume

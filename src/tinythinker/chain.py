@@ -33,18 +33,20 @@ def _generation_kwargs(d: Decoding) -> dict:
 
 
 def generate(model, tokenizer, prompts: list[str], decoding: Decoding, batch_size: int,
-             desc: Optional[str] = None) -> list[str]:
+             desc: Optional[str] = None, sort_by_length: bool = True) -> list[str]:
     """Decoded, stripped outputs in the order of `prompts`.
 
     Prompts are batched longest first so each batch pads to similar lengths (and an out-of-memory shows up
-    in the first batch, not the last).
+    in the first batch, not the last); `sort_by_length=False` keeps the given order (bench/ measures both).
     """
     import torch
     from tqdm.auto import tqdm
 
     if not prompts:
         return []
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    order = list(range(len(prompts)))
+    if sort_by_length:
+        order.sort(key=lambda i: -len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     was_training = model.training
     model.eval()
@@ -64,7 +66,8 @@ def generate(model, tokenizer, prompts: list[str], decoding: Decoding, batch_siz
 
 def run_chain(model, tokenizer, questions: list[dict], *, stage_type: str = "recall_analyze_summarize",
               recall: Decoding = GREEDY, analyze: Decoding = GREEDY, summarize: Decoding = GREEDY,
-              batch_size: int = 256, recalls: Optional[list[str]] = None, desc: Optional[str] = None) -> list[dict]:
+              batch_size: int = 256, recalls: Optional[list[str]] = None, desc: Optional[str] = None,
+              sort_by_length: bool = True) -> list[dict]:
     """Run the steps of `protocol.STAGES[stage_type]` on questions ``{qid, block, options, gt}``.
 
     `recalls` replaces the recall step with given texts (DPO analyze-pair sampling). Returns per question
@@ -73,13 +76,14 @@ def run_chain(model, tokenizer, questions: list[dict], *, stage_type: str = "rec
     """
     steps = P.STAGES[stage_type]
     label = (lambda step: f"{desc} {step}") if desc else (lambda step: None)
+    kw = {"sort_by_length": sort_by_length}
     blocks = [q["block"] for q in questions]
 
     recall_texts: list[Optional[str]] = [None] * len(questions)
     if "recall" in steps:
         if recalls is None:
             recalls = generate(model, tokenizer, [P.recall_prompt(b) for b in blocks], recall, batch_size,
-                               label("recall"))
+                               label("recall"), **kw)
         assert len(recalls) == len(questions), "one recall per question"
         recall_texts = [P.close_sentence(r) for r in recalls]
 
@@ -87,13 +91,13 @@ def run_chain(model, tokenizer, questions: list[dict], *, stage_type: str = "rec
     if "analyze" in steps:
         pairs = [(i, x) for i, q in enumerate(questions) for x in sorted(q["options"])]
         texts = generate(model, tokenizer, [P.analyze_prompt(blocks[i], x, recall_texts[i]) for i, x in pairs],
-                         analyze, batch_size, label("analyze"))
+                         analyze, batch_size, label("analyze"), **kw)
         analyses = [{} for _ in questions]
         for (i, x), text in zip(pairs, texts):
             analyses[i][x] = P.close_sentence(text)
 
     prompts = [P.summarize_prompt(b, r, a) for b, r, a in zip(blocks, recall_texts, analyses)]
-    summaries = generate(model, tokenizer, prompts, summarize, batch_size, label("summarize"))
+    summaries = generate(model, tokenizer, prompts, summarize, batch_size, label("summarize"), **kw)
     return [{"qid": q["qid"], "gt": q["gt"], "recall": r, "analyses": a, "summary": s,
              "prediction": P.extract_answer(s), "prompt": p}
             for q, r, a, s, p in zip(questions, recall_texts, analyses, summaries, prompts)]

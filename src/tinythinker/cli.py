@@ -140,7 +140,7 @@ def preset(dataset: str = typer.Argument(..., help="csqa, obqa or strategyqa."),
         else:
             flags = overrides(dataset, student)
             iters = flags.pop("dpo.iterations")
-            flags |= {f"+dpo.iterations.{k}.init": v["init"] for k, v in iters.items()}
+            flags |= {f"++dpo.iterations.{k}.init": v["init"] for k, v in iters.items()}
             typer.echo(" ".join(f"-S '{k}={json.dumps(v)}'" for k, v in flags.items()))
     _run(run)
 

@@ -19,6 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
+from . import distributed
 from .io import DataError, atomic_path, read_json, write_json
 from .pairs import FIELDS, iteration_init, read_rows
 from .params import Params, to_dict
@@ -27,7 +28,8 @@ from .paths import Paths
 STAGES = ("recall", "analyze")
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected")
-# bookkeeping the trainer logs that makes no useful curve
+# bookkeeping the trainer logs that makes no useful curve (and wall-clock values would make the curves of two
+# identical runs differ)
 SKIP_LOG = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
 
 
@@ -75,7 +77,8 @@ def sequence_logps(logits, labels):
 def policy_logps(model, batch):
     """Chosen and rejected sequence log-probs and the token-mean NLL of the chosen half, one forward pass."""
     labels = batch["labels"]
-    decoder_input_ids = model.prepare_decoder_input_ids_from_labels(labels=labels)
+    base = getattr(model, "module", model)  # under DDP the forward goes through the wrapper, helpers do not
+    decoder_input_ids = base.prepare_decoder_input_ids_from_labels(labels=labels)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    decoder_input_ids=decoder_input_ids).logits
     sums, counts = sequence_logps(logits, labels)
@@ -175,9 +178,9 @@ def _trainer_classes():
             super().log(logs, start_time)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            from .chain import accuracy, run_chain
-            results = run_chain(self.model, self.processing_class, self.valid, desc="valid", **self.chain_kwargs)
-            metrics = {f"{metric_key_prefix}_accuracy": accuracy(results)}
+            acc = distributed.chain_accuracy(self.accelerator, self.model, self.processing_class, self.valid,
+                                             desc="valid", **self.chain_kwargs)
+            metrics = {f"{metric_key_prefix}_accuracy": acc}
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             return metrics
@@ -189,6 +192,8 @@ def _trainer_classes():
             self.live, self.start_accuracy = live, start_accuracy
 
         def log(self, step: int, logs: dict) -> None:
+            if self.live is None:  # not the main process
+                return
             self.live.step = step
             for k, v in logs.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SKIP_LOG:
@@ -227,7 +232,8 @@ def build_trainer(params: Params, model, tokenizer, features: list[dict], sizes:
         logging_steps=max(1, min(50, cycle // 4)), logging_first_step=True,
         load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
         save_total_limit=2,  # the best and the latest (to resume)
-        remove_unused_columns=False, report_to="none", dataloader_pin_memory=cuda,
+        remove_unused_columns=False, report_to="none", dataloader_pin_memory=cuda, use_cpu=not cuda,
+        ddp_find_unused_parameters=False,
     )
     Trainer, _ = _trainer_classes()
     return Trainer(model=model, args=args, train_dataset=features, eval_dataset=valid, processing_class=tokenizer,
@@ -283,32 +289,34 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
 
     fingerprint = _fingerprint(params, [p for p in init.rglob("*") if p.is_file()]
                                + [data_dir / f"{s}_pairs.jsonl" for s in STAGES] + [paths.sft_data / "valid.jsonl"])
-    stamp, start_file, resume = ckpt_dir / "fingerprint.txt", ckpt_dir / "start.json", None
-    if stamp.exists() and stamp.read_text() == fingerprint and start_file.exists():
+    stamp, start_file = ckpt_dir / "fingerprint.txt", ckpt_dir / "start.json"
+    with distributed.main_first() as main:
+        if main and not (stamp.exists() and stamp.read_text() == fingerprint and start_file.exists()):
+            shutil.rmtree(ckpt_dir, ignore_errors=True)  # other params, data or starting model: stale checkpoints
+            ckpt_dir.mkdir(parents=True)
+            start = accuracy(run_chain(model, tokenizer, valid, desc="valid (start)", **chain_kwargs))
+            write_json(start_file, {"start_valid_accuracy": start})
+            stamp.write_text(fingerprint)
         resume = get_last_checkpoint(str(ckpt_dir))
         start_accuracy = read_json(start_file)["start_valid_accuracy"]
-    else:  # other params, data or starting model: stale checkpoints must not be resumed
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        ckpt_dir.mkdir(parents=True)
-        start_accuracy = accuracy(run_chain(model, tokenizer, valid, desc="valid (start)", **chain_kwargs))
-        write_json(start_file, {"start_valid_accuracy": start_accuracy})
-        stamp.write_text(fingerprint)
 
-    live = Live(dir=str(paths.metrics / "dpo_live" / iteration), dvcyaml=False, save_dvc_exp=False)
+    live = Live(dir=str(paths.metrics / "dpo_live" / iteration), dvcyaml=False, save_dvc_exp=False) \
+        if distributed.is_main() else None
     counts = {f"{s}_pairs": len(pairs[s]) for s in STAGES}
     metrics = {"valid_accuracy": start_accuracy, "start_valid_accuracy": start_accuracy, "best_step": 0,
                "steps": 0, **counts}
 
     intervals = schedule_intervals(len(pairs["recall"]), len(pairs["analyze"]), d.batch_size)
     if not intervals:  # spec 9.21: nothing to learn from; the starting model passes through unchanged
-        live.step = 0
-        live.log_metric("eval/accuracy", start_accuracy)
-        live.end()
-        with atomic_path(out_model) as tmp:
-            shutil.copytree(init, tmp)
         metrics["skipped"] = 1
-        write_json(metrics_file, metrics)
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        if live is not None:
+            live.step = 0
+            live.log_metric("eval/accuracy", start_accuracy)
+            live.end()
+            with atomic_path(out_model) as tmp:
+                shutil.copytree(init, tmp)
+            write_json(metrics_file, metrics)
+            shutil.rmtree(ckpt_dir, ignore_errors=True)
         return metrics
 
     features: list[dict] = []
@@ -328,7 +336,8 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     trainer = build_trainer(params, model, tokenizer, features, {s: len(pairs[s]) for s in STAGES}, intervals,
                             ckpt_dir, valid, chain_kwargs, [LiveCallback(live, start_accuracy), Stop()])
     trainer.train(resume_from_checkpoint=resume)
-    live.end()
+    if live is not None:
+        live.end()
     if trainer.state.global_step < trainer.state.max_steps:  # interrupted on purpose
         return {"steps": trainer.state.global_step}
 
@@ -337,11 +346,11 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     metrics |= {"steps": state.global_step, **{k: train_logs[-1][k] for k in REWARD_KEYS if train_logs}}
     if state.best_metric is not None and state.best_metric > start_accuracy:
         metrics |= {"valid_accuracy": state.best_metric, "best_step": state.best_global_step}
-        with atomic_path(out_model) as tmp:
-            trainer.save_model(str(tmp))  # the best checkpoint (load_best_model_at_end), tokenizer included
-    else:
+        distributed.save_model(trainer, out_model)  # the best checkpoint (load_best_model_at_end)
+    elif trainer.is_world_process_zero():
         with atomic_path(out_model) as tmp:
             shutil.copytree(init, tmp)
-    write_json(metrics_file, metrics)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # done: nothing to resume, and a rerun must retrain
+    if trainer.is_world_process_zero():
+        write_json(metrics_file, metrics)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # done: nothing to resume, and a rerun must retrain
     return metrics

@@ -47,13 +47,30 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     return n
 
 
+def _yaml_loader():
+    """PyYAML's safe loader reading floats as YAML 1.2 does (DVC writes `-S x=5e-6` back as `5e-06`, which
+    YAML 1.1 would read as a string)."""
+    import re
+
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
+    return Loader
+
+
 def read_yaml(path: str | Path, error: type[Exception] = DataError, what: str = "file") -> Any:
     """Parsed YAML; a missing file or a syntax error raises `error` naming the path."""
     import yaml
 
     path = Path(path)
     try:
-        return yaml.safe_load(path.read_text())
+        return yaml.load(path.read_text(), Loader=_yaml_loader())
     except FileNotFoundError:
         raise error(f"{path}: no such {what}") from None
     except yaml.YAMLError as e:

@@ -187,12 +187,19 @@ class DPOParams:
 @dataclass(frozen=True)
 class Params:
     seed: int = 42
+    # Prefix of the training stages' commands (dvc.yaml: `${launcher} tinythinker sft`): a command that runs a
+    # Python module, e.g. `accelerate launch --num_processes 8 -m` for DDP on 8 GPUs.
+    launcher: str = "python3 -m"
     dataset: DatasetParams = field(default_factory=DatasetParams)
     teacher: TeacherParams = field(default_factory=TeacherParams)
     student: StudentParams = field(default_factory=StudentParams)
     sft: SFTParams = field(default_factory=SFTParams)
     generation: GenerationParams = field(default_factory=GenerationParams)
     dpo: DPOParams = field(default_factory=DPOParams)
+
+    def __post_init__(self):
+        _check(self.launcher.split()[-1:] in (["-m"], ["--module"]), "launcher",
+               f"must end with -m (the module tinythinker follows it), got {self.launcher!r}")
 
     def replace(self, **overrides: Any) -> "Params":
         """Copy with dotted-key overrides: ``p.replace(**{"sft.epochs": 1})``; validated like a load."""

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import yaml
 
+from .io import read_yaml
 from .params import ParamsError, Params, from_dict, load, to_dict
 
 STUDENTS = {"t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base", "t5-large": "google-t5/t5-large"}
@@ -43,7 +44,7 @@ def resolve(base: Params, dataset: str, student: str) -> Params:
 def apply(params_file: Path, dataset: str, student: str) -> Params:
     """Write the preset into params.yaml (validated first), keeping every key the preset does not set."""
     resolved = resolve(load(params_file), dataset, student)
-    raw = yaml.safe_load(params_file.read_text())
+    raw = read_yaml(params_file, ParamsError, "params file")
     merged = to_dict(resolved)
     raw.update({k: merged[k] for k in merged})
     from_dict(raw)

@@ -13,10 +13,12 @@ import json
 import shutil
 from pathlib import Path
 
+from . import distributed
 from . import protocol as P
-from .chain import Decoding, accuracy, run_chain
+from .chain import Decoding
 from .curriculum import CurriculumBatchSampler, sft_intervals
-from .io import DataError, atomic_path, read_jsonl, write_json
+from .dpo import SKIP_LOG
+from .io import DataError, read_jsonl, write_json
 from .params import Params, to_dict
 from .paths import Paths
 from .student import load_student
@@ -67,8 +69,9 @@ def _trainer_classes():
             return self.accelerator.prepare(dl)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            results = run_chain(self.model, self.processing_class, self.valid, desc="valid", **self.chain_kwargs)
-            metrics = {f"{metric_key_prefix}_accuracy": accuracy(results)}  # numbers only (spec 9.13)
+            acc = distributed.chain_accuracy(self.accelerator, self.model, self.processing_class, self.valid,
+                                             desc="valid", **self.chain_kwargs)
+            metrics = {f"{metric_key_prefix}_accuracy": acc}  # numbers only (spec 9.13)
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             return metrics
@@ -92,14 +95,18 @@ def _trainer_classes():
             self.live_dir, self.live = live_dir, None
 
         def _log(self, step: int, logs: dict) -> None:
+            if self.live is None:  # not the main process
+                return
             self.live.step = step
             for k, v in logs.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in ("step", "epoch"):
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SKIP_LOG:
                     self.live.log_metric(k if k.startswith("eval_") else f"train_{k}", v)
             self.live.make_summary()
 
         def on_train_begin(self, args, state, control, **kwargs):
             from dvclive import Live
+            if not state.is_world_process_zero:
+                return
             self.live = Live(dir=str(self.live_dir), dvcyaml=False, save_dvc_exp=False)
             for entry in state.log_history:
                 self._log(entry["step"], entry)
@@ -108,7 +115,8 @@ def _trainer_classes():
             self._log(state.global_step, logs or {})
 
         def on_train_end(self, args, state, control, **kwargs):
-            self.live.end()
+            if self.live is not None:
+                self.live.end()
 
     return CurriculumTrainer, EvaluateAtEnd, LiveCallback
 
@@ -136,14 +144,6 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     ckpt_dir = paths.checkpoints / "sft"
     fingerprint = _fingerprint(params, paths)
     stamp = ckpt_dir / "fingerprint.txt"
-    resume = None
-    if stamp.exists() and stamp.read_text() == fingerprint:
-        resume = get_last_checkpoint(str(ckpt_dir))
-    else:  # other params or data: stale checkpoints must not be resumed
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        ckpt_dir.mkdir(parents=True)
-        stamp.write_text(fingerprint)
-
     cuda = torch.cuda.is_available()
     bf16 = s.precision == "bf16" or (s.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     args = Seq2SeqTrainingArguments(
@@ -156,7 +156,17 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
         load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
         save_total_limit=2,  # the best and the latest (to resume); 1 would drop the latest at train end
         remove_unused_columns=False, report_to="none", disable_tqdm=False, dataloader_pin_memory=cuda,
+        use_cpu=not cuda,  # also makes a multi-process launch on CPU one DDP job (gloo), not N lone runs
+        ddp_find_unused_parameters=False,  # every parameter takes part in every step
     )
+    # After the arguments, which set up the process group that main_first relies on.
+    with distributed.main_first() as main:
+        if main and not (stamp.exists() and stamp.read_text() == fingerprint):
+            shutil.rmtree(ckpt_dir, ignore_errors=True)  # other params or data: stale checkpoints must go
+            ckpt_dir.mkdir(parents=True)
+            stamp.write_text(fingerprint)
+        resume = get_last_checkpoint(str(ckpt_dir))
+
     chain_kwargs = {"stage_type": s.stage_type, "batch_size": params.generation.batch_size}
     greedy = Decoding(max_new_tokens=params.generation.max_new_tokens)
     chain_kwargs |= {"recall": greedy, "analyze": greedy, "summarize": greedy}
@@ -177,10 +187,11 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     if max_steps is not None and trainer.state.global_step < trainer.state.max_steps:
         return {"train_steps": trainer.state.global_step} | resumed  # interrupted on purpose: no outputs
 
-    with atomic_path(paths.sft_model) as tmp:
-        trainer.save_model(str(tmp))  # the best checkpoint (load_best_model_at_end), tokenizer included
+    distributed.save_model(trainer, paths.sft_model)  # the best checkpoint (load_best_model_at_end)
     metrics = {"valid_accuracy": trainer.state.best_metric, "best_step": trainer.state.best_global_step,
-               "train_steps": trainer.state.global_step, "train_loss": out.training_loss}
-    write_json(paths.metric("sft"), metrics)
-    shutil.rmtree(ckpt_dir, ignore_errors=True)  # done: nothing to resume, and a rerun must retrain
+               "train_steps": trainer.state.global_step, "train_loss": out.training_loss,
+               "processes": trainer.accelerator.num_processes}
+    if trainer.is_world_process_zero():
+        write_json(paths.metric("sft"), metrics)
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # done: nothing to resume, and a rerun must retrain
     return metrics | resumed

@@ -1,0 +1,160 @@
+"""Training throughput: curriculum SFT and DPO steps as the pipeline runs them vs a stock Trainer set-up.
+
+SFT. Ours: the curriculum batch sampler with length grouping inside each stage, dynamic padding. Stock:
+Seq2SeqTrainer's default random sampler and DataCollatorForSeq2Seq padding to the longest in the batch
+(the original code's set-up), no length grouping.
+DPO. Ours: reference log-probs computed once up front (timed too), chosen+rejected in one forward pass.
+Stock: the reference model held beside the policy and run every step, as TRL's DPOTrainer does by default.
+Each variant runs in its own process so its peak memory is its own; tokens are real (non-pad) tokens of
+encoder inputs plus labels.
+"""
+from __future__ import annotations
+
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+
+
+class Counting:
+    """Wraps a collator, counting real and padded tokens of every batch it builds."""
+
+    def __init__(self, collate):
+        self.collate, self.real, self.padded = collate, 0, 0
+
+    def __call__(self, features):
+        b = self.collate(features)
+        self.real += int(b["attention_mask"].sum()) + int((b["labels"] != -100).sum())
+        self.padded += b["input_ids"].numel() + b["labels"].numel()
+        return b
+
+
+def _args(out_dir, batch_size: int, steps: int, lr: float, seed: int):
+    import torch
+    from transformers import Seq2SeqTrainingArguments
+
+    return Seq2SeqTrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=lr,
+        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none", seed=seed,
+        remove_unused_columns=False, disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def _measure(train, model, collator: Counting) -> dict:
+    import torch
+
+    from workspace import peak_rss_mib, rss_mib
+
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    before = rss_mib()
+    t0 = time.perf_counter()
+    train()
+    if cuda:
+        torch.cuda.synchronize()
+    dt = time.perf_counter() - t0
+    mem = torch.cuda.max_memory_allocated() / 2**20 if cuda else peak_rss_mib()
+    return {"seconds": round(dt, 2), "tokens": collator.real, "tokens_per_s": round(collator.real / dt, 1),
+            "padding_share": round(1 - collator.real / max(1, collator.padded), 3),
+            "peak_memory_mib": round(mem, 1), "memory_kind": "cuda allocated" if cuda else "process RSS",
+            "rss_before_mib": round(before, 1)}
+
+
+def sft_variant(params, paths, size: str, variant: str, steps: int) -> dict:
+    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
+
+    import workspace
+    from tinythinker.curriculum import CurriculumBatchSampler, sft_intervals
+    from tinythinker.io import read_jsonl
+    from tinythinker.sft import _stage_data, _trainer_classes
+
+    s = params.sft
+    model, tokenizer = workspace.student(params, paths, size)
+    rows, sizes, lengths = _stage_data(params, paths, tokenizer)
+    collator = Counting(DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100))
+    args = _args(paths.root / "bench_ckpt", s.batch_size, steps, s.learning_rate, params.seed)
+    if variant == "ours":
+        valid = read_jsonl(paths.sft_data / "valid.jsonl")
+        intervals = sft_intervals(s.stage_type, s.interval, max(len(q["options"]) for q in valid))
+        sampler = CurriculumBatchSampler(sizes, intervals, s.batch_size, params.seed, lengths)
+        trainer = _trainer_classes()[0](model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+                                        data_collator=collator, batch_sampler=sampler, valid=[], chain_kwargs={})
+    else:
+        trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=rows, processing_class=tokenizer,
+                                 data_collator=collator)
+    return {"benchmark": "sft", "variant": variant, "steps": steps} | _measure(trainer.train, model, collator)
+
+
+def _pairs(paths, n: int) -> list[dict]:
+    """Recall pairs from the teacher's recalls: chosen = a question's own, rejected = the next question's."""
+    from tinythinker.io import read_jsonl
+
+    rows = read_jsonl(paths.stage_file("recall_analyze_summarize", "recall"))[: n + 1]
+    return [{"qid": str(i), "prompt": a["input"], "chosen": a["target"], "rejected": b["target"]}
+            for i, (a, b) in enumerate(zip(rows, rows[1:]))]
+
+
+def dpo_variant(params, paths, size: str, variant: str, num_pairs: int) -> dict:
+    import copy
+
+    import torch
+    from transformers import Trainer
+
+    import workspace
+    from tinythinker import dpo as D
+
+    d = params.dpo
+    model, tokenizer = workspace.student(params, paths, size)
+    if torch.cuda.is_available():
+        model.to("cuda")
+    D.disable_dropout(model)
+    features = D.tokenize_pairs(_pairs(paths, num_pairs), tokenizer, params.sft.max_source_length,
+                                params.generation.max_new_tokens)
+    collator = Counting(lambda f: D.collate(f, tokenizer.pad_token_id))
+    steps = -(-len(features) // d.batch_size)
+    args = _args(paths.root / "bench_ckpt", d.batch_size, steps, d.learning_rate, params.seed)
+
+    if variant == "ours":
+        from tinythinker.curriculum import CurriculumBatchSampler
+
+        intervals = D.schedule_intervals(len(features), 0, d.batch_size)
+        trainer = D._trainer_classes()[0](
+            model=model, args=args, train_dataset=features, processing_class=tokenizer, data_collator=collator,
+            batch_sampler=CurriculumBatchSampler({"recall": len(features)}, intervals, d.batch_size, params.seed),
+            valid=[], chain_kwargs={}, dpo=d)
+
+        def train():
+            D.reference_logps(model, features, d.batch_size, tokenizer.pad_token_id)
+            trainer.train()
+    else:
+        ref = copy.deepcopy(model).eval().requires_grad_(False)
+
+        class StockDPO(Trainer):
+            def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+                chosen, rejected, nll = D.policy_logps(model, inputs)
+                with torch.no_grad():
+                    ref_chosen, ref_rejected, _ = D.policy_logps(ref, inputs)
+                loss, _ = D.dpo_loss(chosen, rejected, ref_chosen, ref_rejected, nll, d.beta, d.loss_type,
+                                     d.loss_weights)
+                return loss
+
+        trainer = StockDPO(model=model, args=args, train_dataset=features, processing_class=tokenizer,
+                           data_collator=collator)
+        train = trainer.train
+    return {"benchmark": "dpo", "variant": variant, "steps": steps, "pairs": len(features)} | _measure(
+        train, model, collator)
+
+
+def run(params, paths, size: str, steps: int, num_pairs: int) -> list[dict]:
+    rows = []
+    jobs = [(sft_variant, v, steps) for v in ("stock", "ours")] + [(dpo_variant, v, num_pairs) for v in ("stock", "ours")]
+    for fn, variant, n in jobs:
+        with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:  # own process: own peak memory
+            rows.append(pool.submit(fn, params, paths, size, variant, n).result())
+    for bench in ("sft", "dpo"):
+        base = next(r for r in rows if r["benchmark"] == bench and r["variant"] == "stock")
+        for r in rows:
+            if r["benchmark"] == bench:
+                r["vs_stock"] = round(r["tokens_per_s"] / base["tokens_per_s"], 2)
+                r["memory_vs_stock"] = round(r["peak_memory_mib"] / base["peak_memory_mib"], 2)
+    return rows

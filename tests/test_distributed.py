@@ -1,0 +1,46 @@
+"""Scale-out pieces that run without several GPUs: the shipped accelerate configs and the one-process path."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name,kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed", "DEEPSPEED")])
+def test_accelerate_configs_parse(name, kind):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(REPO / "configs" / "accelerate" / f"{name}.yaml"))
+    assert cfg.distributed_type.name == kind and cfg.mixed_precision == "bf16"
+
+
+def test_fsdp_wraps_a_real_t5_layer_class():
+    import transformers.models.t5.modeling_t5 as t5
+
+    cfg = yaml.safe_load((REPO / "configs" / "accelerate" / "fsdp.yaml").read_text())["fsdp_config"]
+    assert hasattr(t5, cfg["fsdp_transformer_layer_cls_to_wrap"])
+
+
+def test_launcher_reaches_both_training_stages():
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    assert stages["sft"]["cmd"].startswith("${launcher} tinythinker sft")
+    assert stages["dpo_train"]["do"]["cmd"].startswith("${launcher} tinythinker dpo-train")
+
+
+def test_single_process_chain_accuracy_matches_plain_accuracy(monkeypatch):
+    """One process: chain_accuracy is the chain's accuracy over all questions."""
+    from accelerate import Accelerator
+
+    import tinythinker.distributed as D
+    from tinythinker import chain
+
+    calls = []
+
+    def fake_chain(model, tokenizer, questions, **kw):
+        calls.append(len(questions))
+        return [{"prediction": "A" if i % 3 else "B", "gt": "A"} for i, _ in enumerate(questions)]
+
+    monkeypatch.setattr(chain, "run_chain", fake_chain)
+    acc = D.chain_accuracy(Accelerator(cpu=True), None, None, [{}] * 9)
+    assert calls == [9] and acc == pytest.approx(100 * 6 / 9)
