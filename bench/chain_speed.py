@@ -6,6 +6,7 @@ recall, one per option, one for the summary. The batched chain runs each step ov
 """
 from __future__ import annotations
 
+import statistics
 import time
 
 
@@ -39,14 +40,18 @@ def run(params, paths, model, tokenizer, num_questions: int, batch_sizes=(16, 64
     greedy = Decoding(max_new_tokens=max_new)
     model.eval()
 
-    def timed(name: str, fn, **extra) -> dict:
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        n = fn()
-        if model.device.type == "cuda":
-            torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+    def timed(name: str, fn, repeats: int = 3, **extra) -> dict:
+        """Median of `repeats` runs (the batched ones take about a second, so one run is noisy)."""
+        times = []
+        for _ in range(repeats):
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            n = fn()
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        dt = statistics.median(times)
         return {"variant": name, "sequences": n, "seconds": round(dt, 3), "seq_per_s": round(n / dt, 2), **extra}
 
     def chain(batch_size: int, sort: bool):
@@ -57,7 +62,8 @@ def run(params, paths, model, tokenizer, num_questions: int, batch_sizes=(16, 64
         return fn
 
     run_chain(model, tokenizer, questions[:4], batch_size=4, recall=greedy, analyze=greedy, summarize=greedy)  # warm-up
-    rows = [timed("per-question loop", lambda: per_question_loop(model, tokenizer, questions, max_new), batch_size=1)]
+    rows = [timed("per-question loop", lambda: per_question_loop(model, tokenizer, questions, max_new), repeats=1,
+                  batch_size=1)]
     for b in batch_sizes:
         rows.append(timed(f"batched chain, batch {b}", chain(b, True), batch_size=b, sorted=True))
     for b in batch_sizes[:2]:

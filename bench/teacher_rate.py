@@ -99,7 +99,7 @@ def run(params, paths, num_requests: int, rpm: float, latency: float, jitter: fl
     os.environ["OPENAI_API_KEY"] = "sk-bench-local"
     try:
         p = params.replace(**{"teacher.backend": "openai", "teacher.base_url": server.url, "teacher.rounds": 1,
-                              "teacher.requests_per_minute": rpm, "teacher.tokens_per_minute": 1e9})
+                              "teacher.requests_per_minute": int(rpm), "teacher.tokens_per_minute": 10**9})
         t0 = time.perf_counter()
         metrics = request(p, mine)
         wall = time.perf_counter() - t0

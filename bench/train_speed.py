@@ -5,6 +5,7 @@ Seq2SeqTrainer's default random sampler and DataCollatorForSeq2Seq padding to th
 (the original code's set-up), no length grouping.
 DPO. Ours: reference log-probs computed once up front (timed too), chosen+rejected in one forward pass.
 Stock: the reference model held beside the policy and run every step, as TRL's DPOTrainer does by default.
+Both make `dpo.passes` passes over the same pairs, as an iteration of the pipeline does.
 Each variant runs in its own process so its peak memory is its own; tokens are real (non-pad) tokens of
 encoder inputs plus labels.
 """
@@ -111,7 +112,7 @@ def dpo_variant(params, paths, size: str, variant: str, num_pairs: int) -> dict:
     features = D.tokenize_pairs(_pairs(paths, num_pairs), tokenizer, params.sft.max_source_length,
                                 params.generation.max_new_tokens)
     collator = Counting(lambda f: D.collate(f, tokenizer.pad_token_id))
-    steps = -(-len(features) // d.batch_size)
+    steps = d.passes * -(-len(features) // d.batch_size)
     args = _args(paths.root / "bench_ckpt", d.batch_size, steps, d.learning_rate, params.seed)
 
     if variant == "ours":

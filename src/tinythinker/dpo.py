@@ -247,7 +247,7 @@ def _fingerprint(params: Params, files: Sequence[Path]) -> str:
     """What a resumed run must share with the interrupted one: its params and the bytes of its inputs."""
     g = params.generation
     dpo = {k: v for k, v in to_dict(params.dpo).items() if k != "iterations"}  # adding one must not restart
-    h = hashlib.sha256(json.dumps([params.seed, dpo, g.batch_size, g.max_new_tokens,
+    h = hashlib.sha256(json.dumps([params.seed, dpo, g.batch_size, g.max_new_tokens, params.sft.stage_type,
                                    params.sft.max_source_length], sort_keys=True).encode())
     for f in sorted(files):
         h.update(f.as_posix().encode())
@@ -284,7 +284,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     cuda = torch.cuda.is_available()
     model.to("cuda" if cuda else "cpu")
     greedy = Decoding(max_new_tokens=g.max_new_tokens)
-    chain_kwargs = {"stage_type": "recall_analyze_summarize", "batch_size": g.batch_size,
+    chain_kwargs = {"stage_type": params.sft.stage_type, "batch_size": g.batch_size,  # the student's own chain
                     "recall": greedy, "analyze": greedy, "summarize": greedy}
 
     fingerprint = _fingerprint(params, [p for p in init.rglob("*") if p.is_file()]
