@@ -1,6 +1,6 @@
 """Benchmarks, each against a baseline measured in the same run: `python3 bench/run.py [--quick]`.
 
-Prints one table per benchmark and writes them all to bench/results/<device>.json. See README
+Prints one table per benchmark and writes them all to bench/results/<device>-<student>.json. See README
 "Performance" for what each row means and the figures measured so far.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--only", default="chain,train,teacher,overhead", help="comma-separated subset")
     ap.add_argument("--student", default="embedded", help="embedded | t5-small (built from config)")
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run, noisier ratios)")
-    ap.add_argument("--out", type=Path, help="JSON file (default bench/results/<device>.json)")
+    ap.add_argument("--out", type=Path, help="JSON file (default bench/results/<device>-<student>[-quick].json)")
     a = ap.parse_args()
     only = set(a.only.split(","))
     unknown = only - {"chain", "train", "teacher", "overhead"}

@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from unittest import mock
 
 
 class LimitedServer:
@@ -95,20 +96,15 @@ def run(params, paths, num_requests: int, rpm: float, latency: float, jitter: fl
     write_jsonl(mine.requests, read_jsonl(paths.requests)[:num_requests])
 
     server = LimitedServer(rpm, latency, jitter)
-    old = os.environ.get("OPENAI_API_KEY")
-    os.environ["OPENAI_API_KEY"] = "sk-bench-local"
+    p = params.replace(**{"teacher.backend": "openai", "teacher.base_url": server.url, "teacher.rounds": 1,
+                          "teacher.requests_per_minute": int(rpm), "teacher.tokens_per_minute": 10**9})
     try:
-        p = params.replace(**{"teacher.backend": "openai", "teacher.base_url": server.url, "teacher.rounds": 1,
-                              "teacher.requests_per_minute": int(rpm), "teacher.tokens_per_minute": 10**9})
-        t0 = time.perf_counter()
-        metrics = request(p, mine)
-        wall = time.perf_counter() - t0
+        with mock.patch.dict(os.environ, {"OPENAI_API_KEY": "local-server-needs-no-key"}):
+            t0 = time.perf_counter()
+            metrics = request(p, mine)
+            wall = time.perf_counter() - t0
     finally:
         server.close()
-        if old is None:
-            os.environ.pop("OPENAI_API_KEY", None)
-        else:
-            os.environ["OPENAI_API_KEY"] = old
     acc = server.accepted
     achieved = 60.0 * (len(acc) - 1) / (acc[-1] - acc[0]) if len(acc) > 1 else 0.0
     return [{"requests": len(acc), "declared_rpm": rpm, "latency_s": latency, "jitter_s": jitter,

@@ -76,14 +76,13 @@ def run_chain(model, tokenizer, questions: list[dict], *, stage_type: str = "rec
     """
     steps = P.STAGES[stage_type]
     label = (lambda step: f"{desc} {step}") if desc else (lambda step: None)
-    kw = {"sort_by_length": sort_by_length}
     blocks = [q["block"] for q in questions]
 
     recall_texts: list[Optional[str]] = [None] * len(questions)
     if "recall" in steps:
         if recalls is None:
             recalls = generate(model, tokenizer, [P.recall_prompt(b) for b in blocks], recall, batch_size,
-                               label("recall"), **kw)
+                               label("recall"), sort_by_length)
         assert len(recalls) == len(questions), "one recall per question"
         recall_texts = [P.close_sentence(r) for r in recalls]
 
@@ -91,23 +90,28 @@ def run_chain(model, tokenizer, questions: list[dict], *, stage_type: str = "rec
     if "analyze" in steps:
         pairs = [(i, x) for i, q in enumerate(questions) for x in sorted(q["options"])]
         texts = generate(model, tokenizer, [P.analyze_prompt(blocks[i], x, recall_texts[i]) for i, x in pairs],
-                         analyze, batch_size, label("analyze"), **kw)
+                         analyze, batch_size, label("analyze"), sort_by_length)
         analyses = [{} for _ in questions]
         for (i, x), text in zip(pairs, texts):
             analyses[i][x] = P.close_sentence(text)
 
     prompts = [P.summarize_prompt(b, r, a) for b, r, a in zip(blocks, recall_texts, analyses)]
-    summaries = generate(model, tokenizer, prompts, summarize, batch_size, label("summarize"), **kw)
+    summaries = generate(model, tokenizer, prompts, summarize, batch_size, label("summarize"), sort_by_length)
     return [{"qid": q["qid"], "gt": q["gt"], "recall": r, "analyses": a, "summary": s,
              "prediction": P.extract_answer(s), "prompt": p}
             for q, r, a, s, p in zip(questions, recall_texts, analyses, summaries, prompts)]
 
 
+def is_correct(result: dict) -> bool:
+    """The chain reached the gold option (no answer found is wrong)."""
+    return result["prediction"] is not None and result["prediction"] == result["gt"]
+
+
 def accuracy(results: list[dict]) -> float:
-    """Percent of results whose prediction equals gt (a None prediction is wrong)."""
+    """Percent of results that are correct."""
     if not results:
         return 0.0
-    return 100.0 * sum(r["prediction"] is not None and r["prediction"] == r["gt"] for r in results) / len(results)
+    return 100.0 * sum(map(is_correct, results)) / len(results)
 
 
 def majority_vote(runs: list[list[dict]]) -> list[Optional[str]]:

@@ -36,10 +36,6 @@ def main_first() -> Iterator[bool]:
         yield s.is_main_process
 
 
-def barrier() -> None:
-    state().wait_for_everyone()
-
-
 def is_main() -> bool:
     return state().is_main_process
 
@@ -48,11 +44,11 @@ def chain_accuracy(accelerator, model, tokenizer, questions: list[dict], **chain
     """Chain accuracy over `questions`, each process running its own share; the same value everywhere."""
     import torch
 
-    from .chain import run_chain
+    from .chain import is_correct, run_chain
 
     n, k = accelerator.num_processes, accelerator.process_index
     results = run_chain(model, tokenizer, questions[k::n], **chain_kwargs)
-    correct = sum(r["prediction"] is not None and r["prediction"] == r["gt"] for r in results)
+    correct = sum(map(is_correct, results))
     counts = torch.tensor([correct, len(results)], dtype=torch.float64, device=accelerator.device)
     if n > 1:
         counts = accelerator.reduce(counts, reduction="sum")

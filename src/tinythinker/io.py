@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -47,6 +48,7 @@ def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     return n
 
 
+@functools.cache
 def _yaml_loader():
     """PyYAML's safe loader reading floats as YAML 1.2 does (DVC writes `-S x=5e-6` back as `5e-06`, which
     YAML 1.1 would read as a string)."""

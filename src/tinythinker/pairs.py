@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import Mapping, Sequence
 
 from . import protocol as P
+from .chain import is_correct
 from .io import DataError, iter_jsonl, write_json, write_jsonl
 from .params import Params, ParamsError
 from .paths import Paths
@@ -53,10 +54,6 @@ def _draw(pool: Sequence, k: int, rng: random.Random) -> list:
     return list(pool) + rng.choices(list(pool), k=k - len(pool))
 
 
-def _correct(row: Mapping) -> bool:
-    return row["prediction"] is not None and row["prediction"] == row["gt"]
-
-
 def recall_pairs(chains_by_qid: Mapping[str, Sequence[Mapping]], teacher_by_qid: Mapping[str, Sequence[Mapping]],
                  rng: random.Random, blocks: Mapping[str, str]) -> list[dict]:
     """Recall pairs from sampled chains, per question in the order of `chains_by_qid`.
@@ -66,8 +63,8 @@ def recall_pairs(chains_by_qid: Mapping[str, Sequence[Mapping]], teacher_by_qid:
     """
     out = []
     for qid, rows in chains_by_qid.items():
-        chosen = _unique([r for r in rows if _correct(r)], key=lambda r: r["recall"])
-        rejected = _unique([r for r in rows if not _correct(r)], key=lambda r: r["recall"])
+        chosen = _unique([r for r in rows if is_correct(r)], key=lambda r: r["recall"])
+        rejected = _unique([r for r in rows if not is_correct(r)], key=lambda r: r["recall"])
         both = {r["recall"] for r in chosen} & {r["recall"] for r in rejected}
         chosen = [r for r in chosen if r["recall"] not in both]
         rejected = [r for r in rejected if r["recall"] not in both]
