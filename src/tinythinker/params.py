@@ -41,12 +41,16 @@ class SyntheticParams:
     num_categories: int = 6
     entities_per_category: int = 10
     test_holdout: float = 0.3  # share of each category's things that answer only valid/test questions
+    clues_per_category: int = 6  # question wordings that imply the category (the recall's knowledge)
+    zipf: float = 1.0  # long tail of clue and thing frequencies (0: uniform)
 
     def __post_init__(self):
         _check(2 <= self.num_options <= 5, "dataset.synthetic.num_options", "must be within 2..5")
         _check(self.num_categories >= self.num_options, "dataset.synthetic.num_categories",
                "must be >= num_options (every distractor comes from another category)")
         _check(0.0 <= self.test_holdout < 1.0, "dataset.synthetic.test_holdout", "must be in [0, 1)")
+        _check(self.clues_per_category >= 1, "dataset.synthetic.clues_per_category", "must be >= 1")
+        _check(0.0 <= self.zipf <= 4.0, "dataset.synthetic.zipf", "must be within 0..4")
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class TeacherParams:
     max_retries: int = 6
     repeat_n: bool = False  # send n single-sample requests, for servers that ignore `n` (Ollama)
     offline_fault_rate: float = 0.1  # offline backend: share of deliberately faulty completions
+    offline_wrong_fact_rate: float = 0.15  # offline backend: share of well-formed completions with a wrong fact
     override_label: bool = True  # spec 9.4: the teacher's majority answer replaces the dataset label
     summarize_order: Literal["alphabetical", "teacher"] = "alphabetical"  # spec 9.6
 
@@ -84,6 +89,7 @@ class TeacherParams:
         _check(self.max_tokens >= 1, "teacher.max_tokens", "must be >= 1")
         _check(self.rounds is None or self.rounds >= 1, "teacher.rounds", "must be >= 1")
         _check(0.0 <= self.offline_fault_rate < 1.0, "teacher.offline_fault_rate", "must be in [0, 1)")
+        _check(0.0 <= self.offline_wrong_fact_rate <= 1.0, "teacher.offline_wrong_fact_rate", "must be in [0, 1]")
         _check(self.requests_per_minute > 0 and self.tokens_per_minute > 0, "teacher.requests_per_minute",
                "rate limits must be > 0")
 

@@ -69,8 +69,8 @@ class RateLimiter:
 class OfflineBackend:
     """The synthetic task's teacher: deterministic per request key, with a share of realistic faults."""
 
-    def __init__(self, records: dict[str, dict], seed: int, fault_rate: float):
-        self.records, self.seed, self.fault_rate = records, seed, fault_rate
+    def __init__(self, records: dict[str, dict], seed: int, fault_rate: float, wrong_fact_rate: float):
+        self.records, self.seed, self.fault_rate, self.wrong_fact_rate = records, seed, fault_rate, wrong_fact_rate
 
     async def complete(self, body: dict, key: str, qid: str) -> dict:
         from .synthetic import FAULTS, offline_completion
@@ -83,7 +83,7 @@ class OfflineBackend:
         choices = []
         for i in range(body["n"]):
             fault = rng.choice(FAULTS) if rng.random() < self.fault_rate else None
-            content, finish = offline_completion(record, rng, fault)
+            content, finish = offline_completion(record, rng, fault, rng.random() < self.wrong_fact_rate)
             choices.append({"index": i, "message": {"role": "assistant", "content": content},
                             "finish_reason": finish})
         prompt_tokens = message_tokens(body["messages"])
@@ -251,7 +251,7 @@ def request(params: Params, paths: Paths) -> dict:
             raise TeacherError(f"teacher.backend: offline answers only dataset.name=synthetic, not "
                                f"{params.dataset.name!r}; use teacher.backend=openai")
         backend = OfflineBackend({r["id"]: r for r in read_jsonl(paths.split("train"))}, params.seed,
-                                 t.offline_fault_rate)
+                                 t.offline_fault_rate, t.offline_wrong_fact_rate)
     else:
         backend = OpenAIBackend(t, stats)  # raises on a missing key before anything is sent
     with Journal(paths.journal) as journal:
