@@ -30,7 +30,8 @@ def request_key(body: dict, salt: str = "", origin: str = "") -> str:
     (model included), and `salt`, which tells apart bodies that must legitimately be re-asked (the same
     request in a later round, or the n single-sample repeats of one request)."""
     canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(f"{origin}\n{salt}\n{canonical}".encode()).hexdigest()
+    who = f"{origin}\n" if origin else ""  # without an origin: the key of journals before origins were keyed
+    return hashlib.sha256(f"{who}{salt}\n{canonical}".encode()).hexdigest()
 
 
 def _line(entry: dict) -> bytes:

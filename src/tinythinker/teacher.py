@@ -129,14 +129,14 @@ class OfflineBackend:
     def __init__(self, records: dict[str, dict], seed: int, fault_rate: float):
         self.records, self.seed, self.fault_rate = records, seed, fault_rate
 
-    async def complete(self, body: dict, key: str, qid: str) -> dict:
+    async def complete(self, body: dict, key: str, qid: str, salt: str) -> dict:
         from .synthetic import FAULTS, offline_completion
 
         record = self.records.get(qid)
         if record is None or "meta" not in record:
             raise DataError(f"question {qid}: not in data/prepared/train.jsonl with its synthetic meta; "
                             "the offline teacher answers synthetic questions only")
-        rng = random.Random(f"{self.seed}:{key}")
+        rng = random.Random(f"{self.seed}:{request_key(body, salt)}")  # the origin-free key: answers as before
         choices = []
         for i in range(body["n"]):
             fault = rng.choice(FAULTS) if rng.random() < self.fault_rate else None
@@ -197,7 +197,7 @@ class OpenAIBackend:
             msg = f"malformed response from {self.server}: {err}"
         return " ".join(str(msg).replace(self.key, "<OPENAI_API_KEY>").split())[:500]
 
-    async def complete(self, body: dict, key: str, qid: str) -> dict:
+    async def complete(self, body: dict, key: str, qid: str, salt: str) -> dict:
         """The response, or RequestFailed; TeacherError when no request can succeed (key, access, quota)."""
         o = self.openai
         cost = message_tokens(body["messages"]) + body["n"] * body[limit_key(body)]
@@ -317,7 +317,7 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
         else:
             try:
                 async with sem:
-                    resp = await backend.complete(body, key, qid)
+                    resp = await backend.complete(body, key, qid, salt)
             except RequestFailed as e:
                 if breaker.failed < _LOGGED_FAILURES:
                     tqdm.write(f"teacher: no answer for {qid} ({salt}): {e}", file=sys.stderr)
