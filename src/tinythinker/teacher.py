@@ -41,8 +41,6 @@ from .prompts import PRICES, approx_tokens, limit_key, message_tokens
 
 KEY_HEADER = "X-TinyThinker-Request-Key"  # lets a server (or a test) tell rounds and repeats apart
 _FATAL_STATUS = (401, 403, 404)  # wrong key, no access, wrong model or URL: no request can succeed
-
-
 _LOGGED_FAILURES = 10  # unanswered requests reported one line each; the rest are only counted
 
 
@@ -415,14 +413,15 @@ def request(params: Params, paths: Paths) -> dict:
         try:
             state = asyncio.run(_run(params, requests, backend, journal, store, stats, breaker))
         except TeacherError as e:
-            raise TeacherError(f"{e}. {_kept(stats, store)}") from None
+            raise TeacherError(f"{str(e).rstrip('.')}. {_kept(stats, store)}") from None
     covered = sum(s["valid"] > 0 for s in state.values())
     need = math.ceil(t.min_coverage * len(state) - 1e-9)
     if covered < need:
         raise TeacherError(
             f"teacher: {covered} of {len(state)} training questions got a valid completion, teacher.min_coverage="
-            f"{t.min_coverage:g} needs {need}; {breaker.failed} requests unanswered"
-            + (f", last: {breaker.last}" if breaker.last else "") + f". {_kept(stats, store)}")
+            f"{t.min_coverage:g} needs {need}"
+            + (f"; {breaker.failed} requests unanswered, last: {breaker.last.rstrip('.')}" if breaker.failed else "")
+            + f". {_kept(stats, store)}")
     write_jsonl(paths.completions, ({"id": qid, "gt": s["req"]["gt"], "options": s["req"]["options"],
                                      "user": s["req"]["body"]["messages"][-1]["content"],
                                      "completions": s["completions"], "rounds": s["rounds"]}
