@@ -51,7 +51,7 @@ class ResponseStore:
         return self.root / key[:2] / f"{key}.json"
 
     def __contains__(self, key: str) -> bool:
-        return self.get(key) is not None
+        return self._path(key).exists()  # a stat, not a read: checked for every journal entry of every run
 
     def get(self, key: str) -> Optional[dict]:
         try:
