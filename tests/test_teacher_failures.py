@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from test_teacher_openai import (API_KEY, assert_key_never_written, records, server_factory,  # noqa: F401
+from test_teacher_openai import (API_KEY, assert_key_never_written, records, server_factory,  # noqa: F401 (fixture)
                                  setup_root)
 from tinythinker.io import read_json, read_jsonl
 from tinythinker.paths import Paths

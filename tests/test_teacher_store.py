@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from test_teacher_offline import SMALL, make_root
-from test_teacher_openai import API_KEY, REPO, records, server_factory, setup_root  # noqa: F401
+from test_teacher_openai import API_KEY, REPO, server_factory, setup_root  # noqa: F401 (a fixture)
 from tinythinker.io import read_jsonl
 from tinythinker.journal import ResponseStore
 from tinythinker.params import Params
