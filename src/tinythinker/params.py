@@ -70,6 +70,9 @@ class TeacherParams:
     samples: Optional[int] = None  # completions per question; None = the task's default (8 CSQA, 4 OBQA/SQA)
     temperature: float = 0.8
     max_tokens: int = 256
+    # Reasoning models (o1, o3, gpt-5) refuse `max_tokens` and any non-default temperature with a 400.
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"] = "max_tokens"
+    send_temperature: bool = True
     rounds: Optional[int] = None  # re-ask rounds for missing/invalid samples (spec 3.1); None = task default
     exemplars: Optional[str] = None  # few-shot file in the original *_cot.json format; None = shipped ones
     num_shots: Optional[int] = None  # None = all exemplars of the file
@@ -78,6 +81,9 @@ class TeacherParams:
     max_concurrency: int = 64
     timeout: float = 120.0
     max_retries: int = 6
+    max_retry_seconds: float = 300.0  # one request stops retrying after this long (plus one timeout)
+    max_failures_in_a_row: int = 20  # requests ending unanswered in a row that stop the stage (see teacher.py)
+    min_coverage: float = 0.9  # share of training questions that must end with a valid completion
     repeat_n: bool = False  # send n single-sample requests, for servers that ignore `n` (Ollama)
     offline_fault_rate: float = 0.1  # offline backend: share of deliberately faulty completions
     offline_wrong_fact_rate: float = 0.15  # offline backend: share of well-formed completions with a wrong fact
@@ -92,6 +98,9 @@ class TeacherParams:
         _check(0.0 <= self.offline_wrong_fact_rate <= 1.0, "teacher.offline_wrong_fact_rate", "must be in [0, 1]")
         _check(self.requests_per_minute > 0 and self.tokens_per_minute > 0, "teacher.requests_per_minute",
                "rate limits must be > 0")
+        _check(0 < self.max_retry_seconds < float("inf"), "teacher.max_retry_seconds", "must be a finite number > 0")
+        _check(self.max_failures_in_a_row >= 1, "teacher.max_failures_in_a_row", "must be >= 1")
+        _check(0.0 <= self.min_coverage <= 1.0, "teacher.min_coverage", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,20 @@
-"""Where every stage reads and writes, relative to the repository root. dvc.yaml declares the same paths."""
+"""Where every stage reads and writes, relative to the repository root (dvc.yaml declares the same paths), and
+the one place outside it: the machine's teacher response store."""
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+STORE_ENV = "TINYTHINKER_STORE"
+
+
+def store_dir() -> Path:
+    """The machine's teacher response store, outside every workspace: $TINYTHINKER_STORE, else
+    $XDG_CACHE_HOME/tinythinker/responses, else ~/.cache/tinythinker/responses."""
+    if os.environ.get(STORE_ENV):
+        return Path(os.environ[STORE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "tinythinker" / "responses"
 
 
 @dataclass(frozen=True)
