@@ -67,3 +67,13 @@ def test_trackers_are_opt_in_and_must_be_installed(tmp_path, monkeypatch):
     assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "runs" / "sft")  # not the deleted checkpoints
     with pytest.raises(ParamsError, match=r"report_to: wandb is not installed \(pip install wandb\)"):
         trainer_kwargs(Params().replace(report_to=["tensorboard", "wandb"]), Paths(tmp_path), "sft", "sft")
+
+
+@pytest.mark.parametrize("precision,expected", [("fp32", "no"), ("bf16", "bf16")])
+def test_precision_param_beats_the_launcher_config(tmp_path, monkeypatch, tf32_restored, precision, expected):
+    """The shipped accelerate configs export ACCELERATE_MIXED_PRECISION=bf16; sft.precision still decides."""
+    from transformers import TrainingArguments
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16" if precision == "fp32" else "no")
+    kw = trainer_kwargs(Params().replace(**{"sft.precision": precision}), Paths(tmp_path), "sft", "sft")
+    assert TrainingArguments(output_dir=str(tmp_path), use_cpu=True, **kw).mixed_precision == expected

@@ -70,6 +70,9 @@ def trainer_kwargs(params: Params, paths: Paths, stage: str, run: str) -> dict:
     precision = resolve_precision(s.precision, f"{stage}.precision")
     check_trackers(params)
     set_tf32(s.tf32)
+    # `accelerate launch --config_file` exports its mixed_precision (the shipped configs say bf16), which
+    # TrainingArguments would take for an fp32 run: the param decides, so a paper preset stays fp32 under any launcher.
+    os.environ["ACCELERATE_MIXED_PRECISION"] = {"fp32": "no"}.get(precision, precision)
     if "tensorboard" in params.report_to:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(paths.tracker_logs(run)))
     return {"bf16": precision == "bf16", "fp16": precision == "fp16", "tf32": None,
