@@ -133,3 +133,16 @@ def test_preset_flags_applied_by_dvc_give_the_preset(tmp_path):
     applied = load(tmp_path / "params.yaml")
     assert applied == resolve(load(REPO / "params.yaml"), "csqa", "t5-small")
     assert applied.dpo.max_questions is None and eval_cadence(applied) == 700
+
+
+def test_smoke_run_flags_after_the_preset_win(tmp_path):
+    """README: `eval dvc exp run $(tinythinker preset csqa t5-small) -S dataset.limit=200`: the later flag wins."""
+    import shlex
+
+    from dvc.utils.hydra import apply_overrides
+
+    words = shlex.split(CliRunner().invoke(app, ["preset", "csqa", "t5-small"]).stdout)
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    apply_overrides(str(tmp_path / "params.yaml"), words[1::2] + ["dataset.limit=200"])
+    p = load(tmp_path / "params.yaml")
+    assert p.dataset.limit == 200 and p.dataset.name == "csqa" and p.dpo.max_questions is None
