@@ -272,7 +272,8 @@ def test_accumulation_is_the_same_optimizer_step(sft_model, tmp_path):
                                 tmp_path / name, VALID, chain_kwargs)
         seen = []
         original = trainer.compute_loss
-        trainer.compute_loss = lambda m, inputs, **kw: seen.append(len(inputs["labels"]) // 2) or original(m, inputs, **kw)
+        trainer.compute_loss = lambda m, inputs, **kw: (seen.append(len(inputs["labels"]) // 2)
+                                                        or original(m, inputs, **kw))
         trainer.train()
         assert trainer.state.global_step == 2 * sum(intervals.values()) == 2 * (3 + 3)
         weights[name], calls[name] = {k_: v.detach().clone() for k_, v in trainer.model.state_dict().items()}, seen

@@ -130,7 +130,8 @@ def test_push_uploads_models_final_with_the_env_token(tmp_path, fake_hub, monkey
         ("init", "hf_test_token"),
         ("create_repo", "someone/tinythinker-csqa", {"repo_type": "model", "private": True, "exist_ok": True}),
         ("upload_folder", {"repo_id": "someone/tinythinker-csqa", "repo_type": "model",
-                           "folder_path": str(paths.final_model), "commit_message": "Upload TinyThinker model and card"})]
+                           "folder_path": str(paths.final_model),
+                           "commit_message": "Upload TinyThinker model and card"})]
 
 
 def test_push_refuses_without_token_or_card_and_reports_hub_errors(tmp_path, fake_hub, monkeypatch):

@@ -318,7 +318,8 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
                "steps": 0, **counts}
 
     # optimizer steps per stage block: one step takes batch_size x gradient_accumulation_steps pairs
-    intervals = schedule_intervals(len(pairs["recall"]), len(pairs["analyze"]), d.batch_size * d.gradient_accumulation_steps)
+    intervals = schedule_intervals(len(pairs["recall"]), len(pairs["analyze"]),
+                                   d.batch_size * d.gradient_accumulation_steps)
     if not intervals:  # spec 9.21: nothing to learn from; the starting model passes through unchanged
         metrics["skipped"] = 1
         if live is not None:

@@ -87,6 +87,7 @@ def model_card(params: Params, paths: Paths) -> str:
     t, s, d = params.teacher, params.sft, params.dpo
     samples = t.samples or task.teacher.samples
     iterations = len(d.iterations)
+    loss = " + ".join(f"{w:g} x {lt}" for lt, w in zip(d.loss_type, d.loss_weights))
     table = "\n".join(f"| {r['model']} | {_pct(r['valid_accuracy'])} | {_pct(r['test_accuracy'])} |" for r in rows)
     block = "<question>\n(A) <option> (B) <option> ..."
     key = {k: _param(params, k) for k in KEY_PARAMS}
@@ -117,7 +118,7 @@ Accuracy (%) of the full greedy chain; the final model is **{summary.get("final_
   steps; batch {s.batch_size * s.gradient_accumulation_steps}, learning rate {s.learning_rate}, {s.epochs:g} epochs,
   precision {s.precision}; the checkpoint with the best validation chain accuracy is kept.
 - **Phase 2, self-reflection:** {iterations} iteration(s) of DPO on the student's own chains ({d.samples} sampled
-  per training question; `{d.stage_type}` pairs), loss {" + ".join(f"{w:g} x {lt}" for lt, w in zip(d.loss_type, d.loss_weights))},
+  per training question; `{d.stage_type}` pairs), loss {loss},
   beta {d.beta}, learning rate {d.learning_rate}, batch {d.batch_size * d.gradient_accumulation_steps}; each iteration
   starts from (and is referenced to) the previous model and keeps its best validation checkpoint.
 
@@ -177,5 +178,6 @@ def push(paths: Paths, repo_id: str, private: bool = False) -> str:
         commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
                                    commit_message="Upload TinyThinker model and card")
     except (HTTPError, OSError, HFValidationError) as e:  # refused, unreachable, offline, a malformed repo id
-        raise PublishError(f"{repo_id}: upload failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PublishError(f"{repo_id}: upload failed: {reason}") from None
     return str(getattr(commit, "commit_url", commit))
