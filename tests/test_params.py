@@ -55,3 +55,58 @@ def test_launcher_must_run_a_module():
     with pytest.raises(ParamsError, match="launcher: must end with -m"):
         Params().replace(launcher="accelerate launch --num_processes 2")
     assert Params().replace(launcher="accelerate launch --cpu --num_processes 2 -m").launcher.endswith("-m")
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("sft.eval_every", "weekly", "sft.eval_every: expected an integer or 'cycle', got 'weekly'"),
+    ("sft.eval_every", 0, "sft.eval_every: must be >= 1 or cycle"),
+    ("sft.eval_every", True, "sft.eval_every: expected an integer or 'cycle'"),
+    ("dataset.limit", 0, "dataset.limit: must be >= 1"),
+    ("sft.gradient_accumulation_steps", 0, "sft.gradient_accumulation_steps: must be >= 1"),
+    ("dpo.gradient_accumulation_steps", 0, "dpo.gradient_accumulation_steps: must be >= 1"),
+    ("dpo.precision", "fp8", "dpo.precision: must be one of 'auto', 'fp32', 'bf16', 'fp16'"),
+    ("sft.tf32", "no", "sft.tf32: expected true/false"),
+    ("report_to", ["neptune"], "report_to[0]: must be one of 'wandb', 'mlflow', 'tensorboard'"),
+    ("student.revision", 3, "student.revision: expected a string"),
+])
+def test_scale_knobs_are_validated(key, value, needle):
+    with pytest.raises(ParamsError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        Params().replace(**{key: value})
+
+
+def test_scale_knobs_accept_their_values():
+    p = Params().replace(**{"sft.eval_every": "cycle", "dataset.limit": 200, "dpo.precision": "fp16",
+                            "report_to": ["wandb", "tensorboard"], "student.revision": "a" * 40,
+                            "sft.gradient_accumulation_steps": 4, "dpo.gradient_checkpointing": True})
+    assert (p.sft.eval_every, p.dataset.limit, p.report_to) == ("cycle", 200, ("wandb", "tensorboard"))
+    assert Params().replace(**{"sft.eval_every": 700}).sft.eval_every == 700
+
+
+def _dotted(tree, prefix=""):
+    for k, v in tree.items():
+        if isinstance(v, dict) and k != "iterations":
+            yield from _dotted(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+def test_params_yaml_spells_every_key_of_the_schema():
+    """Every knob is visible (and commented) in params.yaml, not only a dataclass default."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    assert set(_dotted(raw)) == set(_dotted(to_dict(Params())))
+
+
+@pytest.mark.parametrize("stage,keys", [
+    ("prepare", ["dataset.limit"]),
+    ("tokenizer", ["student.revision"]),
+    ("sft", ["sft", "student", "report_to"]),
+    ("dpo_train", ["report_to", "dpo.precision", "dpo.tf32", "dpo.gradient_accumulation_steps",
+                   "dpo.gradient_checkpointing"]),
+])
+def test_stages_track_the_knobs_they_read(stage, keys):
+    import yaml
+
+    st = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
+    assert set(keys) <= set(st.get("do", st)["params"])

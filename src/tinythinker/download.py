@@ -152,7 +152,7 @@ def _hub(task: TaskSpec) -> dict[str, Located]:
     from datasets import load_dataset  # heavy, and only this source needs it
 
     hub = task.hub
-    ds = load_dataset(hub.path, hub.config)
+    ds = load_dataset(hub.path, hub.config, revision=hub.revision)
     missing = [s for splits in hub.splits.values() for s in splits if s not in ds]
     if missing:
         raise DataError(f"{hub.path}: no split(s) {', '.join(missing)} on the Hub (has {', '.join(ds)})")

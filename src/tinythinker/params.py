@@ -12,7 +12,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from .io import read_yaml
 
@@ -20,6 +20,9 @@ from .io import read_yaml
 DATASETS = ("synthetic", "csqa", "obqa", "strategyqa")
 STAGE_TYPES = ("recall_analyze_summarize", "summarize", "recall_summarize", "analyze_summarize")
 DPO_STAGE_TYPES = ("recall", "analyze", "recall_analyze")
+# Trainer precision: auto = bf16 on a GPU that has it, else fp32. fp16 is for GPUs without bf16; T5 is known
+# to overflow in fp16, so prefer fp32 there.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class ParamsError(ValueError):
@@ -59,7 +62,12 @@ class DatasetParams:
     # None: the official source of the task file (Hugging Face Hub); else a local file or directory.
     source: Optional[str] = None
     seed: int = 42
+    # Seeded cap on every split (train, valid, test) in prepare, for smoke runs on a real dataset; None = all.
+    limit: Optional[int] = None
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+    def __post_init__(self):
+        _check(self.limit is None or self.limit >= 1, "dataset.limit", "must be >= 1 (or null for all)")
 
 
 @dataclass(frozen=True)
@@ -120,6 +128,8 @@ class EmbeddedModelParams:
 class StudentParams:
     # "embedded" (built from `embedded`), a Hub id such as google-t5/t5-small, or a local checkpoint dir.
     model: str = "embedded"
+    # Hub revision (branch, tag or commit hash) for from_pretrained; None = the default branch.
+    revision: Optional[str] = None
     embedded: EmbeddedModelParams = field(default_factory=EmbeddedModelParams)
 
 
@@ -152,10 +162,17 @@ class SFTParams:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     group_by_length: bool = True
-    precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto: bf16 on a GPU that has it
+    precision: Precision = "auto"
+    tf32: bool = True  # allow TF32 matmuls on an Ampere+ GPU (faster, not bit-fp32); the paper presets turn it off
     max_source_length: int = 512
     max_target_length: int = 200
-    eval_every: Optional[int] = None  # steps; None = one full schedule cycle (spec 5.1)
+    # Optimizer steps between validations/checkpoints; "cycle" = one curriculum cycle, I x (2 + options) for the
+    # full chain (spec 5.1 table), recomputed from stage_type, interval and the dataset's options.
+    eval_every: Union[int, Literal["cycle"]] = "cycle"
+    # Micro-batches of batch_size per optimizer step (effective batch = batch_size x this x processes); the
+    # curriculum counts optimizer steps, so `interval` keeps its meaning.
+    gradient_accumulation_steps: int = 1
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30 % slower
 
     def __post_init__(self):
         _check(self.batch_size >= 1, "sft.batch_size", "must be >= 1")
@@ -163,6 +180,8 @@ class SFTParams:
         _check(self.epochs > 0, "sft.epochs", "must be > 0")
         _check(self.interval >= 1, "sft.interval", "must be >= 1")
         _check(0.0 <= self.warmup_ratio < 1.0, "sft.warmup_ratio", "must be in [0, 1)")
+        _check(self.eval_every == "cycle" or self.eval_every >= 1, "sft.eval_every", "must be >= 1 or cycle")
+        _check(self.gradient_accumulation_steps >= 1, "sft.gradient_accumulation_steps", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -187,6 +206,10 @@ class DPOParams:
     passes: int = 10  # max_steps = passes x (recall + analyze schedule interval), spec 6.3
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
+    precision: Precision = "auto"  # also the precision of the precomputed reference log-probs
+    tf32: bool = True  # as sft.tf32; set before the reference log-probs are computed
+    gradient_accumulation_steps: int = 1  # as sft: micro-batches of batch_size per optimizer step
+    gradient_checkpointing: bool = False
     iterations: dict[str, DPOIteration] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -197,6 +220,7 @@ class DPOParams:
         _check(self.beta > 0, "dpo.beta", "must be > 0")
         _check(self.samples >= 2, "dpo.samples", "must be >= 2 (pairs need several chains)")
         _check(self.max_questions is None or self.max_questions >= 1, "dpo.max_questions", "must be >= 1")
+        _check(self.gradient_accumulation_steps >= 1, "dpo.gradient_accumulation_steps", "must be >= 1")
 
 
 @dataclass(frozen=True)
@@ -205,6 +229,9 @@ class Params:
     # Prefix of the training stages' commands (dvc.yaml: `${launcher} tinythinker sft`): a command that runs a
     # Python module, e.g. `accelerate launch --num_processes 8 -m` for DDP on 8 GPUs.
     launcher: str = "python3 -m"
+    # Trackers the training stages also log to (wandb, mlflow, tensorboard; each needs its package installed and
+    # is configured by its own environment variables); dvclive curves under metrics/ are always written.
+    report_to: tuple[Literal["wandb", "mlflow", "tensorboard"], ...] = ()
     dataset: DatasetParams = field(default_factory=DatasetParams)
     teacher: TeacherParams = field(default_factory=TeacherParams)
     student: StudentParams = field(default_factory=StudentParams)
@@ -237,7 +264,14 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        if len(inner) == 1:
+            return _coerce(inner[0], value, key)
+        for alternative in inner:  # e.g. int or "cycle": the first that accepts the value
+            try:
+                return _coerce(alternative, value, key)
+            except ParamsError:
+                pass
+        raise ParamsError(f"{key}: expected {' or '.join(map(_describe, inner))}, got {value!r}")
     if origin is Literal:
         _check(value in args, key, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
@@ -264,6 +298,12 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")
         return value
     raise TypeError(f"{key}: unsupported schema type {tp}")  # a bug in this module, not in params.yaml
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(repr, typing.get_args(tp)))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
 
 
 def _build(cls: type, raw: dict, prefix: str = "") -> Any:

@@ -83,6 +83,13 @@ class Paths:
     def checkpoints(self) -> Path:  # resumable trainer state, kept out of DVC outputs (git-ignored)
         return self.root / "models" / "checkpoints"
 
+    @property
+    def final_model(self) -> Path:  # the pipeline's result with its model card (publish), a DVC artifact
+        return self.root / "models" / "final"
+
+    def tracker_logs(self, run: str) -> Path:  # TensorBoard event files (report_to), git-ignored
+        return self.root / "runs" / run
+
     # --- metrics ------------------------------------------------------------------------------------
     @property
     def metrics(self) -> Path:

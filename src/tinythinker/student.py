@@ -91,7 +91,7 @@ def tokenizer_stage(params: Params, paths: Paths) -> None:
         tokenizer = train_tokenizer(_corpus(paths), params.student.embedded.vocab_size)
     else:
         from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(params.student.model)
+        tokenizer = AutoTokenizer.from_pretrained(params.student.model, revision=params.student.revision)
     with atomic_path(paths.tokenizer) as tmp:
         tokenizer.save_pretrained(tmp)
 
@@ -113,7 +113,7 @@ def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None)
         torch.manual_seed(params.seed)  # the initial weights are part of the experiment
         model = T5ForConditionalGeneration(config)
     else:
-        model = AutoModelForSeq2SeqLM.from_pretrained(params.student.model)
+        model = AutoModelForSeq2SeqLM.from_pretrained(params.student.model, revision=params.student.revision)
     # Generation reads model.generation_config only (transformers 5); pin it rather than inherit defaults.
     g = model.generation_config
     g.max_new_tokens = params.generation.max_new_tokens
