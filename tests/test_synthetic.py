@@ -1,12 +1,16 @@
 import random
 import re
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from tinythinker import synthetic as S
-from tinythinker.params import SyntheticParams
+from tinythinker.params import load
 
-CFG = SyntheticParams(num_train=120, num_valid=20, num_test=30)
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+
+CFG = replace(BASE.dataset.synthetic, num_train=120, num_valid=20, num_test=30)
 VERDICT = re.compile(r"^(?:Explanations: )?([A-E]) is (correct|incorrect)\. Because (.+)$")
 
 
@@ -47,15 +51,15 @@ def test_test_questions_recombine_training_facts(data):
 
 
 def test_no_holdout_uses_every_thing_everywhere():
-    d = S.generate(SyntheticParams(num_train=200, num_valid=10, num_test=50, test_holdout=0.0), seed=1)
+    d = S.generate(replace(BASE.dataset.synthetic, num_train=200, num_valid=10, num_test=50, test_holdout=0.0), seed=1)
     assert {_answer_text(q) for q in d["test"]} & {_answer_text(q) for q in d["train"]}
 
 
 def test_world_limits():
     with pytest.raises(ValueError, match="num_categories"):
-        S.generate(SyntheticParams(num_categories=S.MAX_CATEGORIES + 1), seed=0)
+        S.generate(replace(BASE.dataset.synthetic, num_categories=S.MAX_CATEGORIES + 1), seed=0)
     with pytest.raises(ValueError, match="entities_per_category"):
-        S.generate(SyntheticParams(entities_per_category=S.MAX_ENTITIES + 1), seed=0)
+        S.generate(replace(BASE.dataset.synthetic, entities_per_category=S.MAX_ENTITIES + 1), seed=0)
 
 
 def _lines(content):
