@@ -206,7 +206,7 @@ def test_bad_pair_row_is_a_data_error(tmp_path, sft_model):
     from tinythinker.io import DataError
 
     paths = repo(tmp_path, sft_model, [{"qid": "q1", "prompt": "p", "chosen": "c"}], [])
-    with pytest.raises(DataError, match=r"recall_pairs\.jsonl:1: missing rejected"):
+    with pytest.raises(DataError, match=r"recall_pairs\.jsonl:1: missing field 'rejected'"):
         dpo_train(PARAMS, paths, "iter1")
 
 

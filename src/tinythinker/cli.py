@@ -31,15 +31,22 @@ def _ctx(root: Path):
 
 
 def _run(fn, *args) -> None:
-    """Expected failures (bad params, bad data, missing key) end with one clear line and exit code 2."""
-    from .io import DataError
+    """Expected failures end with one clear line and exit code 2, never a traceback: bad params or data
+    (the message names key, file, line) and what the system refuses (permission denied, disk full), named by path."""
+    from .io import DataError, describe_os_error
     from .params import ParamsError
 
     try:
         fn(*args)
     except (ParamsError, DataError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
+        _fail(str(e))
+    except OSError as e:
+        _fail(describe_os_error(e))
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {' '.join(message.splitlines())}", fg="red", err=True)
+    sys.exit(2)
 
 
 @app.command()

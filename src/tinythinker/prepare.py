@@ -40,6 +40,12 @@ def make_splits(recipe: SplitRecipe, official: dict[str, list[dict]], seed: int)
     return {"train": rows[:n_train], "valid": rows[n_train:n_train + n_valid], "test": rows[n_train + n_valid:]}
 
 
+def read_split(paths: Paths, split: str) -> list[dict]:
+    """A prepared split with every record re-checked as `prepare` checked it (an error names file and line),
+    since the file may have been edited since; the stages that read it send it to a paid teacher."""
+    return collect({split: jsonl_rows(paths.split(split))}, RECORD, None)[split]
+
+
 def prepare(params: Params, paths: Paths) -> None:
     task = get_task(params.dataset.name)
     n_opts = task.num_options_for(params)
