@@ -154,10 +154,11 @@ def tiny_model(tmp_path_factory) -> Path:
     (None, "no such model directory (--model)"),
     (lambda d: (d / "config.json").unlink(), "not a complete checkpoint (--model): no config.json"),
     (lambda d: (d / "tokenizer.json").unlink(), "not a complete checkpoint (--model): no tokenizer.json or spiece.model"),
-    (lambda d: (d / "config.json").write_text("{not json"), "cannot load (--model): It looks like the config file"),
-    (lambda d: (d / "model.safetensors").write_bytes(b"\0" * 10), "cannot load (--model): "),
-    (lambda d: (d / "model.safetensors").unlink(), "cannot load (--model): Error no file named model.safetensors"),
-    (lambda d: (d / "tokenizer.json").write_bytes(b"\xff{}"), "cannot load (--model): 'utf-8' codec can't decode"),
+    (lambda d: (d / "config.json").write_text("{not json"), "cannot load (--model): OSError: It looks like the config"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"\0" * 10), "cannot load (--model): SafetensorError: "),
+    (lambda d: (d / "model.safetensors").unlink(), "cannot load (--model): OSError: Error no file named model.safetensors"),
+    (lambda d: (d / "tokenizer.json").write_bytes(b"\xff{}"), "cannot load (--model): UnicodeDecodeError: "),
+    (lambda d: (d / "tokenizer.json").write_text("{}"), "cannot load (--model): KeyError: 'added_tokens'"),
 ])
 def test_broken_or_missing_model_directory(repo, tiny_model, damage, needle):
     assert cli(repo, "build").exit_code == 0

@@ -92,23 +92,28 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 
 
+def check_checkpoint(path: Path, what: str, model: bool = True) -> None:
+    """A DataError naming `path` and `what` it was meant to be unless it is a directory holding a tokenizer
+    (and, with `model`, a model config); cheap, so callers run it before importing torch."""
+    if not path.is_dir():
+        raise DataError(f"{path}: no such model directory ({what})")
+    needs = [TOKENIZER_FILES] + ([("config.json",)] if model else [])
+    missing = [" or ".join(names) for names in needs if not any((path / n).is_file() for n in names)]
+    if missing:
+        raise DataError(f"{path}: not a complete checkpoint ({what}): no {', no '.join(missing)}")
+
+
 def _pretrained(cls, source: str | Path, what: str, local: bool = True):
     """`cls.from_pretrained(source)`; a directory that is not a complete checkpoint, a broken file in it or an
     unreachable Hub id (`local=False`) raises one DataError naming `source` and `what` it was meant to be."""
-    from safetensors import SafetensorError
-
     if local:
-        path = Path(source)
-        if not path.is_dir():
-            raise DataError(f"{path}: no such model directory ({what})")
-        needs = [TOKENIZER_FILES] + ([] if cls.__name__ == "AutoTokenizer" else [("config.json",)])
-        missing = [" or ".join(names) for names in needs if not any((path / n).is_file() for n in names)]
-        if missing:
-            raise DataError(f"{path}: not a complete checkpoint ({what}): no {', no '.join(missing)}")
+        check_checkpoint(Path(source), what, model=cls.__name__ != "AutoTokenizer")
     try:
         return cls.from_pretrained(source)
-    except (OSError, ValueError, SafetensorError) as e:  # ValueError covers bad JSON and bad UTF-8
-        raise DataError(f"{source}: cannot load ({what}): {str(e).strip().splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (OSError, ValueError, KeyError,
+        # SafetensorError, tokenizers' Exception); all mean the same to the user: this checkpoint is broken
+        detail = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(f"{source}: cannot load ({what}): {type(e).__name__}: {detail}") from None
 
 
 def _is_local(model: str) -> bool:
@@ -129,6 +134,8 @@ def tokenizer_stage(params: Params, paths: Paths) -> None:
 def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None, what: str = "model directory"):
     """(model, tokenizer): a saved checkpoint when `model_dir` is given (`what` names where it came from in
     an error), else the initial student."""
+    if model_dir is not None:
+        check_checkpoint(Path(model_dir), what)  # before seconds of imports
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
 
