@@ -86,7 +86,7 @@ class LimitedServer:
 
 def run(params, paths, num_requests: int, rpm: float, latency: float, jitter: float) -> list[dict]:
     from tinythinker.io import read_jsonl, write_jsonl
-    from tinythinker.paths import Paths
+    from tinythinker.paths import STORE_ENV, Paths
     from tinythinker.teacher import request
 
     root = paths.root / "teacher_bench"  # a fresh journal: the offline run's answers must not be reused
@@ -97,9 +97,12 @@ def run(params, paths, num_requests: int, rpm: float, latency: float, jitter: fl
 
     server = LimitedServer(rpm, latency, jitter)
     p = params.replace(**{"teacher.backend": "openai", "teacher.base_url": server.url, "teacher.rounds": 1,
-                          "teacher.requests_per_minute": int(rpm), "teacher.tokens_per_minute": 10**9})
+                          "teacher.requests_per_minute": int(rpm), "teacher.tokens_per_minute": 10**9,
+                          "teacher.min_coverage": 0.0})  # its canned answer is not a valid rationale
     try:
-        with mock.patch.dict(os.environ, {"OPENAI_API_KEY": "local-server-needs-no-key"}):
+        # The bench's answers are not worth keeping: a store of its own, not the machine's.
+        env = {"OPENAI_API_KEY": "local-server-needs-no-key", STORE_ENV: str(root / "store")}
+        with mock.patch.dict(os.environ, env):
             t0 = time.perf_counter()
             metrics = request(p, mine)
             wall = time.perf_counter() - t0

@@ -93,3 +93,53 @@ def test_batch_sampler_offsets_and_epochs():
     assert list(s) == e0  # same epoch, same order (needed to skip batches on resume)
     s.set_epoch(1)
     assert list(s) != e0
+
+
+# --- gradient accumulation: intervals count optimizer steps ------------------------------------------------------
+def steps(sampler):
+    """The sampler's micro-batches grouped into optimizer steps (as the Trainer groups them), by stage."""
+    micro = list(sampler)
+    k = sampler.accumulation
+    assert len(micro) == len(sampler) and len(micro) % k == 0
+    out = []
+    for j in range(0, len(micro), k):
+        group = micro[j:j + k]
+        assert all(group), "an empty micro-batch"
+        stage = {next(s for s, off in sorted(sampler.offsets.items(), key=lambda x: -x[1]) if i >= off)
+                 for b in group for i in b}
+        assert len(stage) == 1, "an optimizer step mixes stages"
+        out.append((stage.pop(), sorted(i for b in group for i in b)))
+    return out
+
+
+@pytest.mark.parametrize("lengths", [False, True])
+def test_accumulated_steps_are_the_large_batches(lengths):
+    """batch 4 x 4 micro-batches = the same optimizer steps, blocks and examples as batch 16 without accumulation."""
+    sizes = {"recall": 64, "analyze": 192, "summarize": 64}
+    iv = sft_intervals("recall_analyze_summarize", 2, 3)
+    lens = {s: [(i * 7) % 23 for i in range(n)] for s, n in sizes.items()} if lengths else None
+    acc = CurriculumBatchSampler(sizes, iv, 4, seed=1, lengths=lens, accumulation=4)
+    big = CurriculumBatchSampler(sizes, iv, 16, seed=1, lengths=lens)
+    assert len(acc) == 4 * len(big) == 4 * 20
+    assert steps(acc) == [(s, sorted(b)) for s, b in steps(big)]
+    assert blocks(steps(acc)) == blocks(steps(big)) == [("recall", 2), ("analyze", 6), ("summarize", 2)] * 2
+    assert all(len(b) == 4 for b in acc)  # micro-batches of batch_size
+
+
+def test_accumulation_tail_joins_the_last_step_and_every_example_stays():
+    sizes = {"recall": 18, "summarize": 9}  # recall: 16 + 2 (< 4 micro-batches) -> one step of 18; summarize 9
+    s = CurriculumBatchSampler(sizes, {"recall": 1, "summarize": 1}, 4, seed=0, accumulation=4)
+    got = steps(s)
+    assert [(stage, len(idx)) for stage, idx in got] == [("recall", 18), ("summarize", 9)]
+    assert sorted(i for _, idx in got for i in idx) == list(range(27))
+    assert sorted(len(b) for b in s) == [2, 2, 2, 3] + [4, 4, 5, 5]  # near-equal micro-batches, none empty
+    for n in range(4, 40):  # __len__ agrees with the batches for every size
+        t = CurriculumBatchSampler({"recall": n}, {"recall": 2}, 3, seed=0, accumulation=4)
+        assert len(list(t)) == len(t)
+
+
+def test_stage_smaller_than_accumulation_is_refused():
+    from tinythinker.io import DataError
+
+    with pytest.raises(DataError, match="summarize: 3 examples cannot fill 4 micro-batches"):
+        CurriculumBatchSampler({"recall": 40, "summarize": 3}, {"recall": 1, "summarize": 1}, 2, 0, accumulation=4)

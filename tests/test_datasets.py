@@ -147,6 +147,29 @@ def test_csqa_same_seed_same_bytes_other_seed_other_valid(csqa, tmp_path):
     assert len(set(a["valid"]) & set(b["valid"])) < 400  # two independent 12.5 % samples share ~150
 
 
+def test_limit_caps_every_split_with_a_seeded_sample(csqa, tmp_path):
+    """`dataset.limit` on the official CSQA files: 200 of each split, a seeded subset in the split's order."""
+    small = run(params("csqa", official("csqa"), **{"dataset.limit": 200}), tmp_path / "small")
+    full, s = splits(csqa), splits(small)
+    for k in ("train", "valid", "test"):
+        ids, all_ids = [r["id"] for r in s[k]], [r["id"] for r in full[k]]
+        assert len(ids) == 200 and ids == [i for i in all_ids if i in set(ids)], k  # subset, order kept
+        assert s[k] == [r for r in full[k] if r["id"] in set(ids)]  # the records themselves, untouched
+    assert [r["id"] for r in s["train"]] != [r["id"] for r in full["train"][:200]]  # sampled, not the head
+    ids = read_json(small.prepared / "split_ids.json")
+    assert ids["limit"] == 200 and ids["train"] == [r["id"] for r in s["train"]]
+    assert read_json(csqa.prepared / "split_ids.json")["limit"] is None
+    assert read_json(small.metric("prepare")) == {"train": 200, "valid": 200, "test": 200, "num_options": 5,
+                                                  "train_before_limit": 8520, "valid_before_limit": 1221,
+                                                  "test_before_limit": 1221}
+    again = run(params("csqa", official("csqa"), **{"dataset.limit": 200}), tmp_path / "again")
+    assert all((again.prepared / f).read_bytes() == (small.prepared / f).read_bytes() for f in OUTPUTS)
+    other = run(params("csqa", official("csqa"), seed=7, **{"dataset.limit": 200}), tmp_path / "other")
+    assert len(set(read_json(other.prepared / "split_ids.json")["test"]) & set(ids["test"])) < 100
+    big = run(params("csqa", official("csqa"), **{"dataset.limit": 5000}), tmp_path / "big")
+    assert read_json(big.metric("prepare"))["valid"] == 1221  # a cap, never more than the split has
+
+
 # --- OBQA ------------------------------------------------------------------------------------------------------
 def test_obqa_official_splits(obqa):
     s = splits(obqa)
@@ -292,7 +315,12 @@ def test_hub_rows_are_mapped_per_task(tmp_path, monkeypatch):
             s: [{"qid": f"{s}{i}", "term": "t", "description": "d", "question": "Is it?", "answer": i == 0,
                  "facts": [], "decomposition": []} for i in range(10)] for s in ("train", "test")},
     }
-    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda p, c: hub[(p, c)]))
+    asked = []
+
+    def load_dataset(path, config, revision):
+        asked.append((path, config, revision))
+        return hub[(path, config)]
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
 
     paths = run(params("csqa"), tmp_path / "csqa")
     assert [len(read_jsonl(paths.split(s))) for s in ("train", "valid", "test")] == [3, 1, 1]
@@ -308,6 +336,29 @@ def test_hub_rows_are_mapped_per_task(tmp_path, monkeypatch):
     paths = run(params("strategyqa"), tmp_path / "sqa")  # both Hub splits make up the one official file
     rows = read_jsonl(paths.raw / "train.jsonl")
     assert len(rows) == 20 and {r["answer"] for r in rows if r["id"].endswith("0")} == {"A"}
+    # every task file's revision reaches load_dataset (all null = latest until someone pins a commit)
+    assert asked == [(t, c, get_task(n).hub.revision) for n, t, c in (
+        ("csqa", "tau/commonsense_qa", None), ("obqa", "allenai/openbookqa", "main"),
+        ("strategyqa", "ChilleD/StrategyQA", None))]
+
+
+def test_pinned_hub_revision_is_passed_and_recorded(tmp_path, monkeypatch):
+    import dataclasses
+
+    import tinythinker.download as download_module
+    import tinythinker.prepare as prepare_module
+
+    pinned = dataclasses.replace(get_task("obqa"), hub=dataclasses.replace(get_task("obqa").hub, revision="c0ffee" * 6))
+    monkeypatch.setattr(download_module, "get_task", lambda name: pinned)
+    monkeypatch.setattr(prepare_module, "get_task", lambda name: pinned)
+    row = {"id": "x", "question_stem": "Q", "answerKey": "A", "choices": {"text": list("wxyz"), "label": list("ABCD")}}
+    asked = []
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(
+        load_dataset=lambda p, c, revision: asked.append(revision) or {
+            s: [{**row, "id": f"{s}{i}"} for i in range(2)] for s in ("train", "validation", "test")}))
+    paths = run(params("obqa"), tmp_path)
+    assert asked == ["c0ffee" * 6]
+    assert read_json(paths.prepared / "split_ids.json")["source"] == "allenai/openbookqa@" + "c0ffee" * 6
 
 
 def test_synthetic_goes_through_the_generator(tmp_path):

@@ -233,3 +233,56 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, sft_model, monkeypa
     assert m1["steps"] == m2["steps"] == 2 * cycle and m2["best_step"] == 2 * cycle
     assert m1 == pytest.approx(m2, rel=1e-5)
     assert all(torch.allclose(w1[k], w2[k], atol=1e-6) for k in w1)
+
+
+# --- GPU-scale knobs ------------------------------------------------------------------------------------------
+def test_tf32_and_precision_are_set_before_the_first_forward_pass(tmp_path, sft_model, monkeypatch):
+    """TF32 is switched (off here) before the start validation and the reference log-probs, which are computed in
+    the training precision."""
+    import tinythinker.chain as chain
+    import tinythinker.distributed as distributed
+    import tinythinker.dpo as dpo
+    import tinythinker.training as training
+
+    events = []
+    monkeypatch.setattr(training, "set_tf32", lambda on: events.append(("tf32", on)))
+    monkeypatch.setattr(chain, "accuracy", lambda results: events.append(("start",)) or 50.0)
+    monkeypatch.setattr(distributed, "chain_accuracy", lambda *a, **k: 40.0)
+    real = dpo.reference_logps
+    monkeypatch.setattr(dpo, "reference_logps",
+                        lambda *a, **k: events.append(("reference", a[4])) or real(*a, **k))
+    paths = repo(tmp_path, sft_model, RECALL, ANALYZE)
+    dpo_train(PARAMS.replace(**{"dpo.tf32": False, "dpo.precision": "auto"}), paths, "iter1")
+    assert events[:3] == [("tf32", False), ("start",), ("reference", "fp32")]  # auto on a CPU: fp32
+
+
+def test_accumulation_is_the_same_optimizer_step(sft_model, tmp_path):
+    """batch 1 x 2 micro-batches = batch 2: the same optimizer steps over the same pairs, the same weights."""
+    from tinythinker.chain import Decoding
+    from tinythinker.dpo import build_trainer
+
+    recall = RECALL + [{**RECALL[0], "chosen": "Iron is a metal 9."}]  # 4 recall + 2 analyze pairs: no tails
+    chain_kwargs = {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), Decoding(max_new_tokens=6))}
+    weights, calls, losses = {}, {}, {}
+    for name, batch, k in (("plain", 2, 1), ("accumulated", 1, 2)):
+        params = PARAMS.replace(**{"dpo.batch_size": batch, "dpo.gradient_accumulation_steps": k,
+                                   "dpo.loss_type": ["sigmoid"], "dpo.loss_weights": [1.0], "dpo.passes": 2})
+        model, tok = load(sft_model)
+        disable_dropout(model)
+        feats = tokenize_pairs(recall + ANALYZE, tok, 64, 16)
+        reference_logps(model, feats, 2, tok.pad_token_id)
+        intervals = schedule_intervals(4, 2, batch * k)
+        trainer = build_trainer(params, model, tok, feats, {"recall": 4, "analyze": 2}, intervals,
+                                tmp_path / name, VALID, chain_kwargs)
+        seen = []
+        original = trainer.compute_loss
+        trainer.compute_loss = lambda m, inputs, **kw: (seen.append(len(inputs["labels"]) // 2)
+                                                        or original(m, inputs, **kw))
+        trainer.train()
+        assert trainer.state.global_step == 2 * sum(intervals.values()) == 2 * (3 + 3)
+        weights[name], calls[name] = {k_: v.detach().clone() for k_, v in trainer.model.state_dict().items()}, seen
+        losses[name] = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert calls["plain"] == [2] * 12 and calls["accumulated"] == [1] * 24  # pairs per forward pass
+    assert losses["accumulated"] == pytest.approx(losses["plain"], rel=1e-4)  # the mean, not k x it
+    a, b = weights["plain"], weights["accumulated"]
+    assert all(torch.allclose(a[n], b[n], atol=1e-6, rtol=1e-4) for n in a)

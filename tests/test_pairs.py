@@ -145,8 +145,10 @@ class Model:
 def scripted_chain(calls):
     def run_chain(model, tokenizer, questions, *, recalls=None, recall=None, analyze=None, summarize=None,
                   batch_size=None, desc=None, stage_type="recall_analyze_summarize"):
+        import torch
+
         calls.append({"qids": [q["qid"] for q in questions], "recalls": recalls, "recall": recall,
-                      "analyze": analyze, "summarize": summarize})
+                      "analyze": analyze, "summarize": summarize, "draw": torch.rand(4).tolist()})
         seen, out = Counter(), []
         for i, q in enumerate(questions):
             key = (q["qid"], recalls and recalls[i])
@@ -223,3 +225,29 @@ def test_ablated_student_gets_no_pairs(tmp_path):
     metrics = dpo_sample(params, paths, "iter1")
     assert metrics["skipped"] == 1 and read_json(paths.metric("dpo/iter1_pairs"))["recall_pairs"] == 0
     assert read_jsonl(paths.dpo_data("iter1") / "recall_pairs.jsonl") == []
+
+
+def test_each_iteration_samples_with_its_own_seed(tmp_path, monkeypatch):
+    """Two iterations starting from the same model draw different chains; rerunning one draws the same."""
+    import tinythinker.chain as chain
+    import tinythinker.student as student
+    from tinythinker.io import write_jsonl
+    from tinythinker.pairs import dpo_sample, iteration_seed
+    from tinythinker.paths import Paths
+
+    paths = Paths(tmp_path)
+    paths.sft_model.mkdir(parents=True)
+    (paths.sft_model / "config.json").write_text("{}")
+    write_jsonl(paths.sft_data / "train_questions.jsonl",
+                [{"qid": "q1", "block": BLOCK, "options": ["A", "B", "C"], "gt": "B"}])
+    write_jsonl(paths.sft_data / "chains.jsonl", [teacher("q1", "teacher recall.")])
+    calls = []
+    monkeypatch.setattr(chain, "run_chain", scripted_chain(calls))
+    monkeypatch.setattr(student, "load_student", lambda params, paths, model_dir, what=None: (Model(), None))
+    params = BASE.replace(**{"dpo.stage_type": "recall", "dpo.iterations": {
+        "iter1": {"init": "models/sft"}, "iter2": {"init": "models/sft"}}})
+    for it in ("iter1", "iter2", "iter1"):
+        dpo_sample(params, paths, it)
+    first, second, again = (c["draw"] for c in calls)
+    assert first != second and first == again
+    assert iteration_seed(42, "iter1") != iteration_seed(42, "iter2") != iteration_seed(43, "iter2")

@@ -63,13 +63,13 @@ def repo(tmp_path_factory) -> Path:
 def test_dvc_repro_end_to_end(repo):
     _sh("dvc repro", repo)
     for out in ["data/prepared/split_ids.json", "data/teacher/journal.jsonl", "data/sft/valid.jsonl",
-                "models/sft/config.json", "models/dpo/iter2/config.json", "metrics/test/iter2.json"]:
+                "models/sft/config.json", "models/dpo/iter3/config.json", "metrics/test/iter3.json"]:
         assert (repo / out).exists(), out
     rows = json.loads((repo / "metrics/iterations.json").read_text())
-    assert [r["model"] for r in rows] == ["sft", "iter1", "iter2"]
+    assert [r["model"] for r in rows] == ["sft", "iter1", "iter2", "iter3"]
     assert all(0.0 <= r["test_accuracy"] <= 100.0 for r in rows)
     shown = _sh("dvc metrics show --json", repo)
-    assert "metrics/test/iter2.json" in shown
+    assert "metrics/test/iter3.json" in shown
 
     # A second repro is a no-op that only checks hashes.
     t0 = time.monotonic()

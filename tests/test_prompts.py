@@ -92,6 +92,18 @@ def test_prompt_stage_with_user_exemplars_shots_and_seeded_order(tmp_path):
         prompts.prompt(params.replace(**{"teacher.num_shots": 5}), paths)
 
 
+def test_reasoning_model_body_sends_max_completion_tokens_and_no_temperature(tmp_path):
+    paths = Paths(tmp_path)
+    write_jsonl(paths.split("train"), [RECORD])
+    params = BASE.replace(**{"teacher.max_tokens_param": "max_completion_tokens",
+                                 "teacher.send_temperature": False, "teacher.max_tokens": 300})
+    prompts.prompt(params, paths)
+    (req,) = read_jsonl(paths.requests)
+    assert set(req["body"]) == {"model", "messages", "max_completion_tokens", "n"}
+    assert req["body"]["max_completion_tokens"] == 300
+    assert read_json(paths.metric("teacher_cost"))["output_tokens_max"] == 4 * 300
+
+
 def test_task_default_samples_and_shipped_exemplars(tmp_path):
     paths = Paths(tmp_path)
     write_jsonl(paths.split("train"), [RECORD])

@@ -137,3 +137,31 @@ def test_changed_params_start_fresh(paths):
     other = PARAMS.replace(**{"sft.learning_rate": 2e-2})
     assert sft(other, paths, max_steps=4) == {"train_steps": 4, "resumed_from_step": 0}
     assert sorted(p.name for p in (paths.checkpoints / "sft").glob("checkpoint-*")) == ["checkpoint-4"]
+
+
+def test_accumulation_trains_the_same_optimizer_steps(paths, tmp_path_factory):
+    """batch 4 x 2 micro-batches (with activation checkpointing) = batch 8: the same optimizer steps, curriculum
+    blocks and validation cadence ("cycle" = 1 + 3 + 1 steps here), and the same weights."""
+    from safetensors.torch import load_file
+
+    base = PARAMS.replace(**{"sft.eval_every": "cycle", "sft.epochs": 1.0})
+    accumulated = base.replace(**{"sft.batch_size": 4, "sft.gradient_accumulation_steps": 2,
+                                  "sft.gradient_checkpointing": True})
+    other = Paths(tmp_path_factory.mktemp("accumulated"))
+    write_task(other, questions(12))
+    tokenizer_stage(PARAMS, other)
+    runs = {}
+    for name, params, p in (("plain", base, paths), ("accumulated", accumulated, other)):
+        assert sft(params, p, max_steps=6) == {"train_steps": 6, "resumed_from_step": 0}
+        evals = csv.DictReader(open(p.metrics / "sft_live" / "plots" / "metrics" / "eval_accuracy.tsv"), delimiter="\t")
+        assert [int(r["step"]) for r in evals] == [5], name
+        runs[name] = load_file(p.checkpoints / "sft" / "checkpoint-6" / "model.safetensors")
+    a, b = runs["plain"], runs["accumulated"]
+    assert all(torch_allclose(a[k], b[k]) for k in a)
+    first = load_file(paths.checkpoints / "sft" / "checkpoint-5" / "model.safetensors")
+    assert not all(torch_allclose(first[k], a[k]) for k in a)  # training moved the weights
+
+
+def torch_allclose(x, y):
+    import torch
+    return torch.allclose(x, y, atol=1e-5, rtol=1e-4)

@@ -92,3 +92,28 @@ def test_load_student_embedded_and_checkpoint(paths, tmp_path):
     assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
     assert tok2("iron").input_ids == tok("iron").input_ids
     assert loaded.generation_config.max_new_tokens == 33
+
+
+def test_hub_student_loads_at_its_revision(paths, monkeypatch):
+    """student.revision reaches from_pretrained for the tokenizer stage and the initial model (Hub faked)."""
+    import transformers
+
+    asked = []
+    tokenizer_stage(PARAMS, paths)  # a real tokenizer to hand out
+    real_tok = transformers.AutoTokenizer.from_pretrained(paths.tokenizer)
+    tiny, _ = load_student(PARAMS, paths)
+
+    def fake(kind, obj):
+        def from_pretrained(name, revision=None, **kw):
+            if str(name) == "google-t5/t5-small":
+                asked.append((kind, revision))
+                return obj
+            return real_tok  # the saved tokenizer directory
+        return staticmethod(from_pretrained)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake("tokenizer", real_tok))
+    monkeypatch.setattr(transformers.AutoModelForSeq2SeqLM, "from_pretrained", fake("model", tiny))
+    hub = PARAMS.replace(**{"student.model": "google-t5/t5-small", "student.revision": "f" * 40})
+    tokenizer_stage(hub, paths)
+    model, _ = load_student(hub, paths)
+    assert asked == [("tokenizer", "f" * 40), ("model", "f" * 40)] and model is tiny

@@ -1,5 +1,6 @@
 import random
 import re
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from tinythinker.params import load
 
 BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
-CFG = replace(BASE.dataset.synthetic, num_train=120, num_valid=20, num_test=30)
+CFG = replace(BASE.dataset.synthetic, num_train=400, num_valid=20, num_test=30)
 VERDICT = re.compile(r"^(?:Explanations: )?([A-E]) is (correct|incorrect)\. Because (.+)$")
 
 
@@ -29,7 +30,7 @@ def test_deterministic_per_seed(data):
 
 
 def test_split_sizes_ids_and_labels(data):
-    assert {k: len(v) for k, v in data.items()} == {"train": 120, "valid": 20, "test": 30}
+    assert {k: len(v) for k, v in data.items()} == {"train": 400, "valid": 20, "test": 30}
     ids = [q["id"] for rows in data.values() for q in rows]
     assert len(ids) == len(set(ids))
     for q in (q for rows in data.values() for q in rows):
@@ -72,7 +73,10 @@ def test_completion_format_and_order(data):
         content, finish = S.offline_completion(q, rng)
         assert finish == "stop"
         first, *rest = _lines(content)
-        assert first.startswith("Key Information: ") and q["meta"]["category"] in first
+        assert first.startswith("Key Information: ")
+        # the recall brings what the question does not state: the category its clue implies
+        assert q["meta"]["clue"] in q["question"] and q["meta"]["category"] not in re.findall(r"\w+", q["question"])
+        assert q["meta"]["clue"] in first and f"a {q['meta']['category']}" in first
         assert rest[0].startswith("Explanations: ")
         parsed = [VERDICT.match(l).groups() for l in rest]
         others = sorted(c["label"] for c in q["choices"] if c["label"] != q["answer"])
@@ -83,6 +87,41 @@ def test_completion_format_and_order(data):
             assert reason.startswith(f"{label} is {text[label]}, ") and reason.endswith(".")
             assert f"a {q['meta']['kinds'][label]}" in reason
             assert ("not a" in reason) == (verdict == "incorrect")
+
+
+def test_clues_imply_one_category_each():
+    owner = {}
+    for c, clues in S.CLUES.items():
+        for k in clues:
+            assert owner.setdefault(k, c) == c, f"clue {k!r} fits {owner[k]} and {c}"
+    assert set(S.CLUES) == set(S.WORLD)
+
+
+def test_long_tail_of_clues_and_things():
+    d = S.generate(replace(BASE.dataset.synthetic, num_train=2000, num_valid=10, num_test=10), seed=3)
+    clues = Counter(q["meta"]["clue"] for q in d["train"])
+    things = Counter(c["text"] for q in d["train"] for c in q["choices"])
+    # Zipf 1 over 6 clues: the commonest of a category about 6x its rarest; things likewise over 10 ranks
+    assert max(clues.values()) > 4 * min(clues.values()) and min(clues.values()) >= 5
+    assert max(things.values()) > 4 * min(things.values())
+    flat = S.generate(replace(BASE.dataset.synthetic, num_train=2000, num_valid=10, num_test=10, zipf=0.0),
+                      seed=3)
+    flat_clues = Counter(q["meta"]["clue"] for q in flat["train"])
+    assert max(flat_clues.values()) < 2 * min(flat_clues.values())
+
+
+def test_wrong_fact_keeps_the_verdicts_and_the_answer(data):
+    rng = random.Random(5)
+    for q in data["train"][:40]:
+        content, finish = S.offline_completion(q, rng, wrong_fact=True)
+        parsed = [VERDICT.match(l).groups() for l in _lines(content)[1:]]
+        assert finish == "stop" and [p[0] for p in parsed if p[1] == "correct"] == [q["answer"]]
+        text, kinds = {c["label"]: c["text"] for c in q["choices"]}, q["meta"]["kinds"]
+        wrong = [l for l, _, reason in parsed if f"{text[l]}, a {kinds[l]}" not in reason
+                 and f"{text[l]}, which is a {kinds[l]}" not in reason]
+        assert len(wrong) == 1 and wrong[0] != q["answer"]  # one distractor's category is wrong ...
+        reason = next(r for l, _, r in parsed if l == wrong[0])
+        assert reason.endswith(f"not a {q['meta']['category']}.")  # ... and it is still rejected
 
 
 def test_completion_is_deterministic_and_varied(data):

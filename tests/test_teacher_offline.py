@@ -67,12 +67,12 @@ def test_offline_backend_only_for_synthetic(tmp_path):
 def test_journal_torn_line_is_dropped_and_appends_stay_clean(tmp_path):
     path = tmp_path / "j.jsonl"
     with Journal(path) as j:
-        j.put("k1", {"a": 1}, {"choices": []})
+        j.put({"key": "k1", "body": {"a": 1}, "response": {"choices": []}})
     with path.open("a") as f:
         f.write('{"key": "k2", "body": {"a"')
     with Journal(path) as j:
         assert "k1" in j and "k2" not in j and len(j) == 1
-        j.put("k3", {"a": 3}, {"choices": [1]})
+        j.put({"key": "k3", "body": {"a": 3}, "response": {"choices": [1]}})
     assert [json.loads(l)["key"] for l in path.read_text().splitlines()] == ["k1", "k3"]
 
 
@@ -80,8 +80,8 @@ def test_journal_keeps_a_complete_entry_missing_its_newline(tmp_path):
     path = tmp_path / "j.jsonl"
     path.write_text(json.dumps({"key": "k1", "body": {}, "response": {"x": 1}}))
     with Journal(path) as j:
-        assert j.get("k1") == {"x": 1}
-        j.put("k2", {}, {})
+        assert j.get("k1")["response"] == {"x": 1}
+        j.put({"key": "k2", "body": {}, "response": {}})
     assert len(path.read_text().splitlines()) == 2
 
 
@@ -95,14 +95,16 @@ def test_journal_corrupt_middle_line_is_an_error(tmp_path):
 def test_journal_detaches_from_a_hardlinked_cache_copy(tmp_path):
     path, cache = tmp_path / "j.jsonl", tmp_path / "cache"
     with Journal(path) as j:
-        j.put("k1", {}, {})
+        j.put({"key": "k1", "body": {}, "response": {}})
     os.link(path, cache)
     with Journal(path) as j:
-        j.put("k2", {}, {})
+        j.put({"key": "k2", "body": {}, "response": {}})
     assert len(cache.read_text().splitlines()) == 1 and len(path.read_text().splitlines()) == 2
 
 
-def test_request_key_is_canonical_and_salted():
+def test_request_key_is_canonical_salted_and_names_who_answers():
     a = request_key({"n": 1, "model": "m"})
     assert a == request_key({"model": "m", "n": 1})
     assert a != request_key({"model": "m", "n": 1}, "round2")
+    assert len({request_key({"n": 1}, "round1", o) for o in ("offline seed=1", "openai http://a/v1",
+                                                               "openai http://b/v1")}) == 3

@@ -1,9 +1,10 @@
 """The request stage against a real OpenAI-compatible HTTP server on 127.0.0.1, through the real openai SDK.
 
 The server scripts the failures a paid run meets (429 with Retry-After, 500s, a request hanging past the
-client timeout, completions cut by length, malformed content) and logs every request server-side, so the
-tests check what was actually sent: retries, rounds, rate limits, no request answered twice, and a run
-killed with SIGKILL that resumes without re-sending anything the journal holds.
+client timeout, completions cut by length, malformed content; the refusals of tests/test_teacher_failures.py)
+and logs every request server-side, so the tests check what was actually sent: retries, rounds, rate limits,
+no request answered twice, and a run killed with SIGKILL that resumes without re-sending anything the journal
+or the response store holds.
 """
 import json
 import os
@@ -40,9 +41,25 @@ def completion_for(user: str, i: int) -> str:
     return f"Key Information: fact {i} of {lines[0]}\nExplanations: " + "\n".join(body)
 
 
+# Error answers as OpenAI sends them: (status, error object). "401" echoes the Authorization header back.
+ERRORS = {
+    "429": (429, {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}),
+    "500": (500, {"message": "The server had an error while processing your request. Sorry about that!",
+                  "type": "server_error", "code": None}),
+    "400": (400, {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                             "Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
+                  "param": "max_tokens", "code": "unsupported_parameter"}),
+    "quota": (429, {"message": "You exceeded your current quota, please check your plan and billing details.",
+                    "type": "insufficient_quota", "code": "insufficient_quota"}),
+    "401": (401, {"message": "Incorrect API key provided: {auth}.", "type": "invalid_request_error",
+                  "code": "invalid_api_key"}),
+}
+
+
 class Teacher:
     """A scripted chat-completions server. `script(question, attempt, body)` picks a behaviour per request:
-    ok | 429 | 500 | hang | length | malformed; `attempt` counts the requests for the same key."""
+    ok | hang | length | malformed | garbage (no choice parses) | a key of ERRORS; `attempt` counts the
+    requests for the same key."""
 
     def __init__(self, script=lambda q, a, b: "ok", delay: float = 0.0, hang: float = 2.5):
         self.script, self.delay, self.hang = script, delay, hang
@@ -76,16 +93,18 @@ class Teacher:
             attempt = sum(e["key"] == key for e in self.events)
             behaviour = self.script(question, attempt, body)
             event = {"t": time.monotonic(), "key": key, "question": question, "n": body["n"],
-                     "max_tokens": body["max_tokens"], "auth": h.headers.get("Authorization"),
+                     "max_tokens": body.get("max_tokens", body.get("max_completion_tokens")),
+                     "fields": sorted(body), "auth": h.headers.get("Authorization"),
                      "behaviour": behaviour, "answered": False}
             self.events.append(event)
         if behaviour == "hang":
             time.sleep(self.hang)  # the client has timed out and gone; no answer counts
             return
-        if behaviour in ("429", "500"):
-            payload = json.dumps({"error": {"message": "Rate limit reached" if behaviour == "429" else "boom",
-                                            "type": "server_error", "code": None}}).encode()
-            h.send_response(int(behaviour))
+        if behaviour in ERRORS:
+            status, error = ERRORS[behaviour]
+            error = {**error, "message": error["message"].format(auth=h.headers.get("Authorization"))}
+            payload = json.dumps({"error": error}).encode()
+            h.send_response(status)
             h.send_header("Content-Type", "application/json")
             h.send_header("Content-Length", str(len(payload)))
             if behaviour == "429":
@@ -99,7 +118,7 @@ class Teacher:
             content, finish = completion_for(user, len(self.events) * 10 + i), "stop"
             if i == 0 and behaviour == "length":
                 content, finish = content[:30], "length"
-            if i == 0 and behaviour == "malformed":
+            if (i == 0 and behaviour == "malformed") or behaviour == "garbage":
                 content = "Sure! I believe the answer is the first one."
             choices.append({"index": i, "message": {"role": "assistant", "content": content},
                             "finish_reason": finish, "logprobs": None})
@@ -252,7 +271,7 @@ def _journal_keys(path: Path) -> set[str]:
     return keys
 
 
-def test_sigkill_and_resume_never_resends_journaled_requests(tmp_path, server_factory):
+def test_sigkill_and_resume_never_resends_journaled_requests(tmp_path, server_factory, response_store):
     server = server_factory(delay=0.3)
     setup_root(tmp_path, server, 12, max_concurrency=2, samples=2, rounds=1)
     paths = Paths(tmp_path)
@@ -266,6 +285,8 @@ def test_sigkill_and_resume_never_resends_journaled_requests(tmp_path, server_fa
     proc.send_signal(signal.SIGKILL)
     out1, err1 = proc.communicate(timeout=10)
     at_kill = _journal_keys(paths.journal)
+    stored = {p.stem for p in response_store.glob("*/*.json")}  # written first: may hold one more
+    assert at_kill <= stored and len(stored - at_kill) <= 1
     assert 4 <= len(at_kill) < 12 and not paths.completions.exists()
     served_before = set(server.answered())
     with paths.journal.open("a") as f:  # as if the kill had torn the line being written
@@ -275,14 +296,15 @@ def test_sigkill_and_resume_never_resends_journaled_requests(tmp_path, server_fa
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     resent = {e["key"] for e in server.events[n_before:]}
-    assert not resent & at_kill  # nothing the journal held was asked again
+    assert not resent & stored  # nothing the journal or the store held was asked again
     answered = server.answered()
-    # Only a response in flight at the kill (served, never journaled) may have been answered twice.
-    assert {k for k, c in answered.items() if c > 1} <= served_before - at_kill
+    # Only a response in flight at the kill (served, never stored) may have been answered twice.
+    assert {k for k, c in answered.items() if c > 1} <= served_before - stored
     final = _journal_keys(paths.journal)
     assert at_kill <= final and len(final) == 12 and "torn" not in final
     rows = read_jsonl(paths.completions)
     assert len(rows) == 12 and all(len(r["completions"]) == 2 for r in rows)
     m = read_json(paths.metric("teacher_request"))
-    assert m["requests_from_journal"] == len(at_kill) and m["requests_sent"] == 12 - len(at_kill)
+    assert m["requests_from_journal"] == len(at_kill) and m["requests_from_store"] == len(stored - at_kill)
+    assert m["requests_sent"] == 12 - len(stored)
     assert_key_never_written(tmp_path, out1, err1, done.stdout, done.stderr)

@@ -131,6 +131,21 @@ def report(root: Path = ROOT) -> None:
 
 
 @app.command()
+def publish(push: str = typer.Option(None, "--push", metavar="REPO_ID",
+                                     help="Upload models/final to this Hub model repo (token from $HF_TOKEN)."),
+            private: bool = typer.Option(False, "--private", help="Create the Hub repo as private."),
+            root: Path = ROOT) -> None:
+    """models/final = the final model + a Hugging Face model card (README.md); --push uploads it as it is."""
+    from .publish import publish as run, push as upload
+
+    if push:
+        from .paths import Paths
+        _run(lambda: typer.echo(upload(Paths(root), push, private)))
+    else:
+        _run(lambda: run(*_ctx(root)))
+
+
+@app.command()
 def preset(dataset: str = typer.Argument(..., help="csqa, obqa or strategyqa."),
            student: str = typer.Argument(..., help="t5-small, t5-base or t5-large."),
            write: bool = typer.Option(False, "--write", help="Write the preset into params.yaml."),
@@ -138,17 +153,22 @@ def preset(dataset: str = typer.Argument(..., help="csqa, obqa or strategyqa."),
     """The paper's configuration for a dataset x student: prints `dvc exp run` flags, or --write params.yaml."""
     import json
 
-    from .presets import apply, preset as overrides
+    from .params import load
+    from .presets import apply, eval_cadence, preset as overrides, resolve
 
     def run():
         if write:
-            apply(root / "params.yaml", dataset, student)
+            p = apply(root / "params.yaml", dataset, student)
             typer.echo(f"params.yaml now holds the {dataset} / {student} preset; run `dvc repro` or `dvc exp run`")
         else:
+            p = resolve(load(root / "params.yaml"), dataset, student)
             flags = overrides(dataset, student)
             iters = flags.pop("dpo.iterations")
             flags |= {f"++dpo.iterations.{k}.init": v["init"] for k, v in iters.items()}
             typer.echo(" ".join(f"-S '{k}={json.dumps(v)}'" for k, v in flags.items()))
+        # stderr, so `$(tinythinker preset ...)` captures the flags only
+        typer.echo(f"sft.eval_every={p.sft.eval_every}: validation every {eval_cadence(p)} SFT steps; "
+                   f"dpo.max_questions={json.dumps(p.dpo.max_questions)}: every training question", err=True)
     _run(run)
 
 

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-from .io import DataError, atomic_path, iter_jsonl, write_jsonl
+from .io import DataError, atomic_path, iter_jsonl, read_text, write_jsonl
 from .params import Params, ParamsError
 from .paths import Paths
 from .tasks import Fields, TaskSpec, get_task
@@ -108,11 +108,9 @@ def jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _json_array_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """Elements of a JSON array file, each with the line it starts on (StrategyQA's official format)."""
+    text = read_text(path)
     try:
-        text = path.read_text()
         items = json.loads(text)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
     if not isinstance(items, list):
@@ -152,7 +150,7 @@ def _hub(task: TaskSpec) -> dict[str, Located]:
     from datasets import load_dataset  # heavy, and only this source needs it
 
     hub = task.hub
-    ds = load_dataset(hub.path, hub.config)
+    ds = load_dataset(hub.path, hub.config, revision=hub.revision)
     missing = [s for splits in hub.splits.values() for s in splits if s not in ds]
     if missing:
         raise DataError(f"{hub.path}: no split(s) {', '.join(missing)} on the Hub (has {', '.join(ds)})")

@@ -25,6 +25,7 @@ from .io import DataError, atomic_path, read_json, read_jsonl, write_json
 from .pairs import FIELDS, iteration_init
 from .params import Params, to_dict
 from .paths import Paths
+from .training import autocast, resolve_precision, trainer_kwargs
 
 STAGES = ("recall", "analyze")
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -106,13 +107,14 @@ def dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, nll, beta: float,
     return loss, metrics
 
 
-def reference_logps(model, features: list[dict], batch_size: int, pad_id: int) -> None:
-    """Store the model's chosen/rejected log-probs in each feature (eval mode, no grad, in order)."""
+def reference_logps(model, features: list[dict], batch_size: int, pad_id: int, precision: str = "fp32") -> None:
+    """Store the model's chosen/rejected log-probs in each feature (eval mode, no grad, in order), under the
+    autocast training will use for the policy's (`precision`: fp32, bf16 or fp16)."""
     import torch
 
     was_training = model.training
     model.eval()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(precision, model.device):
         for s in range(0, len(features), batch_size):
             chunk = features[s:s + batch_size]
             batch = {k: v.to(model.device) for k, v in collate(chunk, pad_id).items()}
@@ -152,6 +154,9 @@ def _trainer_classes():
     from transformers import Trainer, TrainerCallback
 
     class Seq2SeqDPOTrainer(Trainer):
+        # compute_loss returns a mean per micro-batch: the Trainer divides it by gradient_accumulation_steps
+        loss_is_scaled_for_ga = False
+
         def __init__(self, *args, batch_sampler, valid, chain_kwargs, dpo, **kwargs):
             super().__init__(*args, **kwargs)
             self.batch_sampler, self.valid, self.chain_kwargs, self.dpo = batch_sampler, valid, chain_kwargs, dpo
@@ -214,9 +219,10 @@ def _trainer_classes():
 
 def build_trainer(params: Params, model, tokenizer, features: list[dict], sizes: dict[str, int],
                   intervals: dict[str, int], ckpt_dir: Path, valid: list[dict], chain_kwargs: dict,
-                  callbacks: Sequence = ()):
+                  callbacks: Sequence = (), train_kwargs: dict | None = None):
     """The DPO trainer over `features` (reference log-probs already in them), stages concatenated in
-    `sizes` order; evaluation and checkpoints once per schedule cycle, `dpo.passes` cycles in all."""
+    `sizes` order; evaluation and checkpoints once per schedule cycle (in optimizer steps), `dpo.passes` cycles
+    in all. `train_kwargs`: the shared TrainingArguments fields (training.trainer_kwargs)."""
     import torch
     from transformers import TrainingArguments
 
@@ -228,19 +234,20 @@ def build_trainer(params: Params, model, tokenizer, features: list[dict], sizes:
         output_dir=str(ckpt_dir), max_steps=d.passes * cycle, per_device_train_batch_size=d.batch_size,
         learning_rate=d.learning_rate, lr_scheduler_type="cosine", warmup_steps=d.warmup_ratio,  # float = ratio
         weight_decay=0.0, max_grad_norm=d.max_grad_norm, seed=params.seed,
-        tf32=cuda and torch.cuda.get_device_capability()[0] >= 8,
         eval_strategy="steps", eval_steps=cycle, save_strategy="steps", save_steps=cycle,
         logging_steps=max(1, min(50, cycle // 4)), logging_first_step=True,
         load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
         save_total_limit=2,  # the best and the latest (to resume)
-        remove_unused_columns=False, report_to="none", dataloader_pin_memory=cuda, use_cpu=not cuda,
+        remove_unused_columns=False, dataloader_pin_memory=cuda, use_cpu=not cuda,
         ddp_find_unused_parameters=False,
+        **(train_kwargs if train_kwargs is not None else trainer_kwargs(params, Paths(), "dpo", "dpo")),
     )
     Trainer, _ = _trainer_classes()
     return Trainer(model=model, args=args, train_dataset=features, eval_dataset=valid, processing_class=tokenizer,
                    data_collator=lambda f: collate(f, tokenizer.pad_token_id),
                    callbacks=list(callbacks),
-                   batch_sampler=CurriculumBatchSampler(sizes, intervals, d.batch_size, params.seed),
+                   batch_sampler=CurriculumBatchSampler(sizes, intervals, d.batch_size, params.seed,
+                                                        accumulation=d.gradient_accumulation_steps),
                    valid=valid, chain_kwargs=chain_kwargs, dpo=d)
 
 
@@ -281,6 +288,9 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     out_model, metrics_file = paths.dpo_model(iteration), paths.metric(f"dpo/{iteration}")
     ckpt_dir = paths.checkpoints / "dpo" / iteration
 
+    # TF32 and precision settle before the first forward pass: start validation and reference log-probs included.
+    train_kwargs = trainer_kwargs(params, paths, "dpo", f"dpo/{iteration}")
+    precision = resolve_precision(d.precision, "dpo.precision")
     model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
     cuda = torch.cuda.is_available()
     model.to("cuda" if cuda else "cpu")
@@ -295,7 +305,8 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
         if main and not (stamp.exists() and stamp.read_text() == fingerprint and start_file.exists()):
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # other params, data or starting model: stale checkpoints
             ckpt_dir.mkdir(parents=True)
-            start = accuracy(run_chain(model, tokenizer, valid, desc="valid (start)", **chain_kwargs))
+            with autocast(precision, model.device):  # as the trainer's evaluations
+                start = accuracy(run_chain(model, tokenizer, valid, desc="valid (start)", **chain_kwargs))
             write_json(start_file, {"start_valid_accuracy": start})
             stamp.write_text(fingerprint)
         resume = get_last_checkpoint(str(ckpt_dir))
@@ -307,7 +318,9 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     metrics = {"valid_accuracy": start_accuracy, "start_valid_accuracy": start_accuracy, "best_step": 0,
                "steps": 0, **counts}
 
-    intervals = schedule_intervals(len(pairs["recall"]), len(pairs["analyze"]), d.batch_size)
+    # optimizer steps per stage block: one step takes batch_size x gradient_accumulation_steps pairs
+    intervals = schedule_intervals(len(pairs["recall"]), len(pairs["analyze"]),
+                                   d.batch_size * d.gradient_accumulation_steps)
     if not intervals:  # spec 9.21: nothing to learn from; the starting model passes through unchanged
         metrics["skipped"] = 1
         if live is not None:
@@ -324,7 +337,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     for s in STAGES:
         features += tokenize_pairs(pairs[s], tokenizer, params.sft.max_source_length, g.max_new_tokens)
     disable_dropout(model)
-    reference_logps(model, features, d.batch_size, tokenizer.pad_token_id)  # same weights as the policy now
+    reference_logps(model, features, d.batch_size, tokenizer.pad_token_id, precision)  # same weights as the policy
 
     from transformers import TrainerCallback
 
@@ -335,7 +348,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
 
     LiveCallback = _trainer_classes()[1]
     trainer = build_trainer(params, model, tokenizer, features, {s: len(pairs[s]) for s in STAGES}, intervals,
-                            ckpt_dir, valid, chain_kwargs, [LiveCallback(live, start_accuracy), Stop()])
+                            ckpt_dir, valid, chain_kwargs, [LiveCallback(live, start_accuracy), Stop()], train_kwargs)
     trainer.train(resume_from_checkpoint=resume)
     if live is not None:
         live.end()

@@ -1,26 +1,96 @@
-"""Append-only journal of teacher responses: paid for once, kept forever, keyed by a hash of the request.
+"""Where paid teacher responses live: the machine's response store and the workspace journal.
 
-One JSON line per answered request, ``{"key", "body", "response"}``, appended and fsync'd as the response
-arrives. A process killed mid-write leaves at most one torn last line; the next open drops it (that one
-request is asked again) so later appends start on a clean line.
+Both hold entries ``{"key", "origin", "round", "body", "response"}``, keyed by `request_key`.
+
+The **store** (`ResponseStore`, outside every workspace, `paths.store_dir()`) is written first: a response
+that reached it outlives anything that happens to the workspace (a failed `dvc exp run --temp` or queued run,
+whose temporary copy is deleted; a `git checkout -- . && dvc checkout` that rolls the journal back).
+
+The **journal** (`data/teacher/journal.jsonl`) is the DVC-tracked copy of the responses one run used, which
+`dvc push` shares: one JSON line per response, appended and fsync'd as it arrives. A process killed
+mid-write leaves at most one torn last line; the next open drops it (that request is then found in the
+store, or asked again) so later appends start on a clean line.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Iterator, Optional
 
 from .io import DataError
 
 
-def request_key(body: dict, salt: str = "") -> str:
-    """sha256 of the canonical JSON body; `salt` tells apart bodies that must legitimately be re-asked
-    (the same request in a later round, or the n single-sample repeats of one request)."""
+def request_key(body: dict, salt: str = "", origin: str = "") -> str:
+    """sha256 of what makes an answer: who answers (`origin`: backend and server), the canonical JSON body
+    (model included), and `salt`, which tells apart bodies that must legitimately be re-asked (the same
+    request in a later round, or the n single-sample repeats of one request)."""
     canonical = json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.sha256(f"{salt}\n{canonical}".encode()).hexdigest()
+    who = f"{origin}\n" if origin else ""  # without an origin: the key of journals before origins were keyed
+    return hashlib.sha256(f"{who}{salt}\n{canonical}".encode()).hexdigest()
+
+
+def _line(entry: dict) -> bytes:
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+class ResponseStore:
+    """One file per response, ``<root>/<key[:2]>/<key>.json``, written whole and fsync'd, then hard-linked
+    into place. A record is complete or absent, concurrent writers (two queued experiments) cannot corrupt
+    each other, the first answer stored for a key is never replaced, and a lookup reads one small file
+    rather than a store that grows with every experiment ever run on the machine."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def __contains__(self, key: str) -> bool:
+        return self._path(key).exists()  # a stat, not a read: checked for every journal entry of every run
+
+    def get(self, key: str) -> Optional[dict]:
+        try:
+            entry = json.loads(self._path(key).read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):  # unreadable (a disk fault or a hand edit): absent, replaced by the next answer
+            return None
+        ok = isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("response"), dict)
+        return entry if ok else None
+
+    def put(self, entry: dict) -> dict:
+        """Store `entry` unless the key already holds an answer; return the entry the store keeps."""
+        path = self._path(entry["key"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_line(entry))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)  # atomic and never replacing: two processes answered at once, the first stays
+            except FileExistsError:
+                kept = self.get(entry["key"])
+                if kept is not None:
+                    return kept
+                os.replace(tmp, path)
+            except OSError:  # a filesystem without hard links
+                os.replace(tmp, path)
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)  # the new name itself survives a power cut
+            finally:
+                os.close(dfd)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return entry
 
 
 class Journal:
@@ -31,7 +101,7 @@ class Journal:
         if self.path.exists():
             self._detach()
             self._load()
-        self._fh = self.path.open("a", encoding="utf-8")
+        self._fh = self.path.open("ab")
 
     def _detach(self) -> None:
         # A checkout from the DVC cache may be a link into it; appending would then corrupt the cache.
@@ -57,7 +127,7 @@ class Journal:
                 f.flush()
                 os.fsync(f.fileno())
             raw = raw[:cut] + tail
-        for lineno, line in enumerate(raw.decode("utf-8").splitlines(), 1):
+        for lineno, line in enumerate(raw.split(b"\n"), 1):
             if not line.strip():
                 continue
             try:
@@ -74,19 +144,17 @@ class Journal:
         return len(self._entries)
 
     def __iter__(self) -> Iterator[dict]:
-        return iter(self._entries.values())
+        return iter(list(self._entries.values()))
 
-    def get(self, key: str) -> Optional[dict[str, Any]]:
-        entry = self._entries.get(key)
-        return entry["response"] if entry else None
+    def get(self, key: str) -> Optional[dict]:
+        return self._entries.get(key)
 
-    def put(self, key: str, body: dict, response: dict) -> None:
-        entry = {"key": key, "body": body, "response": response}
+    def put(self, entry: dict) -> None:
         # One write call per line: a kill can tear only this line, never interleave two.
-        self._fh.write(json.dumps(entry, ensure_ascii=False, separators=(",", ":")) + "\n")
+        self._fh.write(_line(entry))
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        self._entries[key] = entry
+        self._entries[entry["key"]] = entry
 
     def close(self) -> None:
         self._fh.close()

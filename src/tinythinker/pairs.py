@@ -12,6 +12,7 @@ validity of a predicted option checked per row (9.20); analyze chosen sets toppe
 """
 from __future__ import annotations
 
+import hashlib
 import random
 from collections import defaultdict
 from typing import Mapping, Sequence
@@ -134,6 +135,12 @@ def _decodings(params: Params):
     return sampled, Decoding(max_new_tokens=n)
 
 
+def iteration_seed(seed: int, iteration: str) -> int:
+    """The sampling seed of one iteration, from (seed, iteration): each iteration draws new chains, even one
+    whose predecessor kept its starting model, and rerunning an iteration draws the same ones."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{iteration}".encode()).digest()[:4], "big")
+
+
 def iteration_init(params: Params, iteration: str) -> str:
     if iteration not in params.dpo.iterations:
         known = ", ".join(sorted(params.dpo.iterations)) or "none"
@@ -170,7 +177,7 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
 
     model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
     model.to("cuda" if torch.cuda.is_available() else "cpu")
-    set_seed(params.seed)
+    set_seed(iteration_seed(params.seed, iteration))
     rng = random.Random(f"{params.seed}/{iteration}")
     sampled, greedy = _decodings(params)
     n, bs = params.dpo.samples, params.generation.batch_size

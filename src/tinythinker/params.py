@@ -16,7 +16,7 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from .io import read_yaml
 
@@ -24,6 +24,9 @@ from .io import read_yaml
 DATASETS = ("synthetic", "csqa", "obqa", "strategyqa")
 STAGE_TYPES = ("recall_analyze_summarize", "summarize", "recall_summarize", "analyze_summarize")
 DPO_STAGE_TYPES = ("recall", "analyze", "recall_analyze")
+# Trainer precision: auto = bf16 on a GPU that has it, else fp32. fp16 is for GPUs without bf16; T5 is known
+# to overflow in fp16, so prefer fp32 there.
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
 class ParamsError(ValueError):
@@ -87,6 +90,8 @@ class SyntheticParams:
     num_categories: Count
     entities_per_category: Count
     test_holdout: Share  # share of each category's things that answer only valid/test questions
+    clues_per_category: Count  # question wordings that imply the category (the recall's knowledge)
+    zipf: Annotated[float, Range(0, 4)]  # long tail of clue and thing frequencies (0: uniform)
 
     def __post_init__(self):
         _check(self.num_categories >= self.num_options, "dataset.synthetic.num_categories",
@@ -99,6 +104,8 @@ class DatasetParams:
     # None: the official source of the task file (Hugging Face Hub); else a local file or directory.
     source: Optional[str]
     seed: Seed
+    # Seeded cap on every split (train, valid, test) in prepare, for smoke runs on a real dataset; None = all.
+    limit: Optional[Count]
     synthetic: SyntheticParams
 
 
@@ -110,6 +117,9 @@ class TeacherParams:
     samples: Optional[Count]  # completions per question; None = the task's default (8 CSQA, 4 OBQA/SQA)
     temperature: NonNegative
     max_tokens: Count
+    # Reasoning models (o1, o3, gpt-5) refuse `max_tokens` and any non-default temperature with a 400.
+    max_tokens_param: Literal["max_tokens", "max_completion_tokens"]
+    send_temperature: bool
     rounds: Optional[Count]  # re-ask rounds for missing/invalid samples (spec 3.1); None = task default
     exemplars: Optional[str]  # few-shot file in the original *_cot.json format; None = shipped ones
     num_shots: Optional[Natural]  # None = all exemplars of the file
@@ -118,8 +128,12 @@ class TeacherParams:
     max_concurrency: Count  # 0 would wait forever for a free slot
     timeout: Positive
     max_retries: Natural
+    max_retry_seconds: Positive  # one request stops retrying after this long (plus one timeout)
+    max_failures_in_a_row: Count  # requests ending unanswered in a row that stop the stage (see teacher.py)
+    min_coverage: Annotated[float, Range(0, 1)]  # share of training questions that must end with a valid completion
     repeat_n: bool  # send n single-sample requests, for servers that ignore `n` (Ollama)
     offline_fault_rate: Share  # offline backend: share of deliberately faulty completions
+    offline_wrong_fact_rate: Annotated[float, Range(0, 1)]  # offline backend: well-formed but with a wrong fact
     override_label: bool  # spec 9.4: the teacher's majority answer replaces the dataset label
     summarize_order: Literal["alphabetical", "teacher"]  # spec 9.6
 
@@ -141,6 +155,8 @@ class EmbeddedModelParams:
 class StudentParams:
     # "embedded" (built from `embedded`), a Hub id such as google-t5/t5-small, or a local checkpoint dir.
     model: str
+    # Hub revision (branch, tag or commit hash) for from_pretrained; None = the default branch.
+    revision: Optional[str]
     embedded: EmbeddedModelParams
 
 
@@ -167,10 +183,17 @@ class SFTParams:
     weight_decay: NonNegative
     max_grad_norm: NonNegative  # 0 = no clipping
     group_by_length: bool
-    precision: Literal["auto", "fp32", "bf16"]  # auto: bf16 on a GPU that has it
+    precision: Precision
+    tf32: bool  # allow TF32 matmuls on an Ampere+ GPU (faster, not bit-fp32); the paper presets turn it off
     max_source_length: Count
     max_target_length: Count
-    eval_every: Optional[Count]  # steps; None = one full schedule cycle (spec 5.1)
+    # Optimizer steps between validations/checkpoints; "cycle" = one curriculum cycle, I x (2 + options) for the
+    # full chain (spec 5.1 table), recomputed from stage_type, interval and the dataset's options.
+    eval_every: Union[Count, Literal["cycle"]]
+    # Micro-batches of batch_size per optimizer step (effective batch = batch_size x this x processes); the
+    # curriculum counts optimizer steps, so `interval` keeps its meaning.
+    gradient_accumulation_steps: Count
+    gradient_checkpointing: bool  # recompute activations in backward: less memory, ~30 % slower
 
 
 @dataclass(frozen=True)
@@ -195,6 +218,10 @@ class DPOParams:
     passes: Count  # max_steps = passes x (recall + analyze schedule interval), spec 6.3
     warmup_ratio: Share
     max_grad_norm: NonNegative
+    precision: Precision  # also the precision of the precomputed reference log-probs
+    tf32: bool  # as sft.tf32; set before the reference log-probs are computed
+    gradient_accumulation_steps: Count  # as sft: micro-batches of batch_size per optimizer step
+    gradient_checkpointing: bool
     iterations: dict[str, DPOIteration]
 
     def __post_init__(self):
@@ -214,6 +241,9 @@ class Params:
     # Prefix of the training stages' commands (dvc.yaml: `${launcher} tinythinker sft`): a command that runs a
     # Python module, e.g. `accelerate launch --num_processes 8 -m` for DDP on 8 GPUs.
     launcher: str
+    # Trackers the training stages also log to (wandb, mlflow, tensorboard; each needs its package installed and
+    # is configured by its own environment variables); dvclive curves under metrics/ are always written.
+    report_to: tuple[Literal["wandb", "mlflow", "tensorboard"], ...]
     dataset: DatasetParams
     teacher: TeacherParams
     student: StudentParams
@@ -251,7 +281,14 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, key)
+        if len(inner) == 1:
+            return _coerce(inner[0], value, key)
+        for alternative in inner:  # e.g. int or "cycle": the first that accepts the value
+            try:
+                return _coerce(alternative, value, key)
+            except ParamsError:
+                pass
+        raise ParamsError(f"{key}: expected {' or '.join(map(_describe, inner))}, got {value!r}")
     if origin is Literal:
         _check(value in args, key, f"must be one of {', '.join(map(repr, args))}, got {value!r}")
         return value
@@ -279,6 +316,14 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         _check(isinstance(value, str), key, f"expected a string, got {value!r}")
         return value
     raise TypeError(f"{key}: unsupported schema type {tp}")  # a bug in this module, not in params.yaml
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Annotated:
+        return f"{_describe(typing.get_args(tp)[0])} {' '.join(map(str, tp.__metadata__))}"
+    if typing.get_origin(tp) is Literal:
+        return " or ".join(map(repr, typing.get_args(tp)))
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
 
 
 def _build(cls: type, raw: dict, prefix: str = "") -> Any:

@@ -1,14 +1,26 @@
-"""Where every stage reads and writes, relative to the repository root. dvc.yaml declares the same paths.
+"""Where every stage reads and writes, relative to the repository root (dvc.yaml declares the same paths), and
+the one place outside it: the machine's teacher response store.
 
 A name that becomes part of a path (an iteration key, a `test --name`) must be a plain relative name
 (`params.check_name`), so no output lands outside the repository.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from .params import check_name
+
+STORE_ENV = "TINYTHINKER_STORE"
+
+
+def store_dir() -> Path:
+    """The machine's teacher response store, outside every workspace: $TINYTHINKER_STORE, else
+    $XDG_CACHE_HOME/tinythinker/responses, else ~/.cache/tinythinker/responses."""
+    if os.environ.get(STORE_ENV):
+        return Path(os.environ[STORE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "tinythinker" / "responses"
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,13 @@ class Paths:
     @property
     def checkpoints(self) -> Path:  # resumable trainer state, kept out of DVC outputs (git-ignored)
         return self.root / "models" / "checkpoints"
+
+    @property
+    def final_model(self) -> Path:  # the pipeline's result with its model card (publish), a DVC artifact
+        return self.root / "models" / "final"
+
+    def tracker_logs(self, run: str) -> Path:  # TensorBoard event files (report_to), git-ignored
+        return self.root / "runs" / run
 
     # --- metrics ------------------------------------------------------------------------------------
     @property

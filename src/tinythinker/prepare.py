@@ -1,7 +1,8 @@
 """Stage `prepare`: seeded train/valid/test splits of the official data (spec 1.3), with their ids saved.
 
-The split recipe comes from the task file (tasks.SplitRecipe). The same data and `dataset.seed` give
-byte-identical outputs; data/prepared/split_ids.json records which question went where.
+The split recipe comes from the task file (tasks.SplitRecipe). `dataset.limit` then caps every split with a
+seeded sample (smoke runs on a real dataset). The same data, `dataset.seed` and limit give byte-identical
+outputs; data/prepared/split_ids.json records which question went where (and the limit).
 """
 from __future__ import annotations
 
@@ -40,6 +41,15 @@ def make_splits(recipe: SplitRecipe, official: dict[str, list[dict]], seed: int)
     return {"train": rows[:n_train], "valid": rows[n_train:n_train + n_valid], "test": rows[n_train + n_valid:]}
 
 
+def cap(rows: list[dict], limit: int, seed: str) -> list[dict]:
+    """At most `limit` records: a seeded uniform sample (by id, so independent of the source's order), kept in
+    the split's order."""
+    if len(rows) <= limit:
+        return rows
+    keep = set(random.Random(seed).sample(sorted(r["id"] for r in rows), limit))
+    return [r for r in rows if r["id"] in keep]
+
+
 def read_split(paths: Paths, split: str) -> list[dict]:
     """A prepared split with every record re-checked as `prepare` checked it (an error names file and line),
     since the file may have been edited since; the stages that read it send it to a paid teacher."""
@@ -56,16 +66,26 @@ def prepare(params: Params, paths: Paths) -> None:
     # Re-checked on read: data/raw may have been edited or produced for another dataset.
     official = collect({s: jsonl_rows(f) for s, f in files.items()}, RECORD, n_opts)
     splits = make_splits(task.split, official, params.dataset.seed)
+    full = {s: len(rows) for s, rows in splits.items()}
+    if params.dataset.limit is not None:
+        splits = {s: cap(rows, params.dataset.limit, f"{params.dataset.seed}/limit/{s}") for s, rows in splits.items()}
     for s, rows in splits.items():
         if not rows:
             raise DataError(f"{paths.raw}: the {s} split of {task.name} would be empty")
 
     ids = {s: [r["id"] for r in rows] for s, rows in splits.items()}
-    source = params.dataset.source or (task.hub.path if task.hub is not None else "generated")
+    if params.dataset.source:
+        source = params.dataset.source
+    elif task.hub is not None:
+        source = task.hub.path + (f"@{task.hub.revision}" if task.hub.revision else "")
+    else:
+        source = "generated"
     with atomic_path(paths.prepared) as tmp:  # replaced as a whole: no stale file from another dataset
         tmp.mkdir()
         for s, rows in splits.items():
             write_jsonl(tmp / f"{s}.jsonl", rows)
         write_json(tmp / "split_ids.json", {**ids, "seed": params.dataset.seed, "dataset": task.name,
-                                            "source": source})
-    write_json(paths.metric("prepare"), {**{s: len(rows) for s, rows in splits.items()}, "num_options": n_opts})
+                                            "source": source, "limit": params.dataset.limit})
+    limited = {f"{s}_before_limit": n for s, n in full.items()} if params.dataset.limit is not None else {}
+    write_json(paths.metric("prepare"), {**{s: len(rows) for s, rows in splits.items()}, "num_options": n_opts,
+                                         **limited})

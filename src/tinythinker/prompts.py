@@ -123,11 +123,17 @@ def build_requests(params: Params, train: list[dict]) -> list[dict]:
     exemplars = load_exemplars(Path(t.exemplars) if t.exemplars else EXEMPLAR_DIR / task.exemplars)
     system = system_message(pick_shots(exemplars, t.num_shots, params.seed))
     n = t.samples or task.teacher.samples
+    extra = {"temperature": t.temperature} if t.send_temperature else {}
     return [{"id": r["id"], "gt": r["answer"], "options": [c["label"] for c in r["choices"]],
              "body": {"model": t.model,
                       "messages": [{"role": "system", "content": system}, {"role": "user", "content": user_message(r)}],
-                      "max_tokens": t.max_tokens, "n": n, "temperature": t.temperature}}
+                      t.max_tokens_param: t.max_tokens, "n": n, **extra}}
             for r in train]
+
+
+def limit_key(body: dict) -> str:
+    """The body's output-token limit field: `max_tokens`, or `max_completion_tokens` for reasoning models."""
+    return "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
 
 
 # --- cost estimate --------------------------------------------------------------------------------------
@@ -164,7 +170,7 @@ def estimate(requests: list[dict], count: Optional[Callable[[str], int]] = None)
     exact = count is not None
     count = count or approx_tokens
     inp = sum(message_tokens(r["body"]["messages"], count) for r in requests)
-    out = sum(r["body"]["max_tokens"] * r["body"]["n"] for r in requests)
+    out = sum(r["body"][limit_key(r["body"])] * r["body"]["n"] for r in requests)
     est = {"requests": len(requests), "input_tokens": inp, "output_tokens_max": out,
            "input_tokens_mean": round(inp / max(1, len(requests)), 1),
            "tokens_counted_by_tiktoken": int(exact)}  # 0: ceil(characters / 4)

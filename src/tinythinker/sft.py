@@ -17,12 +17,13 @@ from . import distributed
 from . import protocol as P
 from .build import QUESTION_FIELDS, STAGE_FIELDS
 from .chain import Decoding
-from .curriculum import CurriculumBatchSampler, sft_intervals
+from .curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
 from .dpo import SKIP_LOG
 from .io import DataError, read_jsonl, write_json
 from .params import Params, to_dict
 from .paths import Paths
 from .student import load_student
+from .training import trainer_kwargs
 
 
 def _stage_data(params: Params, paths: Paths, tokenizer) -> tuple[list[dict], dict[str, int], dict[str, list[int]]]:
@@ -139,26 +140,25 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     num_options = max(len(q["options"]) for q in valid)
     intervals = sft_intervals(s.stage_type, s.interval, num_options)
     sampler = CurriculumBatchSampler(sizes, intervals, s.batch_size, params.seed,
-                                     lengths if s.group_by_length else None)
-    eval_every = s.eval_every or sum(intervals.values())  # default: one R/A/S cycle (spec 5.1 table)
+                                     lengths if s.group_by_length else None, s.gradient_accumulation_steps)
+    eval_every = eval_steps(s.eval_every, s.stage_type, s.interval, num_options)
 
     ckpt_dir = paths.checkpoints / "sft"
     fingerprint = _fingerprint(params, paths)
     stamp = ckpt_dir / "fingerprint.txt"
     cuda = torch.cuda.is_available()
-    bf16 = s.precision == "bf16" or (s.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
     args = Seq2SeqTrainingArguments(
         output_dir=str(ckpt_dir), per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate,
         num_train_epochs=s.epochs, lr_scheduler_type="cosine", warmup_steps=s.warmup_ratio,  # float = ratio
         weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm, seed=params.seed,
-        bf16=bf16, tf32=cuda and torch.cuda.get_device_capability()[0] >= 8,
         eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=eval_every,
         logging_steps=max(1, min(50, eval_every // 4)), logging_first_step=True,
         load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
         save_total_limit=2,  # the best and the latest (to resume); 1 would drop the latest at train end
-        remove_unused_columns=False, report_to="none", disable_tqdm=False, dataloader_pin_memory=cuda,
+        remove_unused_columns=False, disable_tqdm=False, dataloader_pin_memory=cuda,
         use_cpu=not cuda,  # also makes a multi-process launch on CPU one DDP job (gloo), not N lone runs
         ddp_find_unused_parameters=False,  # every parameter takes part in every step
+        **trainer_kwargs(params, paths, "sft", "sft"),  # precision, TF32, accumulation, checkpointing, trackers
     )
     # After the arguments, which set up the process group that main_first relies on.
     with distributed.main_first() as main:

@@ -103,13 +103,13 @@ def check_checkpoint(path: Path, what: str, model: bool = True) -> None:
         raise DataError(f"{path}: not a complete checkpoint ({what}): no {', no '.join(missing)}")
 
 
-def _pretrained(cls, source: str | Path, what: str, local: bool = True):
-    """`cls.from_pretrained(source)`; a directory that is not a complete checkpoint, a broken file in it or an
-    unreachable Hub id (`local=False`) raises one DataError naming `source` and `what` it was meant to be."""
+def _pretrained(cls, source: str | Path, what: str, local: bool = True, **kwargs):
+    """`cls.from_pretrained(source, **kwargs)`; a directory that is not a complete checkpoint, a broken file in
+    it or an unreachable Hub id (`local=False`) raises one DataError naming `source` and `what` it was meant to be."""
     if local:
         check_checkpoint(Path(source), what, model=cls.__name__ != "AutoTokenizer")
     try:
-        return cls.from_pretrained(source)
+        return cls.from_pretrained(source, **kwargs)
     except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (OSError, ValueError, KeyError,
         # SafetensorError, tokenizers' Exception); all mean the same to the user: this checkpoint is broken
         detail = (str(e).strip().splitlines() or [""])[0]
@@ -126,7 +126,8 @@ def tokenizer_stage(params: Params, paths: Paths) -> None:
         tokenizer = train_tokenizer(_corpus(paths), params.student.embedded.vocab_size)
     else:
         from transformers import AutoTokenizer
-        tokenizer = _pretrained(AutoTokenizer, params.student.model, "student.model", _is_local(params.student.model))
+        tokenizer = _pretrained(AutoTokenizer, params.student.model, "student.model", _is_local(params.student.model),
+                                revision=params.student.revision)
     with atomic_path(paths.tokenizer) as tmp:
         tokenizer.save_pretrained(tmp)
 
@@ -154,7 +155,7 @@ def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None,
     else:
         tokenizer = _pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
         model = _pretrained(AutoModelForSeq2SeqLM, params.student.model, "student.model",
-                            _is_local(params.student.model))
+                            _is_local(params.student.model), revision=params.student.revision)
     # Generation reads model.generation_config only (transformers 5); pin it rather than inherit defaults.
     g = model.generation_config
     g.max_new_tokens = params.generation.max_new_tokens

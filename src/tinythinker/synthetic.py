@@ -1,19 +1,30 @@
-"""The embedded offline task: "which one is a <category>?" over a closed world of typed things.
+"""The embedded offline task: "which one <clue>?" over a closed world of typed things.
 
-Shaped so a tiny T5 trained from scratch on a CPU can learn the whole recall -> analyze -> summarize chain:
-one-word options from a closed vocabulary, facts (thing -> category) that recur across many questions, and
-analyses that always open with the option's own word and then state its category, so each reasoning step is
-short and local. A share of the things (`test_holdout`) never answer a training question; they appear there
-only as distractors, whose analyses still state their category. Valid and test questions are answered by
-exactly those things, so scoring needs the facts recombined, not training questions recalled.
+Built so that every step of the chain carries knowledge the question does not state, and can fail:
 
-`offline_completion` is this task's teacher: it answers the rationalisation request (spec 2.4) from the
-record's `meta`, in the text format a chat model is asked for, with optional realistic faults (spec 3.3).
+- **Recall** turns a clue into the category it implies: the question says "Which one has feathers?", the
+  recall says "Something that has feathers is a bird." Every category has several clues (and the teacher
+  several recall wordings), drawn with a long-tail (Zipf) frequency: the common clues are learned early,
+  the rare ones late or not at all within the budget.
+- **Analyze** states each option's category against the recalled one ("B is trout, a fish, not a bird."):
+  thing -> category facts, again long-tailed, so some things are seen hundreds of times and some a handful.
+  A wrong recall carries into every analysis, as in real chains.
+- **Summarize** picks the option whose analysis fits.
+- **Held-out answers.** A share of each category's things (`test_holdout`) never answer a training question;
+  they appear there only as distractors, whose analyses still state their category. Valid and test questions
+  are answered by exactly those things, so scoring needs facts recombined, not training questions recalled.
+- **An imperfect teacher.** `offline_completion` answers the rationalisation request (spec 2.4) from the
+  record's `meta` in the text format a chat model is asked for. With `wrong_fact` one distractor's analysis
+  names a wrong category although the verdict and the answer stay right, as real LLM rationales do: the
+  build stage cannot tell. Format faults (spec 3.3) exercise the parser and the re-ask rounds.
+
+The answer-only student (`sft.stage_type=summarize`) has to do all of this in one step with no written
+intermediate; the full chain gets each piece as its own short, supervised step.
 """
 from __future__ import annotations
 
 import random
-from typing import Optional
+from typing import Optional, Sequence
 
 from .params import SyntheticParams
 
@@ -28,11 +39,33 @@ WORLD: dict[str, tuple[str, ...]] = {
     "vegetable": ("carrot", "onion", "potato", "cabbage", "leek", "radish", "spinach", "celery", "turnip", "pea", "bean", "kale"),
     "fish": ("salmon", "trout", "cod", "tuna", "carp", "pike", "herring", "perch", "bass", "eel", "sardine", "shark"),
 }
+# What a question says instead of the category: each clue fits one category only, most common first.
+CLUES: dict[str, tuple[str, ...]] = {
+    "fruit": ("grows on a tree", "tastes sweet", "is picked in an orchard", "is sliced for a dessert",
+              "has a pit or pips", "ripens in the summer sun"),
+    "tool": ("is used to fix things", "hangs in a workshop", "is kept on a workbench", "helps build a shed",
+             "is sold at a hardware store", "needs a strong grip"),
+    "bird": ("has feathers", "builds a nest", "has a beak", "sings at dawn", "lays eggs and flies",
+             "migrates in the autumn"),
+    "vehicle": ("has wheels", "carries passengers", "needs a driver", "moves along a road",
+                "has a license plate", "waits at a depot"),
+    "drink": ("is poured into a cup", "quenches thirst", "is sipped slowly", "is served in a glass",
+              "comes in a bottle", "is stirred with a spoon"),
+    "color": ("is seen in a rainbow", "is mixed on a palette", "is used to paint a wall", "names a shade",
+              "is picked for a dress", "fades in the sun"),
+    "vegetable": ("grows in a garden bed", "goes in a soup", "is dug from the soil", "is sold by a greengrocer",
+                  "is steamed for dinner", "is chopped for a stew"),
+    "fish": ("has fins and gills", "swims in a river", "lives in the sea", "is caught with a net",
+             "lays eggs in a stream", "is kept in an aquarium"),
+}
 MAX_CATEGORIES = len(WORLD)
 MAX_ENTITIES = min(len(v) for v in WORLD.values())
+MAX_CLUES = min(len(v) for v in CLUES.values())
 
-QUESTIONS = ("Which one is a {c}?", "Which of these is a {c}?", "Pick the {c}.")
-RECALLS = ("We need a {c}.", "The answer must be a {c}.")
+QUESTIONS = ("Which one {k}?", "Which of these {k}?")
+# The recall names what the clue implies; the third wording is the teacher's rare one.
+RECALLS = ("Something that {k} is a {c}.", "What {k} must be a {c}.", "Only a {c} {k}.")
+RECALL_WEIGHTS = (6, 3, 1)
 # Each reason first names its option's letter and thing, as the block pairs them ("(B) water"): the student then
 # looks the thing up from a letter it has just written, one attention hop, instead of two in one step.
 FITS = ("{l} is {e}, a {c}.", "{l} is {e}, which is a {c}.")
@@ -41,61 +74,85 @@ FAULTS = ("truncated", "malformed", "wrong_verdict")
 LABELS = "ABCDE"
 
 
+def zipf(n: int, s: float) -> list[float]:
+    """Weights of ranks 1..n under Zipf's law with exponent s (s = 0: uniform)."""
+    return [1.0 / (r ** s) for r in range(1, n + 1)]
+
+
 def world(cfg: SyntheticParams) -> dict[str, list[str]]:
     """The categories and things `cfg` uses."""
     if cfg.num_categories > MAX_CATEGORIES:
         raise ValueError(f"dataset.synthetic.num_categories: at most {MAX_CATEGORIES}")
     if cfg.entities_per_category > MAX_ENTITIES:
         raise ValueError(f"dataset.synthetic.entities_per_category: at most {MAX_ENTITIES}")
+    if cfg.clues_per_category > MAX_CLUES:
+        raise ValueError(f"dataset.synthetic.clues_per_category: at most {MAX_CLUES}")
     return {c: list(WORLD[c][: cfg.entities_per_category]) for c in list(WORLD)[: cfg.num_categories]}
 
 
-def _question(rng: random.Random, qid: str, category: str, answer: str, things: dict[str, list[str]],
-              num_options: int) -> dict:
-    others = rng.sample([c for c in things if c != category], num_options - 1)
-    picks = [(answer, category)] + [(rng.choice(things[o]), o) for o in others]
-    rng.shuffle(picks)
-    labels = LABELS[:num_options]
-    return {
-        "id": qid,
-        "question": rng.choice(QUESTIONS).format(c=category),
-        "choices": [{"label": l, "text": e} for l, (e, _) in zip(labels, picks)],
-        "answer": labels[[e for e, _ in picks].index(answer)],
-        "meta": {"category": category, "kinds": {l: c for l, (_, c) in zip(labels, picks)}},
-    }
+def _pick(rng: random.Random, items: Sequence[str], weights: Sequence[float]) -> str:
+    return rng.choices(items, weights=weights)[0]
 
 
 def generate(cfg: SyntheticParams, seed: int) -> dict[str, list[dict]]:
     """Deterministic {"train", "valid", "test"} question records for `cfg`, from `seed`."""
     things = world(cfg)
     rng = random.Random(seed)
-    # Per category, the things that answer only valid/test questions (at least one answers training ones).
-    held = {c: set(rng.sample(es, min(len(es) - 1, round(len(es) * cfg.test_holdout)))) for c, es in things.items()}
+    # Which thing is common and which rare is drawn per seed, so the tail is not always the same words.
+    ranked = {c: rng.sample(es, len(es)) for c, es in things.items()}
+    weight = {e: w for es in ranked.values() for e, w in zip(es, zipf(len(es), cfg.zipf))}
+    clues = {c: list(CLUES[c][: cfg.clues_per_category]) for c in things}
+    clue_w = zipf(cfg.clues_per_category, cfg.zipf)
+    # Per category, the things that answer only valid/test questions (at least one answers training ones),
+    # spread over the frequency ranks so the held-out facts are long-tailed as well.
+    k = min(cfg.entities_per_category - 1, round(cfg.entities_per_category * cfg.test_holdout))
+    held = {c: {es[int((j + 0.5) * len(es) / k)] for j in range(k)} for c, es in ranked.items()}
     out = {}
     for split, n in (("train", cfg.num_train), ("valid", cfg.num_valid), ("test", cfg.num_test)):
         rows = []
         for i in range(n):
             category = rng.choice(list(things))
-            pool = [e for e in things[category] if (e in held[category]) != (split == "train")]
-            rows.append(_question(rng, f"syn-{split}-{i:05d}", category, rng.choice(pool or things[category]),
-                                  things, cfg.num_options))
+            pool = [e for e in ranked[category] if (e in held[category]) != (split == "train")] or ranked[category]
+            answer = _pick(rng, pool, [weight[e] for e in pool])
+            others = rng.sample([c for c in things if c != category], cfg.num_options - 1)
+            picks = [(answer, category)] + [(_pick(rng, ranked[o], [weight[e] for e in ranked[o]]), o)
+                                            for o in others]
+            rng.shuffle(picks)
+            clue = _pick(rng, clues[category], clue_w)
+            labels = LABELS[: cfg.num_options]
+            rows.append({
+                "id": f"syn-{split}-{i:05d}",
+                "question": rng.choice(QUESTIONS).format(k=clue),
+                "choices": [{"label": l, "text": e} for l, (e, _) in zip(labels, picks)],
+                "answer": labels[[e for e, _ in picks].index(answer)],
+                "meta": {"category": category, "clue": clue, "kinds": {l: c for l, (_, c) in zip(labels, picks)}},
+            })
         out[split] = rows
     return out
 
 
-def offline_completion(record: dict, rng: random.Random, fault: Optional[str] = None) -> tuple[str, str]:
+def offline_completion(record: dict, rng: random.Random, fault: Optional[str] = None,
+                       wrong_fact: bool = False) -> tuple[str, str]:
     """The teacher's answer to the rationalisation request for `record`: (content, finish_reason).
 
     Lines come in the requested order (gold option first, then the others by label). `fault` (one of
-    FAULTS) injects a realistic defect so the teacher stage's filtering and re-ask paths run on every build.
+    FAULTS) injects a format defect the parser must catch; `wrong_fact` makes one distractor's analysis name
+    a wrong category while every verdict stays right, which no parser can catch.
     """
     if fault is not None and fault not in FAULTS:
         raise ValueError(f"unknown fault {fault!r} (known: {', '.join(FAULTS)})")
-    asked, kinds, gt = record["meta"]["category"], record["meta"]["kinds"], record["answer"]
+    meta, gt = record["meta"], record["answer"]
+    asked, kinds = meta["category"], dict(meta["kinds"])
     text = {c["label"]: c["text"] for c in record["choices"]}
-    declared = rng.choice(sorted(set(text) - {gt})) if fault == "wrong_verdict" else gt
-    lines = [f"Key Information: {rng.choice(RECALLS).format(c=asked)}"]
-    for i, label in enumerate([gt] + sorted(set(text) - {gt})):
+    others = sorted(set(text) - {gt})
+    if wrong_fact and others:
+        victim = rng.choice(others)
+        # confused with another option's category, as a model mixing up the options would
+        kinds[victim] = rng.choice(sorted(set(kinds.values()) - {asked, kinds[victim]}))
+    declared = rng.choice(others) if fault == "wrong_verdict" else gt
+    recall = rng.choices(RECALLS, weights=RECALL_WEIGHTS)[0].format(k=meta["clue"], c=asked)
+    lines = [f"Key Information: {recall}"]
+    for i, label in enumerate([gt] + others):
         kind = kinds[label]
         templates = FITS if kind == asked else MISFITS
         reason = rng.choice(templates).format(l=label, e=text[label], c=asked, o=kind)

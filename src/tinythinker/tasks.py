@@ -43,6 +43,9 @@ class HubSource:
     config: Optional[str]
     splits: dict[str, tuple[str, ...]]  # official split -> Hub splits, concatenated in this order
     fields: Fields
+    # Commit hash (or tag/branch) of the Hub dataset repository, passed to load_dataset; None = the latest
+    # revision, so a rerun may read changed data: pin a hash for an exact reproduction.
+    revision: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,183 @@
+"""Stage `publish`: models/final, the pipeline's final model with a Hugging Face model card; `--push` uploads it.
+
+The final model is the one `report` names in metrics/summary.json (the last DPO iteration, or the SFT model).
+Its directory is copied with a README.md whose YAML front matter (base model, dataset, metrics as a model-index)
+and body (method, teacher, accuracies of every model of the run, key params) come from params.yaml and metrics/
+only, so the card is a deterministic DVC output. Uploading is a separate, explicit step: `tinythinker publish
+--push user/name` sends models/final as it is to the Hub, with the token from $HF_TOKEN only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from . import protocol as P
+from .io import DataError, atomic_path
+from .params import Params, to_dict
+from .paths import Paths
+from .tasks import get_task
+
+# The params the card reports (dvc.yaml lists the same under the stage's params).
+KEY_PARAMS = ("seed", "dataset.name", "dataset.limit", "student.model", "student.revision", "teacher.backend",
+              "teacher.model", "teacher.samples", "teacher.rounds", "teacher.temperature", "sft.stage_type",
+              "sft.batch_size", "sft.gradient_accumulation_steps", "sft.learning_rate", "sft.epochs",
+              "sft.interval", "sft.precision", "dpo.stage_type", "dpo.samples", "dpo.max_questions", "dpo.beta",
+              "dpo.loss_type", "dpo.loss_weights", "dpo.learning_rate", "dpo.batch_size", "dpo.passes",
+              "dpo.precision", "dpo.iterations")
+PAPER = ("TinyThinker: Distilling Reasoning through Coarse-to-Fine Knowledge Internalization with "
+         "Self-Reflection (Piao & Park, NAACL 2025)")
+
+
+class PublishError(DataError):
+    """Nothing to publish, no token, or the Hub refused; one line for the CLI."""
+
+
+def _read(path: Path) -> dict | list:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PublishError(f"{path}: no such file (run `dvc repro` up to the report stage first)") from None
+    except json.JSONDecodeError as e:
+        raise PublishError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+
+
+def _param(params: Params, dotted: str):
+    node = to_dict(params)
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _hub_id(model: str) -> str | None:
+    """The Hub id of a student, None for the embedded one or a local directory."""
+    return None if model == "embedded" or Path(model).exists() or model.count("/") != 1 else model
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
+
+
+def model_card(params: Params, paths: Paths) -> str:
+    """README.md of models/final from params and metrics/iterations.json + metrics/summary.json."""
+    rows, summary = _read(paths.metric("iterations")), _read(paths.metric("summary"))
+    task = get_task(params.dataset.name)
+    base = _hub_id(params.student.model)
+    dataset_id = task.hub.path if task.hub is not None else None
+    student = params.student.model.rsplit("/", 1)[-1]
+    name = f"tinythinker-{params.dataset.name}-{student}"
+    test_acc = summary.get("final_test_accuracy")
+
+    meta: dict = {"library_name": "transformers", "pipeline_tag": "text2text-generation", "language": ["en"]}
+    if base:
+        meta["base_model"] = base
+    if dataset_id:
+        meta["datasets"] = [dataset_id]
+    meta["tags"] = ["tinythinker", "t5", "distillation", "reasoning", "dpo", "multiple-choice"]
+    if test_acc is not None:
+        meta["model-index"] = [{"name": name, "results": [{
+            "task": {"type": "multiple-choice", "name": "Multiple-choice question answering"},
+            "dataset": {"type": dataset_id or params.dataset.name, "name": task.description},
+            "metrics": [{"type": "accuracy", "value": round(test_acc, 2),
+                         "name": "Test accuracy (greedy recall-analyze-summarize chain)"}]}]}]
+
+    t, s, d = params.teacher, params.sft, params.dpo
+    samples = t.samples or task.teacher.samples
+    iterations = len(d.iterations)
+    loss = " + ".join(f"{w:g} x {lt}" for lt, w in zip(d.loss_type, d.loss_weights))
+    table = "\n".join(f"| {r['model']} | {_pct(r['valid_accuracy'])} | {_pct(r['test_accuracy'])} |" for r in rows)
+    block = "<question>\n(A) <option> (B) <option> ..."
+    key = {k: _param(params, k) for k in KEY_PARAMS}
+    key["dpo.iterations"] = {k: v["init"] for k, v in key["dpo.iterations"].items()}
+    limit = (f"\n**Smoke run:** every split was capped at {params.dataset.limit} questions (`dataset.limit`); "
+             "these accuracies are not comparable to the paper's.\n" if params.dataset.limit else "")
+    body = f"""
+# {name}
+
+A {student} student that answers {task.description.split(",")[0]} questions by reasoning in three steps,
+**recall → analyze → summarize**, distilled with the method of *{PAPER}*. Trained by the
+TinyThinker DVC pipeline; this card is generated from its `params.yaml` and metrics.
+{limit}
+## Results
+
+Accuracy (%) of the full greedy chain; the final model is **{summary.get("final_model")}**.
+
+| model | validation | test |
+|---|---|---|
+{table}
+
+## How it was trained
+
+- **Teacher:** `{t.model}` ({t.backend} backend), {samples} rationales per training question at temperature
+  {t.temperature}, given the gold answer (rationalisation).
+- **Phase 1, reasoning acquisition:** curriculum fine-tuning of `{params.student.model}` on the stage type
+  `{s.stage_type}`: blocks of {s.interval} recall, {s.interval} x options analyze and {s.interval} summarize
+  steps; batch {s.batch_size * s.gradient_accumulation_steps}, learning rate {s.learning_rate}, {s.epochs:g} epochs,
+  precision {s.precision}; the checkpoint with the best validation chain accuracy is kept.
+- **Phase 2, self-reflection:** {iterations} iteration(s) of DPO on the student's own chains ({d.samples} sampled
+  per training question; `{d.stage_type}` pairs), loss {loss},
+  beta {d.beta}, learning rate {d.learning_rate}, batch {d.batch_size * d.gradient_accumulation_steps}; each iteration
+  starts from (and is referenced to) the previous model and keeps its best validation checkpoint.
+
+## Usage
+
+The model answers through three generations (greedy), each prompt built from the previous outputs:
+
+```
+recall:    {P.recall_prompt(block)!r}
+analyze:   {P.analyze_prompt(block, "A", "<recall>")!r}   (once per option)
+summarize: {P.summarize_prompt(block, "<recall>", {"A": "<analysis of A>", "B": "<analysis of B>"})!r}
+answer:    the first match of {P.ANSWER_RE.pattern} in the summarize output
+```
+
+## Parameters
+
+```yaml
+{yaml.safe_dump(key, sort_keys=False, default_flow_style=None).strip()}
+```
+"""
+    return f"---\n{yaml.safe_dump(meta, sort_keys=False).strip()}\n---\n{body}"
+
+
+def final_model(paths: Paths) -> Path:
+    name = _read(paths.metric("summary")).get("final_model")
+    model = paths.sft_model if name == "sft" else paths.dpo_model(str(name))
+    if not (model / "config.json").is_file():
+        raise PublishError(f"{model}: no model (metrics/summary.json names {name!r} as the final model)")
+    return model
+
+
+def publish(params: Params, paths: Paths) -> Path:
+    """Write models/final: the final model's files and its README.md model card."""
+    source = final_model(paths)
+    card = model_card(params, paths)
+    with atomic_path(paths.final_model) as tmp:
+        shutil.copytree(source, tmp)
+        (tmp / "README.md").write_text(card)
+    return paths.final_model
+
+
+def push(paths: Paths, repo_id: str, private: bool = False) -> str:
+    """Upload models/final to the Hub model repo `repo_id` (created if missing); returns the commit URL."""
+    folder = paths.final_model
+    if not ((folder / "README.md").is_file() and (folder / "config.json").is_file()):
+        raise PublishError(f"{folder}: no model with a card to upload (run `dvc repro publish` first)")
+    token = os.environ.get("HF_TOKEN")
+    if not token:
+        raise PublishError("--push needs the HF_TOKEN environment variable (a Hugging Face write token); "
+                           "nothing was uploaded")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HFValidationError, HTTPError
+
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        commit = api.upload_folder(repo_id=repo_id, repo_type="model", folder_path=str(folder),
+                                   commit_message="Upload TinyThinker model and card")
+    except (HTTPError, OSError, HFValidationError) as e:  # refused, unreachable, offline, a malformed repo id
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise PublishError(f"{repo_id}: upload failed: {reason}") from None
+    return str(getattr(commit, "commit_url", commit))

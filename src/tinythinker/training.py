@@ -1,0 +1,82 @@
+"""TrainingArguments the training stages (sft, dpo_train) share: precision, TF32, gradient accumulation and
+checkpointing, trackers. Each param carries the name of the TrainingArguments field it sets.
+
+TF32 is set here, not through `TrainingArguments(tf32=...)`: transformers caches that switch per process (one
+call per value), and DPO computes validation and reference log-probs before any TrainingArguments exist.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+from .params import Params, ParamsError
+from .paths import Paths
+
+# report_to name -> (transformers' availability check, package to install)
+TRACKERS = {"wandb": ("is_wandb_available", "wandb"), "mlflow": ("is_mlflow_available", "mlflow"),
+            "tensorboard": ("is_tensorboard_available", "tensorboard")}
+
+
+def resolve_precision(precision: str, key: str) -> str:
+    """fp32, bf16 or fp16 for a `<stage>.precision` value; auto = bf16 on a GPU that has it, else fp32."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ParamsError(f"{key}: fp16 needs a CUDA GPU (fp32 or bf16 run on a CPU)")
+    return precision
+
+
+def set_tf32(enabled: bool) -> None:
+    """TF32 for CUDA matmuls and cuDNN on or off (a no-op for CPU work and for GPUs older than Ampere)."""
+    import torch
+
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9, where mixing in the legacy flags is an error
+        matmul.fp32_precision = cudnn.fp32_precision = "tf32" if enabled else "ieee"
+    else:
+        matmul.allow_tf32 = cudnn.allow_tf32 = enabled
+
+
+def autocast(precision: str, device):
+    """The autocast the Trainer trains under for a resolved precision, for forward passes outside it (the DPO
+    reference log-probs must be computed the way the policy's are)."""
+    import torch
+
+    if precision == "fp32":
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type,
+                          dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def check_trackers(params: Params) -> None:
+    import transformers.integrations as integrations
+
+    for name in params.report_to:
+        check, package = TRACKERS[name]
+        if not getattr(integrations, check)():
+            raise ParamsError(f"report_to: {name} is not installed (pip install {package})")
+
+
+def trainer_kwargs(params: Params, paths: Paths, stage: str, run: str) -> dict:
+    """TrainingArguments fields from `params.<stage>` (sft or dpo) and `report_to`; TF32 is set as a side effect.
+
+    `run` names the tracker run (e.g. sft, dpo/iter1): TensorBoard writes to runs/<run>, not into the checkpoint
+    directory that is deleted when training ends.
+    """
+    s = getattr(params, stage)
+    precision = resolve_precision(s.precision, f"{stage}.precision")
+    check_trackers(params)
+    set_tf32(s.tf32)
+    # `accelerate launch --config_file` exports its mixed_precision (the shipped configs say bf16), which
+    # TrainingArguments would take for an fp32 run: the param decides, so a paper preset stays fp32 under any launcher.
+    os.environ["ACCELERATE_MIXED_PRECISION"] = {"fp32": "no"}.get(precision, precision)
+    if "tensorboard" in params.report_to:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(paths.tracker_logs(run)))
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16", "tf32": None,
+            "gradient_accumulation_steps": s.gradient_accumulation_steps,
+            # the name transformers 5 gives `gradient_checkpointing` (kept as the param's name, its deprecated alias)
+            "activation_checkpointing": s.gradient_checkpointing,
+            "report_to": list(params.report_to) or "none", "run_name": f"{params.dataset.name}/{run}"}

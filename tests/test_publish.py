@@ -1,0 +1,185 @@
+"""Stage `publish` (models/final + a Hugging Face model card) on a small metrics fixture, and the upload up to the
+Hub call (HfApi patched: the Hub is out of reach here)."""
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tinythinker.cli import app
+from tinythinker.io import write_json
+from tinythinker.params import load
+from tinythinker.paths import Paths
+from tinythinker.publish import KEY_PARAMS, PublishError, model_card, publish, push
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = load(REPO / "params.yaml")  # params.yaml holds every value
+PARAMS = BASE.replace(**{
+    "dataset.name": "csqa", "student.model": "google-t5/t5-small", "teacher.backend": "openai",
+    "sft.learning_rate": 5e-4, "dpo.iterations": {"iter1": {"init": "models/sft"},
+                                                  "iter2": {"init": "models/dpo/iter1"}}})
+ROWS = [{"model": "sft", "step": 0, "valid_accuracy": 55.1, "test_accuracy": 54.321},
+        {"model": "iter1", "step": 1, "valid_accuracy": 57.0, "test_accuracy": 56.0},
+        {"model": "iter2", "step": 2, "valid_accuracy": 58.25, "test_accuracy": 57.6789}]
+
+
+def fixture_repo(root: Path, final: str = "iter2") -> Paths:
+    paths = Paths(root)
+    for name, model in (("sft", paths.sft_model), ("iter1", paths.dpo_model("iter1")),
+                        ("iter2", paths.dpo_model("iter2"))):
+        model.mkdir(parents=True)
+        (model / "config.json").write_text(json.dumps({"model": name}))
+        (model / "model.safetensors").write_bytes(name.encode() * 10)
+    write_json(paths.metric("iterations"), ROWS)
+    row = next(r for r in ROWS if r["model"] == final)
+    write_json(paths.metric("summary"), {"final_model": final, "final_test_accuracy": row["test_accuracy"],
+                                         "final_valid_accuracy": row["valid_accuracy"],
+                                         "sft_test_accuracy": ROWS[0]["test_accuracy"]})
+    return paths
+
+
+def split_card(text: str) -> tuple[dict, str]:
+    assert text.startswith("---\n")
+    head, body = text[4:].split("\n---\n", 1)
+    return yaml.safe_load(head), body
+
+
+def test_card_front_matter_and_body_from_params_and_metrics(tmp_path):
+    meta, body = split_card(model_card(PARAMS, fixture_repo(tmp_path)))
+    assert meta["base_model"] == "google-t5/t5-small" and meta["datasets"] == ["tau/commonsense_qa"]
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text2text-generation"
+    result = meta["model-index"][0]["results"][0]
+    assert meta["model-index"][0]["name"] == "tinythinker-csqa-t5-small"
+    assert result["dataset"]["type"] == "tau/commonsense_qa"
+    assert result["metrics"][0]["type"] == "accuracy" and result["metrics"][0]["value"] == 57.68
+    assert "| sft | 55.10 | 54.32 |" in body and "| iter2 | 58.25 | 57.68 |" in body
+    assert "the final model is **iter2**" in body
+    assert "`gpt-4o-2024-05-13` (openai backend), 8 rationales per training question" in body  # task default
+    assert "2 iteration(s) of DPO" in body and "1 x sigmoid + 0.5 x sft" in body
+    assert "Recall:" in body and "Analyze: For option A," in body and "Summarize:" in body
+    reported = yaml.safe_load(body.split("```yaml\n", 1)[1].split("```", 1)[0])
+    assert list(reported) == list(KEY_PARAMS)
+    assert reported["sft.learning_rate"] == 5e-4 and reported["dpo.max_questions"] == PARAMS.dpo.max_questions
+    assert reported["dpo.iterations"] == {"iter1": "models/sft", "iter2": "models/dpo/iter1"}
+    assert "Smoke run" not in body
+
+
+def test_embedded_student_and_smoke_run_have_no_hub_ids(tmp_path):
+    p = PARAMS.replace(**{"dataset.name": "synthetic", "student.model": "embedded", "dataset.limit": 50})
+    meta, body = split_card(model_card(p, fixture_repo(tmp_path)))
+    assert "base_model" not in meta and "datasets" not in meta
+    assert meta["model-index"][0]["results"][0]["dataset"]["type"] == "synthetic"
+    assert "capped at 50 questions" in body
+
+
+@pytest.mark.parametrize("final", ["iter2", "sft"])
+def test_publish_writes_the_final_model_with_its_card(tmp_path, final):
+    paths = fixture_repo(tmp_path, final)
+    out = publish(PARAMS, paths)
+    assert out == paths.final_model and sorted(p.name for p in out.iterdir()) == [
+        "README.md", "config.json", "model.safetensors"]
+    source = paths.sft_model if final == "sft" else paths.dpo_model(final)
+    assert (out / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
+    card = (out / "README.md").read_text()
+    assert card == model_card(PARAMS, paths)
+    publish(PARAMS, paths)  # deterministic: DVC sees the same output
+    assert (out / "README.md").read_text() == card
+
+
+def test_missing_metrics_or_model_is_one_clear_error(tmp_path):
+    paths = fixture_repo(tmp_path)
+    paths.metric("summary").unlink()
+    with pytest.raises(PublishError, match=r"summary.json: no such file \(run `dvc repro`"):
+        publish(PARAMS, paths)
+    write_json(paths.metric("summary"), {"final_model": "iter9"})
+    with pytest.raises(PublishError, match=r"iter9: no model \(metrics/summary.json names 'iter9'"):
+        publish(PARAMS, paths)
+
+
+class FakeHfApi:
+    calls: list = []
+
+    def __init__(self, token=None):
+        FakeHfApi.calls.append(("init", token))
+
+    def create_repo(self, repo_id, **kw):
+        FakeHfApi.calls.append(("create_repo", repo_id, kw))
+        return f"https://huggingface.co/{repo_id}"
+
+    def upload_folder(self, **kw):
+        FakeHfApi.calls.append(("upload_folder", kw))
+        return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{kw['repo_id']}/commit/abc"})()
+
+
+@pytest.fixture
+def fake_hub(monkeypatch):
+    import huggingface_hub
+
+    FakeHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeHfApi)
+    return FakeHfApi.calls
+
+
+def test_push_uploads_models_final_with_the_env_token(tmp_path, fake_hub, monkeypatch):
+    paths = fixture_repo(tmp_path)
+    publish(PARAMS, paths)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    url = push(paths, "someone/tinythinker-csqa", private=True)
+    assert url == "https://huggingface.co/someone/tinythinker-csqa/commit/abc"
+    assert fake_hub == [
+        ("init", "hf_test_token"),
+        ("create_repo", "someone/tinythinker-csqa", {"repo_type": "model", "private": True, "exist_ok": True}),
+        ("upload_folder", {"repo_id": "someone/tinythinker-csqa", "repo_type": "model",
+                           "folder_path": str(paths.final_model),
+                           "commit_message": "Upload TinyThinker model and card"})]
+
+
+def test_push_refuses_without_token_or_card_and_reports_hub_errors(tmp_path, fake_hub, monkeypatch):
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    paths = fixture_repo(tmp_path)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    with pytest.raises(PublishError, match="no model with a card to upload"):
+        push(paths, "someone/x")  # publish has not run
+    publish(PARAMS, paths)
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(PublishError, match="HF_TOKEN environment variable.*nothing was uploaded"):
+        push(paths, "someone/x")
+    assert fake_hub == []
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+
+    def offline(self, **kw):
+        raise OfflineModeIsEnabled("Cannot reach the Hub: offline mode is enabled.")
+    monkeypatch.setattr(FakeHfApi, "upload_folder", offline)
+    with pytest.raises(PublishError, match="someone/x: upload failed: Cannot reach the Hub"):
+        push(paths, "someone/x")
+
+
+def test_cli_publish_and_push(tmp_path, fake_hub, monkeypatch):
+    import dataclasses
+
+    paths = fixture_repo(tmp_path)
+    raw = dataclasses.asdict(PARAMS)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(raw))))
+    runner = CliRunner()
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    res = runner.invoke(app, ["publish", "--push", "someone/x", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and "no model with a card" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["publish", "--root", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    assert (paths.final_model / "README.md").read_text() == model_card(PARAMS, paths)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    res = runner.invoke(app, ["publish", "--push", "someone/x", "--root", str(tmp_path)])
+    assert res.exit_code == 0 and res.stdout.strip() == "https://huggingface.co/someone/x/commit/abc"
+
+
+def test_dvc_stage_and_artifacts():
+    dvc = yaml.safe_load((REPO / "dvc.yaml").read_text())
+    stage = dvc["stages"]["publish"]
+    assert stage["cmd"] == "tinythinker publish" and stage["outs"] == ["models/final"]
+    assert stage["params"] == list(KEY_PARAMS)  # the card's params are tracked
+    assert {"models/sft", "models/dpo", "metrics/summary.json", "metrics/iterations.json"} <= set(stage["deps"])
+    arts = dvc["artifacts"]
+    assert {a["path"]: a["type"] for a in arts.values()} == {"models/sft": "model", "models/final": "model"}
+    assert all(a["desc"] and a["labels"] for a in arts.values())
