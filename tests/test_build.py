@@ -1,10 +1,14 @@
 """Hand-made teacher completions -> exact stage rows (spec 3.2-3.6, 4), label override, summarize order."""
+from pathlib import Path
+
 import pytest
 
 from tinythinker.build import build
 from tinythinker.io import read_json, read_jsonl, write_jsonl
-from tinythinker.params import Params
+from tinythinker.params import load
 from tinythinker.paths import Paths
+
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
 Q1 = {"id": "q1", "question": "Which is a metal?", "answer": "B",
       "choices": [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron, cast"}, {"label": "C", "text": "glass"}]}
@@ -52,7 +56,7 @@ def rows(paths, stage_type, stage):
 
 
 def test_full_method_rows_exact(root):
-    m = build(Params().replace(**{"teacher.override_label": False}), root)
+    m = build(BASE.replace(**{"teacher.override_label": False}), root)
     recall = "Recall: Metals conduct."
     assert rows(root, "recall_analyze_summarize", "recall") == [
         {"qid": "q1", "input": f"{BLOCK1}\nRecall:", "target": "Metals conduct."},
@@ -81,13 +85,13 @@ def test_full_method_rows_exact(root):
 
 
 def test_teacher_summarize_order(root):
-    build(Params().replace(**{"teacher.summarize_order": "teacher"}), root)
+    build(BASE.replace(**{"teacher.summarize_order": "teacher"}), root)
     assert rows(root, "recall_analyze_summarize", "summarize")[0]["input"].endswith(
         "Analyze: For option B, iron is a metal. For option A, wood grows. For option C, glass is brittle.\nSummarize:")
 
 
 def test_label_override_on_uses_teacher_majority_and_counts_it(root):
-    m = build(Params(), root)  # override_label defaults to true
+    m = build(BASE, root)  # override_label defaults to true
     assert (m["label_disagreements"], m["label_overrides"]) == (1, 1)
     q2 = [r for r in rows(root, "recall_analyze_summarize", "summarize") if r["qid"] == "q2"]
     assert [r["target"] for r in q2] == ["So the answer is option B."]  # two identical chains, deduplicated
@@ -98,20 +102,20 @@ def test_label_override_on_uses_teacher_majority_and_counts_it(root):
 
 
 def test_label_override_off_keeps_dataset_label(root):
-    build(Params().replace(**{"teacher.override_label": False}), root)
+    build(BASE.replace(**{"teacher.override_label": False}), root)
     chains = [c for c in read_jsonl(root.sft_data / "chains.jsonl") if c["qid"] == "q2"]
     assert [(c["gt"], c["recall"]) for c in chains] == [("A", "Ice is frozen water.")]
     assert read_jsonl(root.sft_data / "train_questions.jsonl")[1]["gt"] == "A"
 
 
 def test_valid_test_rows_never_overridden(root):
-    build(Params(), root)
+    build(BASE, root)
     assert read_jsonl(root.sft_data / "valid.jsonl") == [{"qid": "v1", "block": BLOCK2, "options": ["A", "B"], "gt": "A"}]
     assert read_jsonl(root.sft_data / "test.jsonl") == [{"qid": "t1", "block": BLOCK1, "options": ["A", "B", "C"], "gt": "C"}]
 
 
 def test_ablation_files(root):
-    m = build(Params().replace(**{"teacher.override_label": False}), root)
+    m = build(BASE.replace(**{"teacher.override_label": False}), root)
     assert rows(root, "summarize", "summarize") == [
         {"qid": "q1", "input": f"{BLOCK1}\nSummarize:", "target": "So the answer is option B."},
         {"qid": "q2", "input": f"{BLOCK2}\nSummarize:", "target": "So the answer is option A."}]

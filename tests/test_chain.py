@@ -1,7 +1,12 @@
 """The generation chain: byte-exact prompts per stage type, batching order, answer extraction, voting."""
+from pathlib import Path
+
 import pytest
 
 from tinythinker.chain import GREEDY, Decoding, accuracy, generate, majority_vote, run_chain
+from tinythinker.params import load
+
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
 B1 = "Which is a metal?\n(A) wood (B) iron, cast (C) glass"
 B2 = "Is ice cold?\n(A) yes (B) no"
@@ -162,7 +167,6 @@ def test_evaluate_stage(tmp_path):
 
     from tinythinker import evaluate
     from tinythinker.io import read_json, read_jsonl, write_jsonl
-    from tinythinker.params import Params
     from tinythinker.paths import Paths
     from tinythinker.student import train_tokenizer
 
@@ -176,7 +180,7 @@ def test_evaluate_stage(tmp_path):
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
 
-    p = Params().replace(**{"generation.strategy": "sample", "generation.times": 3, "generation.max_new_tokens": 5})
+    p = BASE.replace(**{"generation.strategy": "sample", "generation.times": 3, "generation.max_new_tokens": 5})
     m = evaluate.test(p, paths, tmp_path / "m", "test/x")
     assert set(m) == {"accuracy", "questions", "accuracy_run_1", "accuracy_run_2", "accuracy_run_3",
                       "majority_accuracy"} and m["questions"] == 2
@@ -186,7 +190,7 @@ def test_evaluate_stage(tmp_path):
     assert read_json(paths.metric("test/x")) == m
     assert len({r["recall"] for r in rows if r["qid"] == "q1"}) > 1  # sampled runs differ
 
-    g = evaluate.test(Params().replace(**{"generation.times": 2, "generation.max_new_tokens": 5}), paths,
+    g = evaluate.test(BASE.replace(**{"generation.times": 2, "generation.max_new_tokens": 5}), paths,
                       tmp_path / "m", "greedy")
     rows = read_jsonl(paths.predictions / "greedy.jsonl")
     assert rows[0] | {"run": 2} == rows[2] and g["accuracy_run_1"] == g["accuracy_run_2"]

@@ -1,11 +1,14 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from tinythinker.cli import app
 
+REPO = Path(__file__).resolve().parents[1]
+PARAMS_TEXT = (REPO / "params.yaml").read_text()
 COMMANDS = ["download", "prepare", "prompt", "request", "build", "tokenizer", "sft", "dpo-sample", "dpo-train",
             "test", "report", "preset"]
 
@@ -24,7 +27,7 @@ def test_every_subcommand_explains_itself(cmd):
 
 
 def test_bad_params_exit_2_naming_the_key(tmp_path):
-    (tmp_path / "params.yaml").write_text("sft:\n  learning_rate: fast\n")
+    (tmp_path / "params.yaml").write_text(PARAMS_TEXT.replace("learning_rate: 0.002", "learning_rate: fast"))
     res = CliRunner().invoke(app, ["report", "--root", str(tmp_path)])
     assert res.exit_code == 2
     assert "sft.learning_rate" in res.output

@@ -14,10 +14,12 @@ from tinythinker import protocol
 from tinythinker.cli import app
 from tinythinker.download import download
 from tinythinker.io import DataError, read_json, read_jsonl
-from tinythinker.params import Params, ParamsError
+from tinythinker.params import Params, ParamsError, load
 from tinythinker.paths import Paths
 from tinythinker.prepare import prepare
 from tinythinker.tasks import TASK_DIR, TaskError, available, get_task, load_task
+
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
 # CI runs in a fresh clone with shared/ beside it: <clone>/../shared/datasets.
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -32,8 +34,8 @@ def official(name: str) -> Path:
 
 
 def params(name: str, source=None, seed: int = 42, **more) -> Params:
-    return Params().replace(**{"dataset.name": name, "dataset.source": None if source is None else str(source),
-                               "dataset.seed": seed, **more})
+    return BASE.replace(**{"dataset.name": name, "dataset.source": None if source is None else str(source),
+                           "dataset.seed": seed, **more})
 
 
 def run(p: Params, root: Path) -> Paths:
@@ -288,7 +290,9 @@ def test_missing_source_files_and_prepare_before_download(tmp_path):
 
 
 def test_cli_reports_bad_data_in_one_line_exit_2(tmp_path):
-    (tmp_path / "params.yaml").write_text("dataset:\n  name: csqa\n  source: nowhere\n")
+    text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(text.replace("name: synthetic", "name: csqa").replace(
+        "source: null", "source: nowhere"))
     res = CliRunner().invoke(app, ["download", "--root", str(tmp_path)])
     assert res.exit_code == 2 and "nowhere: dataset.source: no such file or directory" in res.output
 

@@ -1,6 +1,7 @@
 """Seq2seq DPO: the loss against hand-computed values, the trainer on a tiny T5, the stage's outputs."""
 import math
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -9,8 +10,10 @@ from tinythinker import protocol as P
 from tinythinker.dpo import (collate, disable_dropout, dpo_loss, dpo_train, policy_logps, reference_logps,
                              schedule_intervals, sequence_logps, tokenize_pairs)
 from tinythinker.io import read_json, write_jsonl
-from tinythinker.params import Params
+from tinythinker.params import load
 from tinythinker.paths import Paths
+
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
 BLOCK = P.question_block("Which is a metal?", [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron"}])
 VALID = [{"qid": "v1", "block": BLOCK, "options": ["A", "B"], "gt": "B"}]
@@ -18,10 +21,11 @@ RECALL = [{"qid": "q1", "prompt": P.recall_prompt(BLOCK), "chosen": f"Iron is a 
            "rejected": f"Wood is a metal {i}."} for i in range(3)]
 ANALYZE = [{"qid": "q1", "prompt": P.analyze_prompt(BLOCK, x, "Iron is a metal."), "chosen": f"{x} is right.",
             "rejected": f"{x} is wrong."} for x in "AB"]
-PARAMS = Params().replace(**{
+PARAMS = BASE.replace(**{
     "student.embedded.vocab_size": 90, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
     "student.embedded.d_kv": 8, "student.embedded.num_heads": 2, "student.embedded.num_layers": 1,
-    "student.embedded.num_decoder_layers": 1, "generation.max_new_tokens": 6, "generation.batch_size": 8,
+    "student.embedded.num_decoder_layers": 1, "student.embedded.dropout_rate": 0.1,  # test_dropout_disabled
+    "generation.max_new_tokens": 6, "generation.batch_size": 8,
     "dpo.batch_size": 2, "dpo.passes": 2, "dpo.learning_rate": 3e-3, "dpo.warmup_ratio": 0.0,
     "dpo.iterations": {"iter1": {"init": "models/sft"}}})
 
@@ -202,7 +206,7 @@ def test_bad_pair_row_is_a_data_error(tmp_path, sft_model):
     from tinythinker.io import DataError
 
     paths = repo(tmp_path, sft_model, [{"qid": "q1", "prompt": "p", "chosen": "c"}], [])
-    with pytest.raises(DataError, match=r"recall_pairs\.jsonl:1: missing rejected"):
+    with pytest.raises(DataError, match=r"recall_pairs\.jsonl:1: missing field 'rejected'"):
         dpo_train(PARAMS, paths, "iter1")
 
 

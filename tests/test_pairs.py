@@ -1,12 +1,15 @@
 """Preference pairs from hand-written chains (spec 6.2 with the project's fixes)."""
 import random
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from tinythinker import protocol as P
 from tinythinker.pairs import analyze_pairs, iteration_init, recall_pairs
-from tinythinker.params import Params, ParamsError
+from tinythinker.params import ParamsError, load
+
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
 BLOCK = "Which is a metal?\n(A) wood (B) iron (C) glass"
 BLOCKS = {"q1": BLOCK, "q2": "Is ice cold?\n(A) yes (B) no"}
@@ -127,7 +130,7 @@ def test_analyze_pairs_no_rejected_skipped_and_common_sets_removed():
 
 
 def test_unknown_iteration_names_the_key():
-    p = Params().replace(**{"dpo.iterations": {"iter1": {"init": "models/sft"}}})
+    p = BASE.replace(**{"dpo.iterations": {"iter1": {"init": "models/sft"}}})
     assert iteration_init(p, "iter1") == "models/sft"
     with pytest.raises(ParamsError, match=r"dpo\.iterations\.iter9"):
         iteration_init(p, "iter9")
@@ -179,10 +182,10 @@ def test_dpo_sample_stage(tmp_path, monkeypatch, stage_type):
     write_jsonl(paths.sft_data / "chains.jsonl", [teacher("q1", "teacher recall."), teacher("q2", "t2.")])
     calls = []
     monkeypatch.setattr(chain, "run_chain", scripted_chain(calls))
-    monkeypatch.setattr(student, "load_student", lambda params, paths, model_dir: (Model(), None))
-    params = Params().replace(**{"dpo.samples": 3, "dpo.temperature": 0.9, "dpo.stage_type": stage_type,
-                                 "generation.max_new_tokens": 50,
-                                 "dpo.iterations": {"iter1": {"init": "models/sft"}}})
+    monkeypatch.setattr(student, "load_student", lambda params, paths, model_dir, what=None: (Model(), None))
+    params = BASE.replace(**{"dpo.samples": 3, "dpo.temperature": 0.9, "dpo.stage_type": stage_type,
+                             "generation.max_new_tokens": 50,
+                             "dpo.iterations": {"iter1": {"init": "models/sft"}}})
     m = dpo_sample(params, paths, "iter1")
 
     assert calls[0]["qids"] == ["q1", "q2"] * 3 and calls[0]["recalls"] is None
@@ -215,10 +218,9 @@ def test_ablated_student_gets_no_pairs(tmp_path):
     """A summarize-only student has no recall/analyze chain to reflect on: empty pairs, no model needed."""
     from tinythinker.io import read_json, read_jsonl
     from tinythinker.pairs import dpo_sample
-    from tinythinker.params import Params
     from tinythinker.paths import Paths
 
-    params = Params().replace(**{"sft.stage_type": "summarize", "dpo.iterations": {"iter1": {"init": "models/sft"}}})
+    params = BASE.replace(**{"sft.stage_type": "summarize", "dpo.iterations": {"iter1": {"init": "models/sft"}}})
     paths = Paths(tmp_path)
     metrics = dpo_sample(params, paths, "iter1")
     assert metrics["skipped"] == 1 and read_json(paths.metric("dpo/iter1_pairs"))["recall_pairs"] == 0
@@ -241,8 +243,8 @@ def test_each_iteration_samples_with_its_own_seed(tmp_path, monkeypatch):
     write_jsonl(paths.sft_data / "chains.jsonl", [teacher("q1", "teacher recall.")])
     calls = []
     monkeypatch.setattr(chain, "run_chain", scripted_chain(calls))
-    monkeypatch.setattr(student, "load_student", lambda params, paths, model_dir: (Model(), None))
-    params = Params().replace(**{"dpo.stage_type": "recall", "dpo.iterations": {
+    monkeypatch.setattr(student, "load_student", lambda params, paths, model_dir, what=None: (Model(), None))
+    params = BASE.replace(**{"dpo.stage_type": "recall", "dpo.iterations": {
         "iter1": {"init": "models/sft"}, "iter2": {"init": "models/sft"}}})
     for it in ("iter1", "iter2", "iter1"):
         dpo_sample(params, paths, it)

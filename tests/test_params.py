@@ -1,10 +1,15 @@
+import dataclasses
+import re
+import types
+import typing
 from pathlib import Path
 
 import pytest
 
-from tinythinker.params import Params, ParamsError, load, to_dict, from_dict
+from tinythinker.params import Params, ParamsError, Range, load, to_dict, from_dict
 
 REPO = Path(__file__).resolve().parents[1]
+BASE = load(REPO / "params.yaml")  # params.yaml holds every value
 
 
 def test_repo_params_load_and_round_trip():
@@ -27,15 +32,15 @@ def test_repo_params_load_and_round_trip():
 ])
 def test_bad_values_name_the_key(key, value, needle):
     with pytest.raises(ParamsError, match=needle.replace("(", r"\(")):
-        Params().replace(**{key: value})
+        BASE.replace(**{key: value})
 
 
 def test_load_errors_name_the_file(tmp_path):
     f = tmp_path / "params.yaml"
     f.write_text("sft:\n  epochs: [1\n")
-    with pytest.raises(ParamsError, match="params.yaml: not valid YAML"):
+    with pytest.raises(ParamsError, match=r"params.yaml:3: not valid YAML"):
         load(f)
-    f.write_text("sft:\n  epochz: 1\n")
+    f.write_text((REPO / "params.yaml").read_text().replace("  epochs: 7.0", "  epochz: 1"))
     with pytest.raises(ParamsError, match=r"params.yaml: sft.epochz: unknown key"):
         load(f)
 
@@ -53,14 +58,190 @@ def test_dvc_set_floats_load_as_numbers(tmp_path):
 
 def test_launcher_must_run_a_module():
     with pytest.raises(ParamsError, match="launcher: must end with -m"):
-        Params().replace(launcher="accelerate launch --num_processes 2")
-    assert Params().replace(launcher="accelerate launch --cpu --num_processes 2 -m").launcher.endswith("-m")
+        BASE.replace(launcher="accelerate launch --num_processes 2")
+    assert BASE.replace(launcher="accelerate launch --cpu --num_processes 2 -m").launcher.endswith("-m")
+
+
+# --- one meaning: params.yaml is read as DVC reads it, and it is the only source of values -------------------
+def edited(tmp_path, old: str, new: str) -> Path:
+    """A copy of the repository's params.yaml with one line edited."""
+    text = (REPO / "params.yaml").read_text()
+    assert text.count(old) == 1, old
+    f = tmp_path / "params.yaml"
+    f.write_text(text.replace(old, new))
+    return f
+
+
+def test_leading_zero_seed_is_ten_to_us_and_to_dvc(tmp_path):
+    """PyYAML (YAML 1.1) reads `010` as octal 8 while DVC records 10; both must see 10."""
+    from dvc.utils.serialize import load_yaml
+
+    f = edited(tmp_path, "\nseed: 42\n", "\nseed: 010\n")
+    assert load(f).seed == 10 == load_yaml(str(f))["seed"]
+
+
+def test_yes_is_a_string_to_dvc_and_so_a_type_error(tmp_path):
+    from dvc.utils.serialize import load_yaml
+
+    f = edited(tmp_path, "  repeat_n: false", "  repeat_n: yes")
+    assert load_yaml(str(f))["teacher"]["repeat_n"] == "yes"
+    with pytest.raises(ParamsError, match=r"params.yaml: teacher.repeat_n: expected true/false, got 'yes'"):
+        load(f)
+
+
+def test_repeated_key_is_an_error_naming_its_line(tmp_path):
+    f = edited(tmp_path, "seed: 42\n", "seed: 42\nseed: 7\n")
+    with pytest.raises(ParamsError, match=r"params.yaml:\d+: not valid YAML: found duplicate key \"seed\""):
+        load(f)
+
+
+def test_empty_params_file_names_the_first_missing_key(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text("")
+    with pytest.raises(ParamsError, match=r"params.yaml: seed: missing key$"):
+        load(f)
+
+
+@pytest.mark.parametrize("start,key", [
+    ("  eval_every:", "sft.eval_every"),
+    ("    dropout_rate:", "student.embedded.dropout_rate"),
+    ("  max_concurrency:", "teacher.max_concurrency"),
+    ("launcher:", "launcher"),
+])
+def test_a_deleted_key_is_an_error_naming_it(tmp_path, start, key):
+    line = next(x for x in (REPO / "params.yaml").read_text().splitlines(keepends=True) if x.startswith(start))
+    f = edited(tmp_path, line, "")
+    with pytest.raises(ParamsError, match=rf"params.yaml: {re.escape(key)}: missing key$"):
+        load(f)
+
+
+def _schema(cls, prefix=""):
+    """(dotted key, dataclass field, type with Annotated extras) for every leaf of the schema."""
+    hints = typing.get_type_hints(cls, include_extras=True)
+    for f in dataclasses.fields(cls):
+        tp, key = hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            yield key, f, tp
+            yield from _schema(tp, key + ".")
+        elif typing.get_origin(tp) is dict and dataclasses.is_dataclass(typing.get_args(tp)[1]):
+            yield key, f, tp
+            yield from _schema(typing.get_args(tp)[1], key + ".<key>.")
+        else:
+            yield key, f, tp
+
+
+def test_no_code_defaults_so_nothing_can_drift_from_params_yaml():
+    with_default = [k for k, f, _ in _schema(Params)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING]
+    assert with_default == []
+    with pytest.raises(TypeError):
+        Params()  # noqa: the only way to a Params is params.yaml (or a Params built from it)
+
+
+def test_every_numeric_knob_has_a_range():
+    def numeric_without_range(tp):
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is typing.Annotated:
+            return not any(isinstance(m, Range) for m in tp.__metadata__)
+        if origin in (typing.Union, types.UnionType, tuple):
+            return any(numeric_without_range(a) for a in args if a is not type(None) and a is not Ellipsis)
+        return tp in (int, float)
+
+    unchecked = [k for k, _, tp in _schema(Params) if numeric_without_range(tp)]
+    assert unchecked == []
+    assert sum(1 for *_, tp in _schema(Params) if "Range" in repr(tp)) >= 50
 
 
 @pytest.mark.parametrize("key,value,needle", [
-    ("sft.eval_every", "weekly", "sft.eval_every: expected an integer or 'cycle', got 'weekly'"),
-    ("sft.eval_every", 0, "sft.eval_every: must be >= 1 or cycle"),
-    ("sft.eval_every", True, "sft.eval_every: expected an integer or 'cycle'"),
+    ("seed", -1, "must be in [0, 4294967295]"),
+    ("seed", 2**32, "must be in [0, 4294967295]"),
+    ("dataset.seed", -5, "must be in [0, 4294967295]"),
+    ("dataset.synthetic.num_train", 0, "must be >= 1"),
+    ("dataset.synthetic.num_options", 6, "must be in [2, 5]"),
+    ("dataset.synthetic.test_holdout", 1.0, "must be in [0, 1)"),
+    ("teacher.max_concurrency", 0, "must be >= 1, got 0"),
+    ("teacher.temperature", -0.1, "must be >= 0"),
+    ("teacher.timeout", 0, "must be > 0"),
+    ("teacher.max_retries", -1, "must be >= 0"),
+    ("teacher.num_shots", -1, "must be >= 0"),
+    ("teacher.requests_per_minute", 0, "must be >= 1"),
+    ("student.embedded.vocab_size", 0, "must be >= 1"),
+    ("student.embedded.d_model", -3, "must be >= 1"),
+    ("student.embedded.num_heads", 0, "must be >= 1"),
+    ("student.embedded.dropout_rate", 1.0, "must be in [0, 1)"),
+    ("sft.batch_size", 0, "must be >= 1"),
+    ("sft.learning_rate", 0.0, "must be > 0"),
+    ("sft.epochs", -1.0, "must be > 0"),
+    ("sft.weight_decay", -0.01, "must be >= 0"),
+    ("sft.max_grad_norm", -1.0, "must be >= 0"),
+    ("sft.max_source_length", 0, "must be >= 1"),
+    ("sft.max_target_length", -200, "must be >= 1"),
+    ("sft.eval_every", 0, "expected an integer >= 1 or 'cycle', got 0"),
+    ("sft.gradient_accumulation_steps", 0, "must be >= 1"),
+    ("dpo.gradient_accumulation_steps", -1, "must be >= 1"),
+    ("dataset.limit", 0, "must be >= 1"),
+    ("dataset.synthetic.zipf", 4.5, "must be in [0, 4]"),
+    ("dataset.synthetic.clues_per_category", 0, "must be >= 1"),
+    ("teacher.min_coverage", 1.1, "must be in [0, 1]"),
+    ("teacher.max_retry_seconds", 0.0, "must be > 0"),
+    ("teacher.max_failures_in_a_row", 0, "must be >= 1"),
+    ("teacher.offline_wrong_fact_rate", -0.1, "must be in [0, 1]"),
+    ("generation.temperature", 0.0, "must be > 0"),
+    ("generation.top_k", -1, "must be >= 0"),
+    ("generation.top_p", 0.0, "must be in (0, 1]"),
+    ("generation.top_p", 1.5, "must be in (0, 1]"),
+    ("generation.max_new_tokens", 0, "must be >= 1"),
+    ("generation.batch_size", -1, "must be >= 1"),
+    ("dpo.samples", 1, "must be >= 2"),
+    ("dpo.max_questions", 0, "must be >= 1"),
+    ("dpo.temperature", -0.7, "must be > 0"),
+    ("dpo.top_k", -2, "must be >= 0"),
+    ("dpo.top_p", 0.0, "must be in (0, 1]"),
+    ("dpo.beta", 0.0, "must be > 0"),
+    ("dpo.learning_rate", -5e-6, "must be > 0"),
+    ("dpo.batch_size", 0, "must be >= 1"),
+    ("dpo.passes", 0, "must be >= 1"),
+    ("dpo.warmup_ratio", 1.5, "must be in [0, 1)"),
+    ("dpo.max_grad_norm", -1.0, "must be >= 0"),
+    ("dpo.loss_weights", [1.0, -0.5], "must be >= 0"),
+    ("dpo.loss_weights", [0.0, 0.0], "needs a weight > 0"),
+    ("dpo.loss_type", [], "needs at least one loss"),
+])
+def test_out_of_range_values_name_the_key(key, value, needle):
+    with pytest.raises(ParamsError, match=re.escape(key) + r"(\[\d\])?: " + re.escape(needle)):
+        BASE.replace(**{key: value})
+
+
+@pytest.mark.parametrize("key,value", [("generation.top_p", 1.0), ("generation.top_k", 0), ("sft.warmup_ratio", 0.0),
+                                       ("seed", 0), ("teacher.temperature", 0.0), ("teacher.num_shots", 0),
+                                       ("sft.max_grad_norm", 0.0), ("teacher.max_retries", 0)])
+def test_boundary_values_inside_the_range_load(key, value):
+    node = BASE.replace(**{key: value})
+    for part in key.split("."):
+        node = getattr(node, part)
+    assert node == value
+
+
+@pytest.mark.parametrize("old,new,needle", [
+    ("  beta: 0.5", "  beta: .inf", "dpo.beta: must be a finite number, got inf"),
+    ("  learning_rate: 0.002", "  learning_rate: .nan", "sft.learning_rate: must be a finite number, got nan"),
+    ("  timeout: 120.0", "  timeout: -.inf", "teacher.timeout: must be a finite number, got -inf"),
+])
+def test_infinite_and_nan_floats_are_refused(tmp_path, old, new, needle):
+    with pytest.raises(ParamsError, match=re.escape(needle)):
+        load(edited(tmp_path, old, new))
+
+
+@pytest.mark.parametrize("name", ["../../../escaped", "/tmp/escaped", "..", "a/b", ".hidden", ""])
+def test_iteration_keys_that_would_leave_the_repository_are_refused(name):
+    with pytest.raises(ParamsError, match=re.escape(f"dpo.iterations.{name}: {name!r} is not a plain name")):
+        BASE.replace(**{"dpo.iterations": {name: {"init": "models/sft"}}})
+
+
+@pytest.mark.parametrize("key,value,needle", [
+    ("sft.eval_every", "weekly", "sft.eval_every: expected an integer >= 1 or 'cycle', got 'weekly'"),
+    ("sft.eval_every", 0, "sft.eval_every: expected an integer >= 1 or 'cycle', got 0"),
+    ("sft.eval_every", True, "sft.eval_every: expected an integer >= 1 or 'cycle'"),
     ("dataset.limit", 0, "dataset.limit: must be >= 1"),
     ("sft.gradient_accumulation_steps", 0, "sft.gradient_accumulation_steps: must be >= 1"),
     ("dpo.gradient_accumulation_steps", 0, "dpo.gradient_accumulation_steps: must be >= 1"),
@@ -71,15 +252,15 @@ def test_launcher_must_run_a_module():
 ])
 def test_scale_knobs_are_validated(key, value, needle):
     with pytest.raises(ParamsError, match=needle.replace("[", r"\[").replace("]", r"\]")):
-        Params().replace(**{key: value})
+        BASE.replace(**{key: value})
 
 
 def test_scale_knobs_accept_their_values():
-    p = Params().replace(**{"sft.eval_every": "cycle", "dataset.limit": 200, "dpo.precision": "fp16",
+    p = BASE.replace(**{"sft.eval_every": "cycle", "dataset.limit": 200, "dpo.precision": "fp16",
                             "report_to": ["wandb", "tensorboard"], "student.revision": "a" * 40,
                             "sft.gradient_accumulation_steps": 4, "dpo.gradient_checkpointing": True})
     assert (p.sft.eval_every, p.dataset.limit, p.report_to) == ("cycle", 200, ("wandb", "tensorboard"))
-    assert Params().replace(**{"sft.eval_every": 700}).sft.eval_every == 700
+    assert BASE.replace(**{"sft.eval_every": 700}).sft.eval_every == 700
 
 
 def _dotted(tree, prefix=""):
@@ -91,11 +272,11 @@ def _dotted(tree, prefix=""):
 
 
 def test_params_yaml_spells_every_key_of_the_schema():
-    """Every knob is visible (and commented) in params.yaml, not only a dataclass default."""
+    """Every knob is visible (and commented) in params.yaml; the loader also refuses a missing or unknown key."""
     import yaml
 
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    assert set(_dotted(raw)) == set(_dotted(to_dict(Params())))
+    assert set(_dotted(raw)) == set(_dotted(to_dict(BASE)))
 
 
 @pytest.mark.parametrize("stage,keys", [

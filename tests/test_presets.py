@@ -146,3 +146,34 @@ def test_smoke_run_flags_after_the_preset_win(tmp_path):
     apply_overrides(str(tmp_path / "params.yaml"), words[1::2] + ["dataset.limit=200"])
     p = load(tmp_path / "params.yaml")
     assert p.dataset.limit == 200 and p.dataset.name == "csqa" and p.dpo.max_questions is None
+
+
+def test_preset_write_keeps_comments_and_untouched_lines_and_replaces_the_file_whole(tmp_path):
+    before = (REPO / "params.yaml").read_text()
+    f = tmp_path / "params.yaml"
+    f.write_text(before)
+    inode = f.stat().st_ino
+    res = CliRunner().invoke(app, ["preset", "obqa", "t5-base", "--write", "--root", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    after = f.read_text()
+    comments = lambda text: [line.split("#", 1)[1] for line in text.splitlines() if "#" in line]  # noqa: E731
+    assert comments(after) == comments(before)
+    changed = {k.split(".")[-1] for k in preset("obqa", "t5-base")}
+    for line in before.splitlines():  # every line whose key the preset does not set is byte-identical
+        key = line.split(":")[0].strip()
+        if key and not key.startswith("#") and key not in changed and key not in ("iter1", "iter2", "init"):
+            assert line in after.splitlines(), line
+    assert "  name: obqa               # synthetic | csqa | obqa | strategyqa" in after
+    assert "  base_url: null" in after and "  loss_type: [sigmoid, sft]" in after
+    assert f.stat().st_ino != inode  # written beside and renamed into place, not rewritten in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # no temporary left behind
+    assert load(f) == resolve(load(REPO / "params.yaml"), "obqa", "t5-base")
+
+
+def test_preset_write_on_bad_params_changes_nothing(tmp_path):
+    f = tmp_path / "params.yaml"
+    f.write_text((REPO / "params.yaml").read_text().replace("  batch_size: 64", "  batch_size: 0"))
+    before = f.read_bytes()
+    res = CliRunner().invoke(app, ["preset", "csqa", "t5-small", "--write", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and "sft.batch_size: must be >= 1, got 0" in res.output
+    assert f.read_bytes() == before

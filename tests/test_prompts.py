@@ -1,12 +1,15 @@
 """Teacher request assembly (spec 2.3, 2.4), exemplar validation, cost estimate arithmetic."""
 import json
+from pathlib import Path
 
 import pytest
 
 from tinythinker import prompts
 from tinythinker.io import DataError, read_json, read_jsonl, write_jsonl
-from tinythinker.params import Params, ParamsError
+from tinythinker.params import ParamsError, load
 from tinythinker.paths import Paths
+
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
 RECORD = {"id": "q1", "question": "Which is a metal?",
           "choices": [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron, cast"},
@@ -71,8 +74,8 @@ def test_prompt_stage_with_user_exemplars_shots_and_seeded_order(tmp_path):
     write_jsonl(paths.split("train"), [RECORD, {**RECORD, "id": "q2", "answer": "A"}])
     exemplars = [{**EX, "Q": f"Question {i}?"} for i in range(4)]
     (tmp_path / "ex.json").write_text(json.dumps(exemplars))
-    params = Params().replace(**{"teacher.exemplars": str(tmp_path / "ex.json"), "teacher.num_shots": 3,
-                                 "teacher.samples": 5, "teacher.max_tokens": 100})
+    params = BASE.replace(**{"teacher.exemplars": str(tmp_path / "ex.json"), "teacher.num_shots": 3,
+                             "teacher.samples": 5, "teacher.max_tokens": 100})
     prompts.prompt(params, paths)
     reqs = read_jsonl(paths.requests)
     assert [r["id"] for r in reqs] == ["q1", "q2"] and reqs[1]["gt"] == "A" and reqs[0]["options"] == ["A", "B", "C"]
@@ -92,7 +95,7 @@ def test_prompt_stage_with_user_exemplars_shots_and_seeded_order(tmp_path):
 def test_reasoning_model_body_sends_max_completion_tokens_and_no_temperature(tmp_path):
     paths = Paths(tmp_path)
     write_jsonl(paths.split("train"), [RECORD])
-    params = Params().replace(**{"teacher.max_tokens_param": "max_completion_tokens",
+    params = BASE.replace(**{"teacher.max_tokens_param": "max_completion_tokens",
                                  "teacher.send_temperature": False, "teacher.max_tokens": 300})
     prompts.prompt(params, paths)
     (req,) = read_jsonl(paths.requests)
@@ -104,7 +107,7 @@ def test_reasoning_model_body_sends_max_completion_tokens_and_no_temperature(tmp
 def test_task_default_samples_and_shipped_exemplars(tmp_path):
     paths = Paths(tmp_path)
     write_jsonl(paths.split("train"), [RECORD])
-    prompts.prompt(Params(), paths)  # synthetic: 4 samples by default
+    prompts.prompt(BASE, paths)  # synthetic: 4 samples by default
     (req,) = read_jsonl(paths.requests)
     assert req["body"]["n"] == 4
     assert "Pick the bird." in req["body"]["messages"][0]["content"]
@@ -133,7 +136,7 @@ def test_prompt_stage_writes_cost_metrics_without_network(tmp_path, monkeypatch)
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "empty-cache"))
     paths = Paths(tmp_path)
     write_jsonl(paths.split("train"), [RECORD])
-    prompts.prompt(Params(), paths)
+    prompts.prompt(BASE, paths)
     cost = read_json(paths.metric("teacher_cost"))
     assert cost["requests"] == 1 and cost["output_tokens_max"] == 4 * 256
     assert all(isinstance(v, (int, float)) for v in cost.values())

@@ -9,12 +9,13 @@ from typer.testing import CliRunner
 
 from tinythinker.cli import app
 from tinythinker.io import write_json
-from tinythinker.params import Params
+from tinythinker.params import load
 from tinythinker.paths import Paths
 from tinythinker.publish import KEY_PARAMS, PublishError, model_card, publish, push
 
 REPO = Path(__file__).resolve().parents[1]
-PARAMS = Params().replace(**{
+BASE = load(REPO / "params.yaml")  # params.yaml holds every value
+PARAMS = BASE.replace(**{
     "dataset.name": "csqa", "student.model": "google-t5/t5-small", "teacher.backend": "openai",
     "sft.learning_rate": 5e-4, "dpo.iterations": {"iter1": {"init": "models/sft"},
                                                   "iter2": {"init": "models/dpo/iter1"}}})

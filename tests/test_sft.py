@@ -1,16 +1,19 @@
 """Curriculum SFT on a tiny T5 and a small learnable task: loss falls, chain accuracy rises, resume works."""
 import csv
 import random
+from pathlib import Path
 
 import pytest
 
 from tinythinker import protocol as P
 from tinythinker.chain import accuracy, run_chain, Decoding
 from tinythinker.io import read_json, write_jsonl
-from tinythinker.params import Params
+from tinythinker.params import load
 from tinythinker.paths import Paths
 from tinythinker.sft import _fingerprint, sft
 from tinythinker.student import load_student, tokenizer_stage
+
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
 KINDS = {"color": ["red", "blue", "green"], "animal": ["dog", "cat", "cow"], "fruit": ["apple", "pear", "plum"],
          "tool": ["saw", "hammer", "drill"]}
@@ -49,7 +52,7 @@ def write_task(paths: Paths, qs: list[dict]) -> None:
         write_jsonl(paths.sft_data / f"{name}.jsonl", plain)
 
 
-PARAMS = Params().replace(**{
+PARAMS = BASE.replace(**{
     "student.embedded.vocab_size": 200, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
     "student.embedded.d_kv": 8, "student.embedded.num_heads": 4, "student.embedded.num_layers": 2,
     "student.embedded.num_decoder_layers": 2, "student.embedded.dropout_rate": 0.0,

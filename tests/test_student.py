@@ -1,11 +1,15 @@
 """Tokenizer stage and student loading on hand-made stage datasets (no download)."""
+from pathlib import Path
+
 import pytest
 
 from tinythinker import protocol as P
 from tinythinker.io import DataError, write_jsonl
-from tinythinker.params import Params
+from tinythinker.params import load
 from tinythinker.paths import Paths
 from tinythinker.student import load_student, tokenizer_stage
+
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
 BLOCK = P.question_block("Which is a metal?", [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron, cast"}])
 
@@ -32,10 +36,10 @@ def paths(tmp_path):
     return p
 
 
-PARAMS = Params().replace(**{"student.embedded.vocab_size": 80, "student.embedded.d_model": 32,
-                             "student.embedded.d_ff": 64, "student.embedded.d_kv": 8,
-                             "student.embedded.num_layers": 1, "student.embedded.num_decoder_layers": 1,
-                             "generation.max_new_tokens": 33})
+PARAMS = BASE.replace(**{"student.embedded.vocab_size": 80, "student.embedded.d_model": 32,
+                         "student.embedded.d_ff": 64, "student.embedded.d_kv": 8,
+                         "student.embedded.num_layers": 1, "student.embedded.num_decoder_layers": 1,
+                         "generation.max_new_tokens": 33})
 
 
 def test_tokenizer_round_trip_and_reload(paths):

@@ -1,13 +1,17 @@
 import random
 import re
 from collections import Counter
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
 from tinythinker import synthetic as S
-from tinythinker.params import SyntheticParams
+from tinythinker.params import load
 
-CFG = SyntheticParams(num_train=400, num_valid=20, num_test=30)
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+
+CFG = replace(BASE.dataset.synthetic, num_train=400, num_valid=20, num_test=30)
 VERDICT = re.compile(r"^(?:Explanations: )?([A-E]) is (correct|incorrect)\. Because (.+)$")
 
 
@@ -48,15 +52,15 @@ def test_test_questions_recombine_training_facts(data):
 
 
 def test_no_holdout_uses_every_thing_everywhere():
-    d = S.generate(SyntheticParams(num_train=200, num_valid=10, num_test=50, test_holdout=0.0), seed=1)
+    d = S.generate(replace(BASE.dataset.synthetic, num_train=200, num_valid=10, num_test=50, test_holdout=0.0), seed=1)
     assert {_answer_text(q) for q in d["test"]} & {_answer_text(q) for q in d["train"]}
 
 
 def test_world_limits():
     with pytest.raises(ValueError, match="num_categories"):
-        S.generate(SyntheticParams(num_categories=S.MAX_CATEGORIES + 1), seed=0)
+        S.generate(replace(BASE.dataset.synthetic, num_categories=S.MAX_CATEGORIES + 1), seed=0)
     with pytest.raises(ValueError, match="entities_per_category"):
-        S.generate(SyntheticParams(entities_per_category=S.MAX_ENTITIES + 1), seed=0)
+        S.generate(replace(BASE.dataset.synthetic, entities_per_category=S.MAX_ENTITIES + 1), seed=0)
 
 
 def _lines(content):
@@ -94,13 +98,14 @@ def test_clues_imply_one_category_each():
 
 
 def test_long_tail_of_clues_and_things():
-    d = S.generate(SyntheticParams(num_train=2000, num_valid=10, num_test=10), seed=3)
+    d = S.generate(replace(BASE.dataset.synthetic, num_train=2000, num_valid=10, num_test=10), seed=3)
     clues = Counter(q["meta"]["clue"] for q in d["train"])
     things = Counter(c["text"] for q in d["train"] for c in q["choices"])
     # Zipf 1 over 6 clues: the commonest of a category about 6x its rarest; things likewise over 10 ranks
     assert max(clues.values()) > 4 * min(clues.values()) and min(clues.values()) >= 5
     assert max(things.values()) > 4 * min(things.values())
-    flat = S.generate(SyntheticParams(num_train=2000, num_valid=10, num_test=10, zipf=0.0), seed=3)
+    flat = S.generate(replace(BASE.dataset.synthetic, num_train=2000, num_valid=10, num_test=10, zipf=0.0),
+                      seed=3)
     flat_clues = Counter(q["meta"]["clue"] for q in flat["train"])
     assert max(flat_clues.values()) < 2 * min(flat_clues.values())
 

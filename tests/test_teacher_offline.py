@@ -1,6 +1,7 @@
 """The offline teacher through the same journal, rounds and parser; the journal's crash tolerance."""
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -8,10 +9,12 @@ from tinythinker import synthetic
 from tinythinker.build import build
 from tinythinker.io import DataError, read_json, read_jsonl, write_jsonl
 from tinythinker.journal import Journal, request_key
-from tinythinker.params import Params
+from tinythinker.params import load
 from tinythinker.paths import Paths
 from tinythinker.prompts import prompt
 from tinythinker.teacher import TeacherError, request
+
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
 SMALL = {"dataset.synthetic.num_train": 30, "dataset.synthetic.num_valid": 5, "dataset.synthetic.num_test": 5,
          "teacher.offline_fault_rate": 0.3}
@@ -27,7 +30,7 @@ def make_root(root, params):
 
 
 def test_offline_rounds_faults_and_build(tmp_path):
-    params = Params().replace(**SMALL)
+    params = BASE.replace(**SMALL)
     paths = make_root(tmp_path / "a", params)
     m = request(params, paths)
     assert m["questions"] == 30 and m["questions_complete"] == 30 and m["usd"] == 0
@@ -55,7 +58,7 @@ def test_offline_rounds_faults_and_build(tmp_path):
 
 
 def test_offline_backend_only_for_synthetic(tmp_path):
-    params = Params().replace(**SMALL)
+    params = BASE.replace(**SMALL)
     paths = make_root(tmp_path, params)
     with pytest.raises(TeacherError, match="teacher.backend"):
         request(params.replace(**{"dataset.name": "csqa"}), paths)

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from tinythinker.io import read_json, read_jsonl, write_jsonl
-from tinythinker.params import Params, to_dict
+from tinythinker.params import Params, load, to_dict
 from tinythinker.paths import Paths
 from tinythinker.prompts import build_requests, message_tokens
 from tinythinker.teacher import KEY_HEADER, TeacherError, request
@@ -30,6 +30,7 @@ from tinythinker.teacher import KEY_HEADER, TeacherError, request
 # A fresh sentinel per run, so no key-shaped literal is tracked; the tests check it never reaches a file or log.
 API_KEY = f"test-key-{secrets.token_hex(8)}"
 REPO = Path(__file__).resolve().parents[1]
+BASE = load(REPO / "params.yaml")  # params.yaml holds every value
 
 
 def completion_for(user: str, i: int) -> str:
@@ -148,7 +149,7 @@ def setup_root(root: Path, server: Teacher, k: int, **teacher) -> Params:
     overrides = {"teacher.backend": "openai", "teacher.base_url": server.url, "teacher.samples": 3,
                  "teacher.max_tokens": 64, "teacher.timeout": 1.0, "teacher.max_retries": 4,
                  **{f"teacher.{key}": v for key, v in teacher.items()}}
-    params = Params().replace(**overrides)
+    params = BASE.replace(**overrides)
     paths = Paths(root)
     train = records(k)
     write_jsonl(paths.split("train"), train)

@@ -16,9 +16,11 @@ from test_teacher_offline import SMALL, make_root
 from test_teacher_openai import API_KEY, REPO, server_factory, setup_root  # noqa: F401 (a fixture)
 from tinythinker.io import read_jsonl
 from tinythinker.journal import ResponseStore
-from tinythinker.params import Params
+from tinythinker.params import load
 from tinythinker.paths import STORE_ENV, Paths, store_dir
 from tinythinker.teacher import request
+
+BASE = load(REPO / "params.yaml")  # params.yaml holds every value
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +69,7 @@ def test_pulled_journal_feeds_an_empty_store(tmp_path, server_factory, monkeypat
 
 
 def test_offline_answers_never_serve_the_openai_backend(tmp_path, server_factory, response_store):
-    params = Params().replace(**SMALL)
+    params = BASE.replace(**SMALL)
     paths = make_root(tmp_path, params)
     offline = request(params, paths)
     assert keys(response_store) == set()  # free answers are journaled only

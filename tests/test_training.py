@@ -1,10 +1,14 @@
 """The TrainingArguments knobs shared by sft and dpo_train: precision, TF32, accumulation, checkpointing, trackers."""
+from pathlib import Path
+
 import pytest
 import torch
 
-from tinythinker.params import Params, ParamsError
+from tinythinker.params import ParamsError, load
 from tinythinker.paths import Paths
 from tinythinker.training import autocast, resolve_precision, set_tf32, trainer_kwargs
+
+BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
 
 @pytest.fixture
@@ -43,7 +47,7 @@ def test_autocast_follows_precision():
 def test_knobs_become_training_arguments(tmp_path, tf32_restored, stage):
     from transformers import TrainingArguments
 
-    p = Params().replace(**{f"{stage}.precision": "bf16", f"{stage}.tf32": False,
+    p = BASE.replace(**{f"{stage}.precision": "bf16", f"{stage}.tf32": False,
                             f"{stage}.gradient_accumulation_steps": 4, f"{stage}.gradient_checkpointing": True})
     torch.backends.cuda.matmul.fp32_precision = "tf32"
     kw = trainer_kwargs(p, Paths(tmp_path), stage, f"{stage}-run")
@@ -62,12 +66,12 @@ def test_trackers_are_opt_in_and_must_be_installed(tmp_path, monkeypatch):
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
     monkeypatch.setattr(integrations, "is_tensorboard_available", lambda: True)
     monkeypatch.setattr(integrations, "is_wandb_available", lambda: False)
-    kw = trainer_kwargs(Params().replace(report_to=["tensorboard"]), Paths(tmp_path), "sft", "sft")
+    kw = trainer_kwargs(BASE.replace(report_to=["tensorboard"]), Paths(tmp_path), "sft", "sft")
     assert kw["report_to"] == ["tensorboard"]
     import os
     assert os.environ["TENSORBOARD_LOGGING_DIR"] == str(tmp_path / "runs" / "sft")  # not the deleted checkpoints
     with pytest.raises(ParamsError, match=r"report_to: wandb is not installed \(pip install wandb\)"):
-        trainer_kwargs(Params().replace(report_to=["tensorboard", "wandb"]), Paths(tmp_path), "sft", "sft")
+        trainer_kwargs(BASE.replace(report_to=["tensorboard", "wandb"]), Paths(tmp_path), "sft", "sft")
 
 
 @pytest.mark.parametrize("precision,expected", [("fp32", "no"), ("bf16", "bf16")])
@@ -76,5 +80,5 @@ def test_precision_param_beats_the_launcher_config(tmp_path, monkeypatch, tf32_r
     from transformers import TrainingArguments
 
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16" if precision == "fp32" else "no")
-    kw = trainer_kwargs(Params().replace(**{"sft.precision": precision}), Paths(tmp_path), "sft", "sft")
+    kw = trainer_kwargs(BASE.replace(**{"sft.precision": precision}), Paths(tmp_path), "sft", "sft")
     assert TrainingArguments(output_dir=str(tmp_path), use_cpu=True, **kw).mixed_precision == expected

@@ -11,11 +11,18 @@ from __future__ import annotations
 from collections import Counter
 
 from . import protocol as P
-from .io import DataError, read_jsonl, write_json, write_jsonl
+from .io import DataError, atomic_path, read_jsonl, write_json, write_jsonl
 from .params import Params
 from .parse import (INCOMPLETE, INCONSISTENT, LENGTH, MALFORMED, NO_ANSWER, NO_KEY_INFO, analyses, filter_answer,
                     is_complete, majority)
 from .paths import Paths
+from .prepare import read_split
+
+# The fields a reader of each file needs (DEVELOPERS.md "File formats"); a row without one is named by line.
+COMPLETION_FIELDS = ("id", "completions")  # data/teacher/completions.jsonl
+STAGE_FIELDS = ("qid", "input", "target")  # data/sft/<stage_type>/<stage>.jsonl, recall_single.jsonl
+QUESTION_FIELDS = ("qid", "block", "options", "gt")  # data/sft/{valid,test,train_questions}.jsonl
+CHAIN_FIELDS = ("qid", "recall", "analyses")  # data/sft/chains.jsonl
 
 # Exact-duplicate keys per stage file (spec 3.6 and 4); None keeps every row (as the original did).
 DEDUP = {
@@ -103,29 +110,36 @@ def dedup(rows: list[dict], key: tuple[str, ...] | None) -> list[dict]:
 
 def build(params: Params, paths: Paths) -> dict:
     stats: Counter = Counter()
-    train = {r["id"]: r for r in read_jsonl(paths.split("train"))}
-    completions = read_jsonl(paths.completions)
+    train = {r["id"]: r for r in read_split(paths, "train")}
+    held_out = {split: read_split(paths, split) for split in ("valid", "test")}
+    completions = read_jsonl(paths.completions, COMPLETION_FIELDS)
     chains, labels = teacher_chains(completions, train, params.teacher.override_label, stats)
     metrics = {"questions": len(completions), "accepted_chains": len(chains)}
-    for stage_type, files in stage_rows(chains, params.teacher.summarize_order).items():
-        for stage, rows in files.items():
-            kept = dedup(rows, DEDUP[stage_type, stage])
-            name = f"{stage_type}/{stage}"
-            metrics[f"duplicates_removed/{name}"] = len(rows) - len(kept)
-            metrics[f"rows/{name}"] = write_jsonl(paths.stage_file(stage_type, stage), kept)
     first: dict[str, dict] = {}
     for c in chains:
         first.setdefault(c["qid"], c)
-    metrics["rows/recall_single"] = write_jsonl(
-        paths.sft_data / "recall_single.jsonl",
-        ({"qid": q, "input": P.recall_prompt(c["block"]), "target": c["recall"]} for q, c in first.items()))
-    metrics["rows/chains"] = write_jsonl(paths.sft_data / "chains.jsonl",
-                                         ({k: v for k, v in c.items() if k != "order"} for c in chains))
-    metrics["rows/train_questions"] = write_jsonl(paths.sft_data / "train_questions.jsonl",
-                                                  (question_row(train[q], labels[q]) for q in first))
-    for split in ("valid", "test"):  # dataset labels, never overridden
-        metrics[f"rows/{split}"] = write_jsonl(paths.sft_data / f"{split}.jsonl",
-                                               (question_row(r) for r in read_jsonl(paths.split(split))))
+    # data/sft is built in a temporary directory and renamed into place whole: a killed build leaves the
+    # previous data/sft (or none), never a mix of old and new files.
+    with atomic_path(paths.sft_data) as tmp:
+        def write(path, rows) -> int:
+            return write_jsonl(tmp / path.relative_to(paths.sft_data), rows)
+
+        tmp.mkdir()
+        for stage_type, files in stage_rows(chains, params.teacher.summarize_order).items():
+            for stage, rows in files.items():
+                kept = dedup(rows, DEDUP[stage_type, stage])
+                name = f"{stage_type}/{stage}"
+                metrics[f"duplicates_removed/{name}"] = len(rows) - len(kept)
+                metrics[f"rows/{name}"] = write(paths.stage_file(stage_type, stage), kept)
+        metrics["rows/recall_single"] = write(
+            paths.sft_data / "recall_single.jsonl",
+            ({"qid": q, "input": P.recall_prompt(c["block"]), "target": c["recall"]} for q, c in first.items()))
+        metrics["rows/chains"] = write(paths.sft_data / "chains.jsonl",
+                                       ({k: v for k, v in c.items() if k != "order"} for c in chains))
+        metrics["rows/train_questions"] = write(paths.sft_data / "train_questions.jsonl",
+                                                (question_row(train[q], labels[q]) for q in first))
+        for split, records in held_out.items():  # dataset labels, never overridden
+            metrics[f"rows/{split}"] = write(paths.sft_data / f"{split}.jsonl", (question_row(r) for r in records))
     metrics["questions_with_chain"] = len(first)
     metrics["questions_without_chain"] = len(completions) - len(first)
     metrics.update(sorted(stats.items()))

@@ -31,15 +31,22 @@ def _ctx(root: Path):
 
 
 def _run(fn, *args) -> None:
-    """Expected failures (bad params, bad data, missing key) end with one clear line and exit code 2."""
-    from .io import DataError
+    """Expected failures end with one clear line and exit code 2, never a traceback: bad params or data
+    (the message names key, file, line) and what the system refuses (permission denied, disk full), named by path."""
+    from .io import DataError, describe_os_error
     from .params import ParamsError
 
     try:
         fn(*args)
     except (ParamsError, DataError) as e:
-        typer.secho(f"error: {e}", fg="red", err=True)
-        sys.exit(2)
+        _fail(str(e))
+    except OSError as e:
+        _fail(describe_os_error(e))
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {' '.join(message.splitlines())}", fg="red", err=True)
+    sys.exit(2)
 
 
 @app.command()
@@ -146,15 +153,15 @@ def preset(dataset: str = typer.Argument(..., help="csqa, obqa or strategyqa."),
     """The paper's configuration for a dataset x student: prints `dvc exp run` flags, or --write params.yaml."""
     import json
 
+    from .params import load
     from .presets import apply, eval_cadence, preset as overrides, resolve
-    from .params import Params
 
     def run():
         if write:
             p = apply(root / "params.yaml", dataset, student)
             typer.echo(f"params.yaml now holds the {dataset} / {student} preset; run `dvc repro` or `dvc exp run`")
         else:
-            p = resolve(Params(), dataset, student)
+            p = resolve(load(root / "params.yaml"), dataset, student)
             flags = overrides(dataset, student)
             iters = flags.pop("dpo.iterations")
             flags |= {f"++dpo.iterations.{k}.init": v["init"] for k, v in iters.items()}

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-from .io import DataError, atomic_path, iter_jsonl, write_jsonl
+from .io import DataError, atomic_path, iter_jsonl, read_text, write_jsonl
 from .params import Params, ParamsError
 from .paths import Paths
 from .tasks import Fields, TaskSpec, get_task
@@ -47,8 +47,8 @@ def _choices(raw: Any, where: str) -> list[dict]:
         label, text = _get(c, "label", f"{where}: choice {i + 1}"), _get(c, "text", f"{where}: choice {i + 1}")
         if not (isinstance(label, str) and re.fullmatch(r"[A-Z]", label)):
             raise DataError(f"{where}: choice label {label!r} is not a capital letter A-Z")
-        if not isinstance(text, str):
-            raise DataError(f"{where}: choice {label} text must be a string, got {text!r}")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{where}: choice {label} text must be a non-empty string, got {text!r}")
         out.append({"label": label, "text": text})
     labels = [c["label"] for c in out]
     if len(set(labels)) != len(labels):
@@ -56,9 +56,9 @@ def _choices(raw: Any, where: str) -> list[dict]:
     return out
 
 
-def normalise(row: Any, fields: Fields, where: str, num_options: int,
+def normalise(row: Any, fields: Fields, where: str, num_options: Optional[int],
               boolean_options: Optional[tuple[str, ...]] = None) -> dict:
-    """One checked question record from a source row (texts untouched)."""
+    """One checked question record from a source row (texts untouched); `num_options` None: any number."""
     qid = _get(row, fields.id, where)
     if isinstance(qid, bool) or not isinstance(qid, (str, int)) or str(qid) == "":
         raise DataError(f"{where}: id must be a non-empty string, got {qid!r}")
@@ -76,7 +76,7 @@ def normalise(row: Any, fields: Fields, where: str, num_options: int,
     labels = [c["label"] for c in choices]
     if answer not in labels:
         raise DataError(f"{where}: answer {answer!r} is not among the choice labels {labels}")
-    if len(choices) != num_options:
+    if num_options is not None and len(choices) != num_options:
         raise DataError(f"{where}: expected {num_options} choices, got {len(choices)}")
     rec = {"id": str(qid), "question": question, "choices": choices, "answer": answer}
     if isinstance(row, dict) and "meta" in row:
@@ -84,7 +84,7 @@ def normalise(row: Any, fields: Fields, where: str, num_options: int,
     return rec
 
 
-def collect(located: dict[str, Located], fields: Fields, num_options: int,
+def collect(located: dict[str, Located], fields: Fields, num_options: Optional[int],
             boolean_options: Optional[tuple[str, ...]] = None) -> dict[str, list[dict]]:
     """Normalise every row of every split; ids must be unique across all splits."""
     seen: dict[str, str] = {}
@@ -108,11 +108,9 @@ def jsonl_rows(path: Path) -> Iterator[tuple[str, Any]]:
 
 def _json_array_rows(path: Path) -> Iterator[tuple[str, Any]]:
     """Elements of a JSON array file, each with the line it starts on (StrategyQA's official format)."""
+    text = read_text(path)
     try:
-        text = path.read_text()
         items = json.loads(text)
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
     if not isinstance(items, list):

@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Sequence
 
 from . import distributed
-from .io import DataError, atomic_path, read_json, write_json
-from .pairs import FIELDS, iteration_init, read_rows
+from .build import QUESTION_FIELDS
+from .io import DataError, atomic_path, read_json, read_jsonl, write_json
+from .pairs import FIELDS, iteration_init
 from .params import Params, to_dict
 from .paths import Paths
 from .training import autocast, resolve_precision, trainer_kwargs
@@ -282,15 +283,15 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     if not (init / "config.json").exists():
         raise DataError(f"{init}: no model (dpo.iterations.{iteration}.init)")
     data_dir = paths.dpo_data(iteration)
-    pairs = {s: read_rows(data_dir / f"{s}_pairs.jsonl", FIELDS) for s in STAGES}
-    valid = read_rows(paths.sft_data / "valid.jsonl", ("qid", "block", "options", "gt"))
-    out_model, metrics_file = paths.dpo_model(iteration), paths.metrics / "dpo" / f"{iteration}.json"
+    pairs = {s: read_jsonl(data_dir / f"{s}_pairs.jsonl", FIELDS) for s in STAGES}
+    valid = read_jsonl(paths.sft_data / "valid.jsonl", QUESTION_FIELDS)
+    out_model, metrics_file = paths.dpo_model(iteration), paths.metric(f"dpo/{iteration}")
     ckpt_dir = paths.checkpoints / "dpo" / iteration
 
     # TF32 and precision settle before the first forward pass: start validation and reference log-probs included.
     train_kwargs = trainer_kwargs(params, paths, "dpo", f"dpo/{iteration}")
     precision = resolve_precision(d.precision, "dpo.precision")
-    model, tokenizer = load_student(params, paths, init)
+    model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
     cuda = torch.cuda.is_available()
     model.to("cuda" if cuda else "cpu")
     greedy = Decoding(max_new_tokens=g.max_new_tokens)

@@ -8,19 +8,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .build import QUESTION_FIELDS
 from .chain import Decoding, accuracy, majority_vote, run_chain
 from .io import read_jsonl, write_json, write_jsonl
-from .params import Params
+from .params import Params, check_name
 from .paths import Paths
 from .student import load_student
 
 
 def test(params: Params, paths: Paths, model_dir: Path, name: str) -> dict:
-    import torch
-
+    check_name(name, "--name", nested=True)  # before minutes of generation: it becomes two output paths
     g = params.generation
-    questions = read_jsonl(paths.sft_data / "test.jsonl")
-    model, tokenizer = load_student(params, paths, Path(model_dir))
+    questions = read_jsonl(paths.sft_data / "test.jsonl", QUESTION_FIELDS)
+    model, tokenizer = load_student(params, paths, Path(model_dir), "--model")
+    import torch  # only now: the checks above fail in a second, not after torch's import
+
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     greedy = Decoding(max_new_tokens=g.max_new_tokens)
     sampled = Decoding(do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
@@ -36,7 +38,7 @@ def test(params: Params, paths: Paths, model_dir: Path, name: str) -> dict:
                               analyze=sampled, summarize=greedy, batch_size=g.batch_size,
                               desc=f"{name} run {t + 1}/{g.times}"))
 
-    write_jsonl(paths.predictions / f"{name}.jsonl",
+    write_jsonl(paths.prediction(name),
                 ({"qid": r["qid"], "run": t + 1, "recall": r["recall"], "analyses": r["analyses"],
                   "summary": r["summary"], "prediction": r["prediction"], "gt": r["gt"]}
                  for t, run in enumerate(runs) for r in run))

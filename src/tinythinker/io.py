@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import contextlib
-import functools
+import glob
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 
 class DataError(ValueError):
@@ -16,23 +16,52 @@ class DataError(ValueError):
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it replaces `path` (file or directory) in one rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent)) / f"out{suffix}"
+def _naming(path: Path, temporaries: str) -> Iterator[None]:
+    """An OSError that names no file (disk full does not) or a temporary of `path` is re-raised naming `path`."""
     try:
-        yield tmp
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        yield
+    except OSError as e:
+        if e.filename is None or str(e.filename).startswith(temporaries):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+        raise
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary sibling path; on success it replaces `path` (file or directory) in one rename.
+
+    What a killed earlier write of `path` left behind (its temporary directory) is removed first; an OSError
+    (permission denied, disk full) names `path`, not the temporary.
+    """
+    path = Path(path)
+    prefix = f".{path.name}.tmp-"
+    with _naming(path, str(path.parent / prefix)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for stale in path.parent.glob(glob.escape(prefix) + "*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
+    try:
+        with _naming(path, str(path.parent / prefix)):
+            tmp = tmp_dir / f"out{suffix}"
+            yield tmp
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: the path first, then what the system said (`data/sft: No space left on device`)."""
+    if e.filename is None:
+        return str(e).splitlines()[0] if str(e) else type(e).__name__
+    target = f" -> {e.filename2}" if e.filename2 is not None else ""
+    return f"{e.filename}{target}: {e.strerror or e}"
 
 
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | Path, obj: Any) -> None:
@@ -41,68 +70,78 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 def write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
     n = 0
-    with atomic_path(path) as tmp, tmp.open("w") as f:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n
 
 
-@functools.cache
-def _yaml_loader():
-    """PyYAML's safe loader reading floats as YAML 1.2 does (DVC writes `-S x=5e-6` back as `5e-06`, which
-    YAML 1.1 would read as a string)."""
-    import re
-
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.yaml_implicit_resolvers = {k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
-    Loader.add_implicit_resolver(
-        "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+0123456789."))
-    return Loader
+def read_text(path: str | Path, error: type[Exception] = DataError, what: str = "file") -> str:
+    """A UTF-8 text file; a missing file or a byte that is not UTF-8 raises `error` naming the path (and line)."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, not a {what}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise error(f"{path}:{line}: not UTF-8 (byte 0x{data[e.start]:02x})") from None
 
 
 def read_yaml(path: str | Path, error: type[Exception] = DataError, what: str = "file") -> Any:
-    """Parsed YAML; a missing file or a syntax error raises `error` naming the path."""
-    import yaml
+    """Parsed YAML, read as DVC reads params.yaml (ruamel.yaml, YAML 1.2: `010` is 10, `yes` is a string,
+    a repeated key is an error), so the value a stage runs with is the value `dvc params diff` shows."""
+    from ruamel.yaml import YAML, YAMLError
 
-    path = Path(path)
+    text = read_text(path, error, what)
     try:
-        return yaml.load(path.read_text(), Loader=_yaml_loader())
-    except FileNotFoundError:
-        raise error(f"{path}: no such {what}") from None
-    except yaml.YAMLError as e:
-        raise error(f"{path}: not valid YAML: {e}") from None
+        return YAML(typ="safe").load(text)
+    except YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise error(f"{where}: not valid YAML: {problem}") from None
 
 
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
+        return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, Any]]:
-    """(line number, object) for each non-blank line; a malformed line raises DataError naming it."""
+def iter_jsonl(path: str | Path, fields: Sequence[str] = ()) -> Iterator[tuple[int, Any]]:
+    """(line number, object) for each non-blank line; a line that is not UTF-8, not JSON, or (with `fields`)
+    not an object holding every one of `fields` raises DataError naming the file, the line and the field."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x})") from None
             if not line.strip():
                 continue
             try:
-                yield lineno, json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
+            if fields:
+                if not isinstance(obj, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+                missing = [k for k in fields if k not in obj]
+                if missing:
+                    raise DataError(f"{path}:{lineno}: missing field {', '.join(map(repr, missing))}")
+            yield lineno, obj
 
 
-def read_jsonl(path: str | Path) -> list[Any]:
-    return [obj for _, obj in iter_jsonl(path)]
+def read_jsonl(path: str | Path, fields: Sequence[str] = ()) -> list[Any]:
+    return [obj for _, obj in iter_jsonl(path, fields)]

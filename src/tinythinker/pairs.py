@@ -18,23 +18,13 @@ from collections import defaultdict
 from typing import Mapping, Sequence
 
 from . import protocol as P
+from .build import CHAIN_FIELDS, QUESTION_FIELDS
 from .chain import is_correct
-from .io import DataError, iter_jsonl, write_json, write_jsonl
+from .io import DataError, read_jsonl, write_json, write_jsonl
 from .params import Params, ParamsError
 from .paths import Paths
 
 FIELDS = ("qid", "prompt", "chosen", "rejected")  # what a pair file holds (DEVELOPERS.md)
-
-
-def read_rows(path, keys: Sequence[str]) -> list[dict]:
-    """JSONL rows that must carry `keys`; a row without one raises DataError naming file and line."""
-    rows = []
-    for lineno, row in iter_jsonl(path):
-        missing = [k for k in keys if not isinstance(row, dict) or k not in row]
-        if missing:
-            raise DataError(f"{path}:{lineno}: missing {', '.join(missing)}")
-        rows.append(row)
-    return rows
 
 
 def _unique(items: Sequence, key) -> list:
@@ -176,16 +166,16 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
         return metrics
     if not (init / "config.json").exists():
         raise DataError(f"{init}: no model (dpo.iterations.{iteration}.init)")
-    questions = read_rows(paths.sft_data / "train_questions.jsonl", ("qid", "block", "options", "gt"))
+    questions = read_jsonl(paths.sft_data / "train_questions.jsonl", QUESTION_FIELDS)
     k = params.dpo.max_questions
     if k is not None and k < len(questions):  # a fresh seeded subset each iteration, in file order
         keep = set(random.Random(f"{params.seed}/{iteration}/questions").sample(range(len(questions)), k))
         questions = [q for i, q in enumerate(questions) if i in keep]
     teacher: dict[str, list] = defaultdict(list)
-    for row in read_rows(paths.sft_data / "chains.jsonl", ("qid", "recall", "analyses")):
+    for row in read_jsonl(paths.sft_data / "chains.jsonl", CHAIN_FIELDS):
         teacher[row["qid"]].append(row)
 
-    model, tokenizer = load_student(params, paths, init)
+    model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
     model.to("cuda" if torch.cuda.is_available() else "cpu")
     set_seed(iteration_seed(params.seed, iteration))
     rng = random.Random(f"{params.seed}/{iteration}")
@@ -232,5 +222,5 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
         "chosen_from_teacher": sum(p["teacher"] for p in rpairs),
         "sample_accuracy": accuracy(recall_runs),
     }
-    write_json(paths.metrics / "dpo" / f"{iteration}_pairs.json", metrics)
+    write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
     return metrics

@@ -1,10 +1,16 @@
 """Where every stage reads and writes, relative to the repository root (dvc.yaml declares the same paths), and
-the one place outside it: the machine's teacher response store."""
+the one place outside it: the machine's teacher response store.
+
+A name that becomes part of a path (an iteration key, a `test --name`) must be a plain relative name
+(`params.check_name`), so no output lands outside the repository.
+"""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from .params import check_name
 
 STORE_ENV = "TINYTHINKER_STORE"
 
@@ -61,11 +67,14 @@ class Paths:
         return self.sft_data / stage_type / f"{stage}.jsonl"
 
     def dpo_data(self, iteration: str) -> Path:
-        return self.root / "data" / "dpo" / iteration
+        return self.root / "data" / "dpo" / check_name(iteration, "iteration")
 
     @property
     def predictions(self) -> Path:
         return self.root / "data" / "predictions"
+
+    def prediction(self, name: str) -> Path:  # test
+        return self.predictions / f"{check_name(name, 'prediction name', nested=True)}.jsonl"
 
     # --- models -------------------------------------------------------------------------------------
     @property
@@ -77,7 +86,7 @@ class Paths:
         return self.root / "models" / "sft"
 
     def dpo_model(self, iteration: str) -> Path:
-        return self.root / "models" / "dpo" / iteration
+        return self.root / "models" / "dpo" / check_name(iteration, "iteration")
 
     @property
     def checkpoints(self) -> Path:  # resumable trainer state, kept out of DVC outputs (git-ignored)
@@ -96,4 +105,4 @@ class Paths:
         return self.root / "metrics"
 
     def metric(self, name: str) -> Path:
-        return self.metrics / f"{name}.json"
+        return self.metrics / f"{check_name(name, 'metrics name', nested=True)}.json"

@@ -50,6 +50,12 @@ def cap(rows: list[dict], limit: int, seed: str) -> list[dict]:
     return [r for r in rows if r["id"] in keep]
 
 
+def read_split(paths: Paths, split: str) -> list[dict]:
+    """A prepared split with every record re-checked as `prepare` checked it (an error names file and line),
+    since the file may have been edited since; the stages that read it send it to a paid teacher."""
+    return collect({split: jsonl_rows(paths.split(split))}, RECORD, None)[split]
+
+
 def prepare(params: Params, paths: Paths) -> None:
     task = get_task(params.dataset.name)
     n_opts = task.num_options_for(params)

@@ -9,12 +9,11 @@ for it, lower sft.batch_size and raise sft.gradient_accumulation_steps by the sa
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
-import yaml
-
-from .io import read_yaml
-from .params import ParamsError, Params, from_dict, load, to_dict
+from .io import read_text, write_text
+from .params import ParamsError, Params, from_dict, load
 
 STUDENTS = {"t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base", "t5-large": "google-t5/t5-large"}
 # Teacher samples per question and re-ask rounds (spec 2.5, 3.1).
@@ -85,11 +84,28 @@ def resolve(base: Params, dataset: str, student: str) -> Params:
 
 
 def apply(params_file: Path, dataset: str, student: str) -> Params:
-    """Write the preset into params.yaml (validated first), keeping every key the preset does not set."""
+    """Write the preset into params.yaml, keeping every other key, its comments and layout (ruamel.yaml's
+    round trip, as `dvc exp run -S` edits it); the new text is validated before it atomically replaces the file."""
+    from ruamel.yaml import YAML
+
     resolved = resolve(load(params_file), dataset, student)
-    raw = read_yaml(params_file, ParamsError, "params file")
-    merged = to_dict(resolved)
-    raw.update({k: merged[k] for k in merged})
-    from_dict(raw)
-    params_file.write_text(yaml.safe_dump(raw, sort_keys=False))
+    yaml = YAML()
+    yaml.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    doc = yaml.load(read_text(params_file, ParamsError, "params file"))
+    for dotted, value in preset(dataset, student).items():
+        *parents, leaf = dotted.split(".")
+        node = doc
+        for part in parents:
+            node = node[part]
+        if node[leaf] == value:
+            continue  # untouched lines keep their exact spelling
+        if isinstance(node[leaf], list) and isinstance(value, list):
+            node[leaf][:] = value  # in place: a flow-style list stays one
+        else:
+            node[leaf] = value
+    out = io.StringIO()
+    yaml.dump(doc, out)
+    if from_dict(YAML(typ="safe").load(out.getvalue())) != resolved:
+        raise ParamsError(f"{params_file}: the preset did not round-trip; file left unchanged")  # a bug here
+    write_text(params_file, out.getvalue())
     return resolved

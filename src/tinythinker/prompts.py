@@ -16,9 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
-from .io import DataError, read_json, read_jsonl, write_json, write_jsonl
+from .io import DataError, read_json, write_json, write_jsonl
 from .params import Params, ParamsError
 from .paths import Paths
+from .prepare import read_split
 
 EXEMPLAR_DIR = Path(__file__).with_name("exemplars")
 
@@ -181,6 +182,6 @@ def estimate(requests: list[dict], count: Optional[Callable[[str], int]] = None)
 
 
 def prompt(params: Params, paths: Paths) -> None:
-    requests = build_requests(params, read_jsonl(paths.split("train")))
+    requests = build_requests(params, read_split(paths, "train"))  # re-checked: it goes to a paid teacher
     write_jsonl(paths.requests, requests)
     write_json(paths.metric("teacher_cost"), estimate(requests, _tiktoken_counter(params.teacher.model)))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import distributed
 from . import protocol as P
+from .build import QUESTION_FIELDS, STAGE_FIELDS
 from .chain import Decoding
 from .curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
 from .dpo import SKIP_LOG
@@ -29,7 +30,7 @@ def _stage_data(params: Params, paths: Paths, tokenizer) -> tuple[list[dict], di
     """The stage datasets tokenised and concatenated in chain order, their sizes and input lengths."""
     rows, sizes, lengths = [], {}, {}
     for stage in P.STAGES[params.sft.stage_type]:
-        data = read_jsonl(paths.stage_file(params.sft.stage_type, stage))
+        data = read_jsonl(paths.stage_file(params.sft.stage_type, stage), STAGE_FIELDS)
         if not data:
             raise DataError(f"{paths.stage_file(params.sft.stage_type, stage)}: empty stage dataset")
         src = tokenizer([r["input"] for r in data], truncation=True, max_length=params.sft.max_source_length)
@@ -135,7 +136,7 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     s = params.sft
     model, tokenizer = load_student(params, paths)
     rows, sizes, lengths = _stage_data(params, paths, tokenizer)
-    valid = read_jsonl(paths.sft_data / "valid.jsonl")
+    valid = read_jsonl(paths.sft_data / "valid.jsonl", QUESTION_FIELDS)
     num_options = max(len(q["options"]) for q in valid)
     intervals = sft_intervals(s.stage_type, s.interval, num_options)
     sampler = CurriculumBatchSampler(sizes, intervals, s.batch_size, params.seed,

@@ -11,6 +11,7 @@ import string
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
+from .build import QUESTION_FIELDS, STAGE_FIELDS
 from .io import DataError, atomic_path, read_jsonl
 from .params import Params
 from .paths import Paths
@@ -24,11 +25,11 @@ def _corpus(paths: Paths) -> Iterator[str]:
     if not files:
         raise DataError(f"{paths.sft_data}: no stage datasets (run the build stage first)")
     for f in files:
-        for row in read_jsonl(f):
+        for row in read_jsonl(f, STAGE_FIELDS):
             yield row["input"]
             yield row["target"]
     for split in ("valid", "test"):
-        for row in read_jsonl(paths.sft_data / f"{split}.jsonl"):
+        for row in read_jsonl(paths.sft_data / f"{split}.jsonl", QUESTION_FIELDS):
             yield row["block"]
 
 
@@ -86,25 +87,64 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     return T5TokenizerFast(vocab=vocab, extra_ids=0)
 
 
+# What a saved checkpoint directory must hold: a model config and a tokenizer (without one, transformers
+# quietly builds an empty tokenizer from the config).
+TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
+
+
+def check_checkpoint(path: Path, what: str, model: bool = True) -> None:
+    """A DataError naming `path` and `what` it was meant to be unless it is a directory holding a tokenizer
+    (and, with `model`, a model config); cheap, so callers run it before importing torch."""
+    if not path.is_dir():
+        raise DataError(f"{path}: no such model directory ({what})")
+    needs = [TOKENIZER_FILES] + ([("config.json",)] if model else [])
+    missing = [" or ".join(names) for names in needs if not any((path / n).is_file() for n in names)]
+    if missing:
+        raise DataError(f"{path}: not a complete checkpoint ({what}): no {', no '.join(missing)}")
+
+
+def _pretrained(cls, source: str | Path, what: str, local: bool = True, **kwargs):
+    """`cls.from_pretrained(source, **kwargs)`; a directory that is not a complete checkpoint, a broken file in
+    it or an unreachable Hub id (`local=False`) raises one DataError naming `source` and `what` it was meant to be."""
+    if local:
+        check_checkpoint(Path(source), what, model=cls.__name__ != "AutoTokenizer")
+    try:
+        return cls.from_pretrained(source, **kwargs)
+    except Exception as e:  # noqa: BLE001 - a damaged file fails in many ways (OSError, ValueError, KeyError,
+        # SafetensorError, tokenizers' Exception); all mean the same to the user: this checkpoint is broken
+        detail = (str(e).strip().splitlines() or [""])[0]
+        raise DataError(f"{source}: cannot load ({what}): {type(e).__name__}: {detail}") from None
+
+
+def _is_local(model: str) -> bool:
+    """student.model names a directory (rather than a Hub id) when it exists or is spelled as a path."""
+    return Path(model).exists() or Path(model).is_absolute() or model.startswith(".")
+
+
 def tokenizer_stage(params: Params, paths: Paths) -> None:
     if params.student.model == "embedded":
         tokenizer = train_tokenizer(_corpus(paths), params.student.embedded.vocab_size)
     else:
         from transformers import AutoTokenizer
-        tokenizer = AutoTokenizer.from_pretrained(params.student.model, revision=params.student.revision)
+        tokenizer = _pretrained(AutoTokenizer, params.student.model, "student.model", _is_local(params.student.model),
+                                revision=params.student.revision)
     with atomic_path(paths.tokenizer) as tmp:
         tokenizer.save_pretrained(tmp)
 
 
-def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None):
-    """(model, tokenizer): a saved checkpoint when `model_dir` is given, else the initial student."""
+def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None, what: str = "model directory"):
+    """(model, tokenizer): a saved checkpoint when `model_dir` is given (`what` names where it came from in
+    an error), else the initial student."""
+    if model_dir is not None:
+        check_checkpoint(Path(model_dir), what)  # before seconds of imports
     import torch
     from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir or paths.tokenizer)
     if model_dir is not None:
-        model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
+        tokenizer = _pretrained(AutoTokenizer, model_dir, what)
+        model = _pretrained(AutoModelForSeq2SeqLM, model_dir, what)
     elif params.student.model == "embedded":
+        tokenizer = _pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
         e = params.student.embedded
         config = T5Config(vocab_size=len(tokenizer), d_model=e.d_model, d_ff=e.d_ff, d_kv=e.d_kv,
                           num_heads=e.num_heads, num_layers=e.num_layers, num_decoder_layers=e.num_decoder_layers,
@@ -113,7 +153,9 @@ def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None)
         torch.manual_seed(params.seed)  # the initial weights are part of the experiment
         model = T5ForConditionalGeneration(config)
     else:
-        model = AutoModelForSeq2SeqLM.from_pretrained(params.student.model, revision=params.student.revision)
+        tokenizer = _pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
+        model = _pretrained(AutoModelForSeq2SeqLM, params.student.model, "student.model",
+                            _is_local(params.student.model), revision=params.student.revision)
     # Generation reads model.generation_config only (transformers 5); pin it rather than inherit defaults.
     g = model.generation_config
     g.max_new_tokens = params.generation.max_new_tokens

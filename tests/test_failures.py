@@ -1,0 +1,336 @@
+"""Every expected failure of issue 11 ends in one red line naming the key, file, line or path, exit code 2,
+and leaves no partial output: silent wrong configuration, writes outside the repository, and tracebacks."""
+import json
+import os
+import random
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tinythinker import synthetic
+from tinythinker.cli import app
+from tinythinker.io import read_jsonl, write_jsonl
+from tinythinker.paths import Paths
+
+REPO = Path(__file__).resolve().parents[1]
+SRC = REPO / "src"
+PARAMS_TEXT = (REPO / "params.yaml").read_text().replace("num_train: 1200", "num_train: 24").replace(
+    "num_valid: 150", "num_valid: 6").replace("num_test: 300", "num_test: 6")
+
+
+def write_params(root: Path, *edits: tuple[str, str]) -> None:
+    text = PARAMS_TEXT
+    for old, new in edits:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    (root / "params.yaml").write_text(text)
+
+
+def cli(root: Path, *args: str):
+    return CliRunner().invoke(app, [*args, "--root", str(root)])
+
+
+def fails(res, *needles: str) -> str:
+    """The one line a failed command printed; exit code 2, no traceback, every needle in it."""
+    assert res.exit_code == 2, (res.exit_code, res.output, res.exception)
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def files_under(d: Path) -> dict[str, bytes]:
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()} if d.exists() else {}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    """A small synthetic repository up to the teacher: params, data/raw, data/prepared, completions."""
+    root = tmp_path_factory.mktemp("repo")
+    write_params(root)
+    for cmd in ("download", "prepare"):
+        res = cli(root, cmd)
+        assert res.exit_code == 0, res.output
+    paths = Paths(root)
+    rng = random.Random(0)
+    write_jsonl(paths.completions, [
+        {"id": r["id"], "gt": r["answer"], "options": [c["label"] for c in r["choices"]], "user": "u",
+         "completions": [dict(zip(("content", "finish_reason"), synthetic.offline_completion(r, rng)))
+                         for _ in range(2)], "rounds": 1}
+        for r in read_jsonl(paths.split("train"))])
+    return root
+
+
+@pytest.fixture
+def repo(prepared, tmp_path) -> Path:
+    root = tmp_path / "repo"
+    shutil.copytree(prepared, root)
+    return root
+
+
+# --- silent wrong configuration -------------------------------------------------------------------------------
+def test_leading_zero_seed_is_the_value_dvc_params_diff_shows(tmp_path):
+    """`seed: 010`: DVC records 10 (YAML 1.2), and so does every stage (PyYAML would have trained with 8)."""
+    from tinythinker.params import load
+
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t"}
+    run = lambda *a: subprocess.run(a, cwd=tmp_path, env=env, check=True, capture_output=True, text=True)  # noqa
+    write_params(tmp_path)
+    (tmp_path / "dvc.yaml").write_text("stages:\n  s:\n    cmd: 'true'\n    params: [seed]\n")
+    run("git", "init", "-q")
+    run(sys.executable, "-m", "dvc", "init", "-q")
+    run("git", "add", "-A")
+    run("git", "commit", "-qm", "init")
+    write_params(tmp_path, ("\nseed: 42\n", "\nseed: 010\n"))
+    diff = json.loads(run(sys.executable, "-m", "dvc", "params", "diff", "--json").stdout)
+    assert diff["params.yaml"]["seed"] == {"old": 42, "new": 10, "diff": -32}
+    assert load(tmp_path / "params.yaml").seed == 10
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (("  repeat_n: false", "  repeat_n: yes"), "teacher.repeat_n: expected true/false, got 'yes'"),
+    (("  max_concurrency: 64\n", "  max_concurrency: 0\n"), "teacher.max_concurrency: must be >= 1, got 0"),
+    (("  max_concurrency: 64\n", ""), "teacher.max_concurrency: missing key"),
+    (("  beta: 0.5", "  beta: .inf"), "dpo.beta: must be a finite number, got inf"),
+    (("  top_p: 1.0\n  times", "  top_p: 0\n  times"), "generation.top_p: must be in (0, 1], got 0"),
+    (("    d_model: 128", "    d_model: -1"), "student.embedded.d_model: must be >= 1, got -1"),
+    (("  max_source_length: 512", "  max_source_length: 0"), "sft.max_source_length: must be >= 1, got 0"),
+])
+def test_bad_params_fail_before_the_stage_starts(tmp_path, edit, needle):
+    """`request` with max_concurrency 0 used to wait forever; every stage now refuses on load."""
+    write_params(tmp_path, edit)
+    fails(cli(tmp_path, "request"), "params.yaml: " + needle)
+
+
+def test_empty_params_file_names_the_first_missing_key(tmp_path):
+    (tmp_path / "params.yaml").write_text("")
+    fails(cli(tmp_path, "prepare"), "params.yaml: seed: missing key")
+
+
+# --- writes outside the repository ----------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["../../../x", "/tmp/tinythinker-escaped", "test/../../x", "a//b"])
+def test_test_name_cannot_leave_the_repository(repo, name):
+    before = set(repo.parent.parent.rglob("*"))
+    line = fails(cli(repo, "test", "--model", str(repo / "models" / "none"), "--name", name), f"--name: {name!r}")
+    assert "no '..', no absolute path" in line
+    assert set(repo.parent.parent.rglob("*")) == before and not Path("/tmp/tinythinker-escaped.json").exists()
+
+
+@pytest.mark.parametrize("key", ["../../../escaped", "/tmp/tinythinker-escaped"])
+def test_iteration_keys_cannot_leave_the_repository(repo, key):
+    write_params(repo, ("    iter2:\n", f"    {json.dumps(key)}:\n"))
+    before = set(repo.parent.parent.rglob("*"))
+    for cmd in (["report"], ["dpo-sample", key], ["dpo-train", key], ["sft"]):
+        fails(cli(repo, *cmd), f"dpo.iterations.{key}: {key!r} is not a plain name")
+    assert set(repo.parent.parent.rglob("*")) == before and not Path("/tmp/tinythinker-escaped").exists()
+
+
+# --- tracebacks: models ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from tinythinker.student import train_tokenizer
+
+    tok = train_tokenizer(["Which is a metal? (A) wood (B) iron", "So the answer is option B."] * 5, 60)
+    cfg = T5Config(vocab_size=len(tok), d_model=8, d_ff=8, d_kv=4, num_heads=1, num_layers=1, num_decoder_layers=1,
+                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, decoder_start_token_id=0)
+    d = tmp_path_factory.mktemp("model") / "m"
+    T5ForConditionalGeneration(cfg).save_pretrained(d)
+    tok.save_pretrained(d)
+    return d
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (None, "no such model directory (--model)"),
+    (lambda d: (d / "config.json").unlink(), "not a complete checkpoint (--model): no config.json"),
+    (lambda d: (d / "tokenizer.json").unlink(), "not a complete checkpoint (--model): no tokenizer.json or spiece.model"),
+    (lambda d: (d / "config.json").write_text("{not json"), "cannot load (--model): OSError: It looks like the config"),
+    (lambda d: (d / "model.safetensors").write_bytes(b"\0" * 10), "cannot load (--model): SafetensorError: "),
+    (lambda d: (d / "model.safetensors").unlink(), "cannot load (--model): OSError: Error no file named model.safetensors"),
+    (lambda d: (d / "tokenizer.json").write_bytes(b"\xff{}"), "cannot load (--model): UnicodeDecodeError: "),
+    (lambda d: (d / "tokenizer.json").write_text("{}"), "cannot load (--model): KeyError: 'added_tokens'"),
+])
+def test_broken_or_missing_model_directory(repo, tiny_model, damage, needle):
+    assert cli(repo, "build").exit_code == 0
+    model = repo / "models" / "broken"
+    if damage is not None:
+        shutil.copytree(tiny_model, model)
+        damage(model)
+    fails(cli(repo, "test", "--model", str(model), "--name", "broken"), f"{model}: {needle}")
+    assert not (repo / "metrics" / "broken.json").exists()
+
+
+def test_nonexistent_model_in_a_real_process(repo):
+    """The issue's exact command, as a user types it: one line on stderr, exit 2, no traceback."""
+    assert cli(repo, "build").exit_code == 0
+    res = subprocess.run([sys.executable, "-m", "tinythinker", "test", "--model", "/nonexistent", "--root", str(repo)],
+                         capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "error: /nonexistent: no such model directory (--model)"
+
+
+# --- tracebacks: input files ----------------------------------------------------------------------------------
+def put_byte(path: Path, line: int, byte: bytes = b"\xff") -> None:
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[line - 1] = lines[line - 1][:10] + byte + lines[line - 1][10:]
+    path.write_bytes(b"".join(lines))
+
+
+@pytest.mark.parametrize("rel,line,cmd", [
+    ("data/raw/train.jsonl", 3, "prepare"),
+    ("data/prepared/train.jsonl", 5, "prompt"),
+    ("data/teacher/completions.jsonl", 2, "build"),
+    ("params.yaml", 12, "report"),
+])
+def test_a_byte_that_is_not_utf8_is_named_by_file_and_line(repo, rel, line, cmd):
+    put_byte(repo / rel, line)
+    fails(cli(repo, cmd), f"{repo / rel}:{line}: not UTF-8 (byte 0xff)")
+
+
+def test_a_byte_that_is_not_utf8_in_a_stage_file_and_in_exemplars(repo):
+    assert cli(repo, "build").exit_code == 0
+    stage = repo / "data" / "sft" / "recall_analyze_summarize" / "analyze.jsonl"
+    put_byte(stage, 4, b"\xc3\x28")
+    fails(cli(repo, "tokenizer"), f"{stage}:4: not UTF-8 (byte 0xc3)")
+    ex = repo / "ex.json"
+    ex.write_bytes(b'[\n  {"Q": "caf\xe9"}\n]\n')  # Latin-1
+    write_params(repo, ("  exemplars: null", f"  exemplars: {ex}"))
+    fails(cli(repo, "prompt"), f"{ex}:2: not UTF-8 (byte 0xe9)")
+
+
+@pytest.mark.parametrize("rel,field,cmd", [
+    ("data/sft/recall_analyze_summarize/recall.jsonl", "target", "tokenizer"),
+    ("data/sft/valid.jsonl", "block", "tokenizer"),
+    ("data/sft/train_questions.jsonl", "options", None),
+    ("data/teacher/completions.jsonl", "completions", "build"),
+    ("data/prepared/train.jsonl", "choices", "prompt"),
+])
+def test_a_missing_field_is_named_by_file_line_and_field(repo, rel, field, cmd):
+    if not rel.startswith(("data/teacher", "data/prepared")):
+        assert cli(repo, "build").exit_code == 0
+    path = repo / rel
+    rows = read_jsonl(path)
+    del rows[1][field]
+    write_jsonl(path, rows)
+    if cmd is None:  # dpo-sample reads it after the model: check the reader directly
+        from tinythinker.build import QUESTION_FIELDS
+        from tinythinker.io import DataError
+        with pytest.raises(DataError, match=re.escape(f"{path}:2: missing field '{field}'")):
+            read_jsonl(path, QUESTION_FIELDS)
+        return
+    needle = f"{path}:2: missing field '{field}'" if rel != "data/prepared/train.jsonl" else f"{path}:2: missing field"
+    fails(cli(repo, cmd), needle)
+
+
+# --- bad prepared data is refused at prepare, and again before the teacher is paid ---------------------------
+def edit_rows(path: Path, fn) -> None:
+    rows = read_jsonl(path)
+    fn(rows)
+    write_jsonl(path, rows)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda rows: rows[2].update(answer="Z"), ":3: answer 'Z' is not among the choice labels ['A', 'B', 'C', 'D']"),
+    (lambda rows: rows[3].update(id=rows[1]["id"]), ":4: duplicate id 'syn-train-00001' (first at "),
+    (lambda rows: rows[0]["choices"][1].update(text="  "), ":1: choice B text must be a non-empty string"),
+    (lambda rows: rows[4].update(question=""), ":5: question must be a non-empty string"),
+])
+def test_bad_records_are_refused_at_prepare_and_before_the_teacher(repo, edit, needle):
+    raw, prepared = repo / "data" / "raw" / "train.jsonl", repo / "data" / "prepared" / "train.jsonl"
+    before = files_under(repo / "data" / "prepared")
+    edit_rows(raw, edit)
+    fails(cli(repo, "prepare"), f"{raw}{needle}")
+    assert files_under(repo / "data" / "prepared") == before  # the earlier splits stay whole
+    edit_rows(prepared, edit)  # edited by hand after prepare: the prompt stage re-checks it
+    fails(cli(repo, "prompt"), f"{prepared}{needle}")
+    assert not (repo / "data" / "teacher" / "requests.jsonl").exists()
+
+
+def test_an_empty_split_is_refused_at_prepare(repo):
+    (repo / "data" / "raw" / "valid.jsonl").write_text("")
+    fails(cli(repo, "prepare"), "the valid split of synthetic would be empty")
+
+
+# --- tracebacks: the system refuses ---------------------------------------------------------------------------
+def _as_user(cmd: list[str]) -> list[str]:
+    """Root ignores file modes; without CAP_DAC_OVERRIDE it is held to them like any user."""
+    if os.geteuid() != 0:
+        return cmd
+    assert shutil.which("setpriv"), "root needs setpriv (util-linux) to drop CAP_DAC_OVERRIDE for this test"
+    return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
+
+
+def test_permission_denied_is_one_line_naming_the_path(repo):
+    data = repo / "data"
+    before = files_under(data)
+    data.chmod(0o555)
+    try:
+        res = subprocess.run(_as_user([sys.executable, "-m", "tinythinker", "prepare", "--root", str(repo)]),
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    finally:
+        data.chmod(0o755)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"error: {data / 'prepared'}: Permission denied"
+    assert files_under(data) == before
+
+
+def test_a_full_disk_is_one_line_naming_the_output(repo):
+    """The kernel refuses a write past RLIMIT_FSIZE as it refuses one on a full disk: an OSError with no file
+    name, raised from inside a write; the stage must still name its output and leave nothing half-written."""
+    shutil.rmtree(repo / "data" / "prepared")
+
+    def limit():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    res = subprocess.run([sys.executable, "-m", "tinythinker", "prepare", "--root", str(repo)], preexec_fn=limit,
+                         capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(SRC), "PYTHONDONTWRITEBYTECODE": "1"})
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"error: {repo / 'data' / 'prepared'}: File too large"
+    assert sorted(p.name for p in (repo / "data").iterdir()) == ["raw", "teacher"]  # no partial output, no temporary
+
+
+# --- a killed build -------------------------------------------------------------------------------------------
+KILL_AFTER = """
+import os, signal, sys
+import tinythinker.build as b
+calls, real = [0], b.write_jsonl
+def write_jsonl(path, rows):
+    calls[0] += 1
+    if calls[0] > int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(path, rows)
+b.write_jsonl = write_jsonl
+from tinythinker.cli import app
+app(["build", "--root", sys.argv[1]])
+"""
+
+
+@pytest.mark.parametrize("after", [1, 6])
+def test_a_killed_build_leaves_no_partial_files_in_data_sft(repo, after):
+    sft = repo / "data" / "sft"
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    kill = lambda: subprocess.run([sys.executable, "-c", KILL_AFTER, str(repo), str(after)], env=env)  # noqa: E731
+    assert kill().returncode == -signal.SIGKILL
+    assert not sft.exists()  # first build killed: no data/sft at all
+
+    assert cli(repo, "build").exit_code == 0
+    done = files_under(sft)
+    assert len(done) == 13  # 8 stage files, recall_single, chains, train_questions, valid, test
+    edit_rows(repo / "data" / "teacher" / "completions.jsonl", lambda rows: rows.pop(0))  # a different build
+    assert kill().returncode == -signal.SIGKILL
+    assert files_under(sft) == done  # the previous build, whole
+    assert cli(repo, "build").exit_code == 0
+    assert files_under(sft) != done and len(files_under(sft)) == 13
+    assert sorted(p.name for p in (repo / "data").iterdir()) == ["prepared", "raw", "sft", "teacher"]
