@@ -30,16 +30,17 @@ def _set(tree: dict, dotted: str, value) -> None:
     tree[leaf] = value
 
 
-def _sh(cmd: str, cwd: Path) -> str:
+def _sh(cmd: str, cwd: Path, **extra_env: str) -> str:
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": ""}
+           "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "", **extra_env}
     out = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
     assert out.returncode == 0, f"{cmd} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
     return out.stdout + out.stderr
 
 
-def _copy_repo(dst: Path) -> Path:
-    """The tracked and untracked-but-not-ignored files of this checkout, TINY params, as a new git repo."""
+def _copy_repo(dst: Path, overrides: dict | None = None) -> Path:
+    """The tracked and untracked-but-not-ignored files of this checkout, TINY params (and `overrides`), as a
+    new git repo."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
                            text=True, check=True).stdout.split()
     for f in files:
@@ -47,7 +48,7 @@ def _copy_repo(dst: Path) -> Path:
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, dst / f)
     params = yaml.safe_load((dst / "params.yaml").read_text())
-    for k, v in TINY.items():
+    for k, v in {**TINY, **(overrides or {})}.items():
         _set(params, k, v)
     (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _sh("git init -q && git add -A && git commit -qm init", dst)
@@ -199,3 +200,34 @@ def test_queued_ablation_runs_and_shows(repo):
     accuracies = {k: v for k, v in ablation.items() if k.endswith("accuracy") and isinstance(v, (int, float))}
     assert any("test" in k for k in accuracies), ablation
     assert "summarize-only" in _sh("dvc exp show --csv", repo)
+
+
+CSQA = REPO.parent / "shared" / "datasets" / "csqa"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (CSQA / "train_rand_split.jsonl").exists(), reason="the official CSQA files (../shared)")
+def test_csqa_slice_through_every_stage_with_a_local_openai_compatible_teacher(tmp_path):
+    """The real-data path end to end: official CSQA files capped by dataset.limit, the OpenAI client against
+    a chat-completions server on 127.0.0.1, then every stage of dvc.yaml."""
+    from test_teacher_openai import Teacher
+
+    teacher = Teacher()
+    try:
+        repo = _copy_repo(tmp_path / "csqa", {
+            "dataset.name": "csqa", "dataset.source": str(CSQA), "dataset.limit": 20,
+            "teacher.backend": "openai", "teacher.base_url": teacher.url, "teacher.samples": 2,
+            "dpo.iterations": {"iter1": {"init": "models/sft"}}})
+        _sh("dvc repro", repo, OPENAI_API_KEY="local-server")
+    finally:
+        teacher.close()
+    ids = json.loads((repo / "data/prepared/split_ids.json").read_text())
+    assert [len(ids[s]) for s in ("train", "valid", "test")] == [20, 20, 20]
+    request = json.loads((repo / "metrics/teacher_request.json").read_text())
+    assert request["questions"] == 20 and request["requests_sent"] >= 20 and request["questions_covered"] == 20
+    assert len(teacher.answered()) == request["requests_sent"]
+    options = {len(json.loads(l)["options"]) for l in (repo / "data/sft/test.jsonl").read_text().splitlines()}
+    assert options == {5}  # CSQA's five options reach the chain
+    rows = json.loads((repo / "metrics/iterations.json").read_text())
+    assert [r["model"] for r in rows] == ["sft", "iter1"]
+    assert json.loads((repo / "metrics/test/iter1.json").read_text())["questions"] == 20
