@@ -93,3 +93,40 @@ def test_batch_sampler_offsets_and_epochs():
     assert list(s) == e0  # same epoch, same order (needed to skip batches on resume)
     s.set_epoch(1)
     assert list(s) != e0
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_processes_split_every_batch_in_lockstep(n, grouped):
+    """N samplers (one per process) draw one schedule of batch x N and each takes a disjoint share of every
+    step: same stage everywhere, every example once per epoch, about 1/N of the one-process steps."""
+    sizes = {"recall": 17, "analyze": 49, "summarize": 9}
+    iv, bs = {"recall": 1, "analyze": 3, "summarize": 1}, 4
+    lengths = {s: [(i * 7) % 13 for i in range(k)] for s, k in sizes.items()} if grouped else None
+    samplers = [CurriculumBatchSampler(sizes, iv, bs, 5, lengths, num_replicas=n, rank=k) for k in range(n)]
+    stage_of = {i: s for s, lo in samplers[0].offsets.items() for i in range(lo, lo + sizes[s])}
+    for epoch in (0, 1):
+        for s in samplers:
+            s.set_epoch(epoch)
+        per = [list(s) for s in samplers]
+        assert all(len(p) == len(samplers[0]) for p in per)
+        seen = []
+        for shares in zip(*per):
+            assert all(1 <= len(x) <= bs + 1 for x in shares)
+            assert len({stage_of[i] for x in shares for i in x}) == 1
+            seen += [i for x in shares for i in x]
+        assert sorted(seen) == list(range(sum(sizes.values())))
+    # 17 rows in batches of 8 (n=2): 8 + 9, the lone last example joins the batch before it
+    if n == 2:
+        assert [len(b) for s, b in samplers[0].batches() if s == "recall"] in ([8, 9], [9, 8])
+    one = CurriculumBatchSampler(sizes, iv, bs, 5, lengths)
+    assert len(samplers[0]) <= -(-len(one) // n) + len(sizes)
+
+
+def test_stage_smaller_than_the_process_count_repeats_rather_than_starves():
+    shares = [list(CurriculumBatchSampler({"recall": 2}, {"recall": 1}, 4, 0, num_replicas=3, rank=k))
+              for k in range(3)]
+    assert [len(s) for s in shares] == [1, 1, 1] and all(len(s[0]) == 1 for s in shares)
+    assert {s[0][0] for s in shares} == {0, 1}
+    with pytest.raises(ValueError, match="rank 2 outside 0..1"):
+        CurriculumBatchSampler({"recall": 2}, {"recall": 1}, 4, 0, num_replicas=2, rank=2)

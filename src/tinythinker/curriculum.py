@@ -7,6 +7,13 @@ original's counter carry-over after an exhaustion (spec 9.11) is not reproduced.
 
 The sampler yields global indices (stage offset + index within stage), so the HF Trainer stays stock apart
 from handing it this batch sampler.
+
+Under N processes (DDP, FSDP, DeepSpeed) one optimizer step is one batch of `batch_size` x N examples: every
+process draws the same schedule and takes its own disjoint share of each batch, so all processes are in the
+same stage at every step and every example is still seen exactly once per epoch. Accelerate's stock sharding
+(whole batches dealt round-robin, the last round topped up from the start) would put two processes in
+different stage blocks at a block edge and repeat examples; the trainers therefore hand it loaders that are
+already sharded (`distributed.prepare_sharded_loader`).
 """
 from __future__ import annotations
 
@@ -24,35 +31,51 @@ def sft_intervals(stage_type: str, interval: int, num_options: int) -> dict[str,
     return {s: per_stage[s] for s in P.STAGES[stage_type]}
 
 
+def num_batches(size: int, batch_size: int, min_size: int = 1) -> int:
+    """How many batches `_stage_batches` makes of `size` examples."""
+    n = -(-size // batch_size)
+    return n - 1 if n > 1 and 0 < size % batch_size < min_size else n
+
+
 def _stage_batches(size: int, batch_size: int, rng: random.Random,
-                   lengths: Optional[Sequence[int]]) -> list[list[int]]:
+                   lengths: Optional[Sequence[int]], min_size: int = 1) -> list[list[int]]:
     perm = list(range(size))
     rng.shuffle(perm)
     if lengths is None:
-        return [perm[i:i + batch_size] for i in range(0, size, batch_size)]
-    # Length grouping: sort random megabatches by length so a batch pads little, then shuffle the batches
-    # so the stage is not seen longest-first.
-    mega = batch_size * MEGABATCH
-    batches = []
-    for m in range(0, size, mega):
-        chunk = sorted(perm[m:m + mega], key=lambda i: -lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
+        batches = [perm[i:i + batch_size] for i in range(0, size, batch_size)]
+    else:
+        # Length grouping: sort random megabatches by length so a batch pads little (the batches are shuffled
+        # below so the stage is not seen longest-first).
+        mega = batch_size * MEGABATCH
+        batches = []
+        for m in range(0, size, mega):
+            chunk = sorted(perm[m:m + mega], key=lambda i: -lengths[i])
+            batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    # Only the last batch can be short (a megabatch is whole batches); one with fewer examples than
+    # `min_size` (one per process) joins the batch before it.
+    if len(batches) > 1 and len(batches[-1]) < min_size:
+        tail = batches.pop()
+        batches[-1] = batches[-1] + tail
+    if lengths is not None:
+        rng.shuffle(batches)
     return batches
 
 
 def schedule(stage_sizes: Mapping[str, int], intervals: Mapping[str, int], batch_size: int, epoch_seed: int,
-             lengths: Optional[Mapping[str, Sequence[int]]] = None) -> list[tuple[str, list[int]]]:
+             lengths: Optional[Mapping[str, Sequence[int]]] = None,
+             min_size: int = 1) -> list[tuple[str, list[int]]]:
     """One epoch's batches as (stage, indices within that stage), in training order.
 
     Stages run in the order of `intervals` (those with interval 0 or no examples are left out).
-    `lengths[stage]` (optional) turns on length grouping within that stage.
+    `lengths[stage]` (optional) turns on length grouping within that stage. A stage's last batch holds at
+    least `min_size` examples (see `_stage_batches`) unless the whole stage is smaller.
     """
     queues = {}
     for k, (stage, interval) in enumerate(intervals.items()):
         if interval > 0 and stage_sizes.get(stage, 0) > 0:
             rng = random.Random(f"{epoch_seed}/{k}/{stage}")  # str seeds hash deterministically
-            queues[stage] = _stage_batches(stage_sizes[stage], batch_size, rng, (lengths or {}).get(stage))
+            queues[stage] = _stage_batches(stage_sizes[stage], batch_size, rng, (lengths or {}).get(stage),
+                                           min_size)
     out: list[tuple[str, list[int]]] = []
     pos = dict.fromkeys(queues, 0)
     while any(pos[s] < len(q) for s, q in queues.items()):
@@ -64,12 +87,21 @@ def schedule(stage_sizes: Mapping[str, int], intervals: Mapping[str, int], batch
 
 
 class CurriculumBatchSampler:
-    """Batch sampler over the stages concatenated in `stage_sizes` order; call `set_epoch` each epoch."""
+    """Batch sampler over the stages concatenated in `stage_sizes` order; call `set_epoch` each epoch.
+
+    `num_replicas` processes draw the same schedule of batches of `batch_size` x `num_replicas`; process `rank`
+    yields its share of each (every num_replicas-th example, so length grouping stays balanced across
+    processes). With one process the share is the whole batch.
+    """
 
     def __init__(self, stage_sizes: Mapping[str, int], intervals: Mapping[str, int], batch_size: int,
-                 seed: int, lengths: Optional[Mapping[str, Sequence[int]]] = None):
+                 seed: int, lengths: Optional[Mapping[str, Sequence[int]]] = None, num_replicas: int = 1,
+                 rank: int = 0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
         self.stage_sizes, self.intervals, self.batch_size = dict(stage_sizes), dict(intervals), batch_size
         self.seed, self.lengths, self.epoch = seed, lengths, 0
+        self.num_replicas, self.rank = num_replicas, rank
         self.offsets, total = {}, 0
         for stage, n in self.stage_sizes.items():
             self.offsets[stage], total = total, total + n
@@ -78,12 +110,18 @@ class CurriculumBatchSampler:
         self.epoch = epoch
 
     def batches(self) -> list[tuple[str, list[int]]]:
-        return schedule(self.stage_sizes, self.intervals, self.batch_size, self.seed * 100_003 + self.epoch,
-                        self.lengths)
+        """The epoch's global batches (all processes' shares together) as (stage, indices within the stage)."""
+        return schedule(self.stage_sizes, self.intervals, self.batch_size * self.num_replicas,
+                        self.seed * 100_003 + self.epoch, self.lengths, self.num_replicas)
 
     def __iter__(self) -> Iterator[list[int]]:
+        n, k = self.num_replicas, self.rank
         for stage, idx in self.batches():
-            yield [self.offsets[stage] + i for i in idx]
+            # Only a stage smaller than the number of processes leaves a share empty: that process repeats one
+            # example, since every process must take part in every step.
+            share = idx[k::n] or [idx[k % len(idx)]]
+            yield [self.offsets[stage] + i for i in share]
 
     def __len__(self) -> int:
-        return sum(-(-self.stage_sizes.get(s, 0) // self.batch_size) for s, i in self.intervals.items() if i > 0)
+        g, n = self.batch_size * self.num_replicas, self.num_replicas
+        return sum(num_batches(self.stage_sizes.get(s, 0), g, n) for s, i in self.intervals.items() if i > 0)

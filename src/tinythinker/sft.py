@@ -39,11 +39,13 @@ def _stage_data(params: Params, paths: Paths, tokenizer) -> tuple[list[dict], di
     return rows, sizes, lengths
 
 
-def _fingerprint(params: Params, paths: Paths) -> str:
-    """Everything a resumed run must share with the interrupted one: its params and its input files."""
+def _fingerprint(params: Params, paths: Paths, processes: int = 1) -> str:
+    """Everything a resumed run must share with the interrupted one: its params, its input files and the
+    number of processes (a step's batch and so the schedule depend on it)."""
     g = params.generation
     keys = {k: to_dict(getattr(params, k)) for k in ("seed", "student", "sft")}
     keys["generation"] = [g.batch_size, g.max_new_tokens]  # what validation uses; as in dvc.yaml
+    keys["processes"] = processes
     h = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
     files = sorted(paths.sft_data.glob(f"{params.sft.stage_type}/*.jsonl")) + [paths.sft_data / "valid.jsonl"]
     files += sorted(p for p in paths.tokenizer.rglob("*") if p.is_file())
@@ -63,10 +65,9 @@ def _trainer_classes():
             self.batch_sampler, self.valid, self.chain_kwargs = batch_sampler, valid, chain_kwargs
 
         def get_train_dataloader(self):
-            from torch.utils.data import DataLoader
-            dl = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
-            return self.accelerator.prepare(dl)
+            return distributed.prepare_sharded_loader(
+                self.accelerator, self.train_dataset, self.batch_sampler, self.data_collator,
+                self.args.dataloader_num_workers, self.args.dataloader_pin_memory)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             acc = distributed.chain_accuracy(self.accelerator, self.model, self.processing_class, self.valid,
@@ -132,17 +133,14 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     from transformers.trainer_utils import get_last_checkpoint
 
     s = params.sft
-    model, tokenizer = load_student(params, paths)
-    rows, sizes, lengths = _stage_data(params, paths, tokenizer)
+    procs = distributed.state()  # the process group before anything else (see distributed.py)
     valid = read_jsonl(paths.sft_data / "valid.jsonl")
     num_options = max(len(q["options"]) for q in valid)
     intervals = sft_intervals(s.stage_type, s.interval, num_options)
-    sampler = CurriculumBatchSampler(sizes, intervals, s.batch_size, params.seed,
-                                     lengths if s.group_by_length else None)
     eval_every = s.eval_every or sum(intervals.values())  # default: one R/A/S cycle (spec 5.1 table)
 
     ckpt_dir = paths.checkpoints / "sft"
-    fingerprint = _fingerprint(params, paths)
+    fingerprint = _fingerprint(params, paths, procs.num_processes)
     stamp = ckpt_dir / "fingerprint.txt"
     cuda = torch.cuda.is_available()
     bf16 = s.precision == "bf16" or (s.precision == "auto" and cuda and torch.cuda.is_bf16_supported())
@@ -159,7 +157,14 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
         use_cpu=not cuda,  # also makes a multi-process launch on CPU one DDP job (gloo), not N lone runs
         ddp_find_unused_parameters=False,  # every parameter takes part in every step
     )
-    # After the arguments, which set up the process group that main_first relies on.
+    # The model after the arguments: under ZeRO-3 they register the DeepSpeed config that makes loading build
+    # the model partitioned, and FSDP's cpu_ram_efficient_loading needs the process group (distributed.py).
+    model, tokenizer = load_student(params, paths)
+    rows, sizes, lengths = _stage_data(params, paths, tokenizer)
+    # One step = one batch of batch_size per process, all processes in the same stage block (curriculum.py).
+    sampler = CurriculumBatchSampler(sizes, intervals, s.batch_size, params.seed,
+                                     lengths if s.group_by_length else None,
+                                     num_replicas=procs.num_processes, rank=procs.process_index)
     with distributed.main_first() as main:
         if main and not (stamp.exists() and stamp.read_text() == fingerprint):
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # other params or data: stale checkpoints must go
