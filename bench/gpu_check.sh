@@ -15,15 +15,18 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code,
 
 # What the GPU image (python 3.12, torch, transformers 5.17, accelerate, typer, ...; device/KINDS.md) lacks for
 # the stages this check runs: openai (the request stage) and dvclive (training curves) with the modules they
-# import when used (traced on a CPU run of this check), and the transformers release the project is tested
-# with. Versions are the ones installed here. Installed without dependency resolution (no index there).
-WHEELS="transformers openai pydantic pydantic-core annotated-types typing-inspection jiter sniffio httpx2 httpcore2
+# import when used (traced on a CPU run of this check), the transformers release the project is tested with,
+# and the newer floors of some shared dependencies (regex for transformers; typing-extensions, anyio, idna for
+# pydantic / httpx2). Versions are the ones installed here. Installed without dependency resolution (no index
+# there).
+WHEELS="transformers regex typing-extensions anyio idna openai pydantic pydantic-core annotated-types typing-inspection jiter sniffio httpx2 httpcore2
 truststore dvclive dvc dvc-data dvc-objects dvc-http dvc-render dvc-studio-client scmrepo dulwich funcy flatten-dict
 flufl.lock dpath diskcache orjson pygtrie sqltrie voluptuous zc.lockfile atpublic ruamel.yaml configobj platformdirs
 wcwidth"
 
 if [[ "${1:-}" == "--fetch" ]]; then
   src="${2:-../shared/datasets/csqa}"
+  rm -rf bench/wheels  # one version of each: two would stop the install there
   mkdir -p bench/data/csqa bench/wheels
   cp "$src/train_rand_split.jsonl" "$src/dev_rand_split.jsonl" bench/data/csqa/
   platforms="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
