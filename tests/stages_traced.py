@@ -1,10 +1,11 @@
 """Run the model stages in a prepared workspace and record what each process saw (tests/test_multiprocess.py).
 
-    python3 tests/stages_traced.py ROOT OUT                                     one process
-    accelerate launch --multi_gpu --num_processes 2 tests/stages_traced.py ROOT OUT   two (gloo DDP on CPU)
+    python3 tests/stages_traced.py ROOT OUT [STAGES]                                     one process
+    accelerate launch --multi_gpu --num_processes 2 tests/stages_traced.py ROOT OUT [STAGES]   two (gloo DDP on CPU)
 
-Writes OUT/rank<k>.json: per training stage the example indices each optimizer step trained on (as the
-batches reach `training_step`) with their reference log-probs for DPO, the questions each generation call
+STAGES: a comma-separated subset of sft,test,dpo_sample,dpo_train (default all). Writes OUT/rank<k>.json: per
+training stage the example indices of each micro-batch with its optimizer step (as the batches reach
+`training_step`) with their reference log-probs for DPO, the questions each generation call
 got, the stage metrics, and a check of `map_sharded`'s order. Nothing in the stages is replaced: the loader
 is wrapped to carry each row's index beside the batch, and run_chain to note its inputs.
 """
@@ -26,6 +27,7 @@ from tinythinker.paths import Paths
 from tinythinker.sft import sft
 
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
+only = sys.argv[3].split(",") if len(sys.argv) > 3 else None
 torch.set_num_threads(1)
 paths, params = Paths(root), load(root / "params.yaml")
 rank = distributed.state().process_index
@@ -83,6 +85,8 @@ for name, run in [("sft", lambda: sft(params, paths)),
                   ("test", lambda: test(params, paths, root / "models/init", "test/init")),
                   ("dpo_sample", lambda: dpo_sample(params, paths, "iter1")),
                   ("dpo_train", lambda: dpo_train(params, paths, "hand"))]:
+    if only is not None and name not in only:
+        continue
     record = {"steps": [], "generate": []}
     metrics = run()
     result[name] = {"metrics": metrics, **record}

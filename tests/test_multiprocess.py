@@ -5,7 +5,8 @@ tests/stages_traced.py once as one process and once as two; it records every opt
 per process, the questions each generation call got and the metrics. Checked: every example exactly once per
 epoch over both processes, both processes in the same stage block at every step, the DPO schedule divided by
 the process count as spec 6.3 divides it, the same reference log-probs, generation split in equal shares and
-gathered in order.
+gathered in order. A third run, two processes with gradient_accumulation_steps 2 (training stages only), checks
+that each process trains on k micro-batches per optimizer step, all of one step's batch of batch x k x N.
 """
 import json
 import os
@@ -16,6 +17,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tinythinker import protocol as P
 from tinythinker.curriculum import CurriculumBatchSampler, sft_intervals
@@ -39,10 +41,12 @@ PARAMS = Params().replace(**{
     "dpo.iterations": {"iter1": {"init": "models/init"}, "hand": {"init": "models/init"}}})
 
 
+ACC = 2
+ACC_PARAMS = PARAMS.replace(**{"sft.gradient_accumulation_steps": ACC, "dpo.gradient_accumulation_steps": ACC})
+
+
 def _workspace(root: Path) -> tuple[Paths, dict[str, int], dict[str, int]]:
     """Stage data, tokenizer, a saved initial student and hand-made pairs; (paths, SFT sizes, DPO sizes)."""
-    import yaml
-
     from tinythinker.student import load_student, tokenizer_stage
 
     paths = Paths(root)
@@ -67,11 +71,11 @@ def _workspace(root: Path) -> tuple[Paths, dict[str, int], dict[str, int]]:
     return paths, sft_sizes, {"recall": len(recall), "analyze": len(analyze)}
 
 
-def _run(root: Path, out: Path, processes: int) -> list[dict]:
+def _run(root: Path, out: Path, processes: int, stages: str = "sft,test,dpo_sample,dpo_train") -> list[dict]:
     launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", str(processes)] if processes > 1 else \
         [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    done = subprocess.run(launch + [str(HERE / "stages_traced.py"), str(root), str(out)], env=env,
+    done = subprocess.run(launch + [str(HERE / "stages_traced.py"), str(root), str(out), stages], env=env,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
     return [json.loads((out / f"rank{k}.json").read_text()) for k in range(processes)]
@@ -82,7 +86,10 @@ def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("mp")
     _, sft_sizes, dpo_sizes = _workspace(base / "one")
     shutil.copytree(base / "one", base / "two")
+    shutil.copytree(base / "one", base / "acc")
+    (base / "acc/params.yaml").write_text(yaml.safe_dump(to_dict(ACC_PARAMS), sort_keys=False))
     return {"one": _run(base / "one", base / "out1", 1), "two": _run(base / "two", base / "out2", 2),
+            "acc": _run(base / "acc", base / "out3", 2, "sft,dpo_train"),
             "sft_sizes": sft_sizes, "dpo_sizes": dpo_sizes, "root": base}
 
 
@@ -94,16 +101,21 @@ def _stage_of(sizes: dict[str, int]):
     return lambda i: next(s for lo, hi, s in bounds if lo <= i < hi)
 
 
-def _check_steps(ranks: list[dict], sizes: dict[str, int], epoch_steps: int, total_steps: int) -> None:
-    """Per step: every process trained on a non-empty share of one batch, all in the same stage; per epoch:
-    every example exactly once over processes and steps (the last epoch may stop early: at most once)."""
+def _check_steps(ranks: list[dict], sizes: dict[str, int], epoch_steps: int, total_steps: int,
+                 accumulation: int = 1) -> None:
+    """Per optimizer step: every process trained on `accumulation` non-empty micro-batches, together its share
+    of one batch, all processes in the same stage; per epoch: every example exactly once over processes and
+    steps (the last epoch may stop early: at most once)."""
     stage_of, total = _stage_of(sizes), sum(sizes.values())
-    per_rank = [{e["step"]: e["ids"] for e in r["steps"]} for r in ranks]
-    for steps in per_rank:
-        assert sorted(steps) == list(range(total_steps))
+    micro: list[dict[int, list]] = [{} for _ in ranks]
+    for m, r in zip(micro, ranks):
+        for e in r["steps"]:
+            m.setdefault(e["step"], []).append(e["ids"])
+    assert all(sorted(m) == list(range(total_steps)) for m in micro)
+    assert all(len(b) == accumulation and all(b) for m in micro for b in m.values())
+    per_rank = [{step: [i for b in batches for i in b] for step, batches in m.items()} for m in micro]
     for step in range(total_steps):
         shares = [steps[step] for steps in per_rank]
-        assert all(shares), step
         assert len({stage_of(i) for share in shares for i in share}) == 1, (step, shares)
     for start in range(0, total_steps, epoch_steps):
         seen = Counter(i for steps in per_rank for s in range(start, min(start + epoch_steps, total_steps))
@@ -190,3 +202,28 @@ def test_generation_stages_split_and_gathered(runs):
     assert m == runs["two"][1]["dpo_sample"]["metrics"] and m["questions"] == N_QUESTIONS
     written = read_jsonl(root / "two/data/dpo/iter1/recall_pairs.jsonl")
     assert len(written) == m["recall_pairs"]
+
+
+@pytest.mark.slow
+def test_accumulation_under_two_processes(runs):
+    """k = 2, N = 2: a step is a batch of 4 x 2 x 2 = 16 shared out, each process its share in 2 micro-batches;
+    the SFT blocks and DPO's spec 6.3 intervals count these optimizer steps."""
+    k, ranks = ACC, runs["acc"]
+    sizes = runs["sft_sizes"]
+    intervals = sft_intervals("recall_analyze_summarize", 1, 3)
+    sampler = CurriculumBatchSampler(sizes, intervals, PARAMS.sft.batch_size, 0, accumulation=k, num_replicas=2)
+    epoch = len(sampler) // k
+    m = ranks[0]["sft"]["metrics"]
+    # 17/51/17 rows in steps of 16: 17 (the lone 17th joins), 16 + 16 + 19, 17; two epochs
+    assert epoch == 5 and m["train_steps"] == 2 * epoch and m["processes"] == 2
+    _check_steps([r["sft"] for r in ranks], sizes, epoch, m["train_steps"], k)
+    assert {len(e["ids"]) for r in ranks for e in r["sft"]["steps"]} == {4, 5}  # about sft.batch_size each
+
+    sizes, b = runs["dpo_sizes"], PARAMS.dpo.batch_size
+    iv = schedule_intervals(sizes["recall"], sizes["analyze"], b * k * 2)
+    assert iv == {"recall": 2, "analyze": 6}  # 17 // 16 + 1, (34 // 17 + 1) x 2
+    m = ranks[0]["dpo_train"]["metrics"]
+    assert all(r["dpo_train"]["metrics"] == m for r in ranks)
+    assert m["steps"] == PARAMS.dpo.passes * sum(iv.values())
+    epoch = len(CurriculumBatchSampler(sizes, iv, b, 0, accumulation=k, num_replicas=2)) // k
+    _check_steps([r["dpo_train"] for r in ranks], sizes, epoch, m["steps"], k)
