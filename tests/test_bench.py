@@ -32,3 +32,44 @@ def test_unknown_benchmark_is_refused():
     run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--only", "chain,gpu"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "unknown benchmark(s) gpu" in run.stderr
+
+
+SHARED_CSQA = REPO.parent / "shared" / "datasets" / "csqa"
+
+
+def test_gpu_check_teacher_answers_every_csqa_request_validly():
+    """The GPU check's local teacher: every completion passes the spec 3.3 checks and backs the gold option."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_check
+    from tinythinker.parse import parse_completion
+    from tinythinker.prompts import user_message
+
+    record = {"question": "Where would you put a plate after washing it?", "answer": "C",
+              "choices": [{"label": x, "text": t} for x, t in zip("ABCDE", ["oven", "floor", "cupboard, shelf",
+                                                                           "table", "sink"])]}
+    for i in range(3):
+        candidate, reason = parse_completion(gpu_check.rationale(user_message(record), i), 5)
+        assert reason is None and candidate["answer"] == "C"
+        assert [p[0] for p in candidate["prefixes"]] == list("CABDE")
+        assert "cupboard, shelf" in candidate["reasons"][0] and f"view {i}" in candidate["reasons"][0]
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
+    if not SHARED_CSQA.exists():
+        pytest.skip(f"official CSQA files not found at {SHARED_CSQA} (shared/ must sit beside the repository)")
+    out = tmp_path / "check.json"
+    run = subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh"), "--cpu", "--source", str(SHARED_CSQA),
+                          "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["complete"] and res["mode"] == "cpu" and res["precisions"] == ["fp32"]
+    data = res["data"]
+    assert list(data["stages"]) == ["download", "prepare", "prompt", "request", "build", "tokenizer"]
+    assert data["teacher_requests"] >= res["sizes"]["train"] - res["sizes"]["test"]  # one per training question
+    stages = data["fp32"]["stages"]
+    assert list(stages) == ["sft", "test_sft", "dpo_sample", "dpo_train", "test_dpo"]
+    assert stages["sft"]["result"]["train_steps"] > 0 and stages["dpo_train"]["result"]["steps"] >= 0
+    assert stages["test_dpo"]["result"]["questions"] == res["sizes"]["test"]
+    assert all(s["seconds"] > 0 for s in stages.values())
+    assert "gpu_check" in out.with_suffix(".txt").read_text() and "[gpu_check] sft" in run.stdout

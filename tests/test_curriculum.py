@@ -143,3 +143,78 @@ def test_stage_smaller_than_accumulation_is_refused():
 
     with pytest.raises(DataError, match="summarize: 3 examples cannot fill 4 micro-batches"):
         CurriculumBatchSampler({"recall": 40, "summarize": 3}, {"recall": 1, "summarize": 1}, 2, 0, accumulation=4)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("grouped", [False, True])
+def test_processes_split_every_batch_in_lockstep(n, grouped):
+    """N samplers (one per process) draw one schedule of batch x N and each takes a disjoint share of every
+    step: same stage everywhere, every example once per epoch, about 1/N of the one-process steps."""
+    sizes = {"recall": 17, "analyze": 49, "summarize": 9}
+    iv, bs = {"recall": 1, "analyze": 3, "summarize": 1}, 4
+    lengths = {s: [(i * 7) % 13 for i in range(k)] for s, k in sizes.items()} if grouped else None
+    samplers = [CurriculumBatchSampler(sizes, iv, bs, 5, lengths, num_replicas=n, rank=k) for k in range(n)]
+    stage_of = {i: s for s, lo in samplers[0].offsets.items() for i in range(lo, lo + sizes[s])}
+    for epoch in (0, 1):
+        for s in samplers:
+            s.set_epoch(epoch)
+        per = [list(s) for s in samplers]
+        assert all(len(p) == len(samplers[0]) for p in per)
+        seen = []
+        for shares in zip(*per):
+            assert all(1 <= len(x) <= bs + 1 for x in shares)
+            assert len({stage_of[i] for x in shares for i in x}) == 1
+            seen += [i for x in shares for i in x]
+        assert sorted(seen) == list(range(sum(sizes.values())))
+    # 17 rows in batches of 8 (n=2): 8 + 9, the lone last example joins the batch before it
+    if n == 2:
+        assert [len(b) for s, b in samplers[0].batches() if s == "recall"] in ([8, 9], [9, 8])
+    one = CurriculumBatchSampler(sizes, iv, bs, 5, lengths)
+    assert len(samplers[0]) <= -(-len(one) // n) + len(sizes)
+
+
+def test_stage_smaller_than_the_process_count_repeats_rather_than_starves():
+    shares = [list(CurriculumBatchSampler({"recall": 2}, {"recall": 1}, 4, 0, num_replicas=3, rank=k))
+              for k in range(3)]
+    assert [len(s) for s in shares] == [1, 1, 1] and all(len(s[0]) == 1 for s in shares)
+    assert {s[0][0] for s in shares} == {0, 1}
+    with pytest.raises(ValueError, match="rank 2 outside 0..1"):
+        CurriculumBatchSampler({"recall": 2}, {"recall": 1}, 4, 0, num_replicas=2, rank=2)
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_accumulation_under_processes_shares_one_large_batch(grouped):
+    """k = 2 micro-batches x N = 2 processes: every step is one batch of batch x k x N of one stage, each
+    process takes a disjoint share of it in k non-empty micro-batches; the blocks count optimizer steps as
+    without accumulation or processes; a stage's tail under k x N joins the batch before it."""
+    # steps of 16: recall 35 = 16 + 16 + 3 (< 4) -> 16 + 19; analyze 98 -> 5 x 16 + 18; summarize 19 -> 19
+    sizes = {"recall": 35, "analyze": 98, "summarize": 19}
+    iv, bs, k, n = {"recall": 1, "analyze": 3, "summarize": 1}, 4, 2, 2
+    lengths = {s: [(i * 7) % 13 for i in range(m)] for s, m in sizes.items()} if grouped else None
+    samplers = [CurriculumBatchSampler(sizes, iv, bs, 5, lengths, accumulation=k, num_replicas=n, rank=r)
+                for r in range(n)]
+    schedule_ = samplers[0].batches()
+    assert all(s.batches() == schedule_ for s in samplers)  # one schedule everywhere
+    assert sorted(len(b) for s, b in schedule_ if s == "recall") == [16, 19]
+    assert sorted(len(b) for s, b in schedule_ if s != "recall") == [16] * 5 + [18, 19]
+    assert [s for s, _ in schedule_] == ["recall"] + ["analyze"] * 3 + ["summarize", "recall"] + ["analyze"] * 3
+    per = [list(s) for s in samplers]
+    assert all(len(p) == len(s) == k * len(schedule_) for p, s in zip(per, samplers))
+    offsets = samplers[0].offsets
+    for step, (stage, idx) in enumerate(schedule_):
+        micro = [p[step * k:(step + 1) * k] for p in per]  # process r's k micro-batches of this step
+        assert all(len(m) == k and all(m) for m in micro)
+        ids = [i for m in micro for b in m for i in b]
+        assert sorted(ids) == sorted(offsets[stage] + i for i in idx)  # the step's batch, each example once
+        assert all(len(b) in (bs, bs + 1) for m in micro for b in m)  # near-equal micro-batches
+    assert sorted(i for p in per for b in p for i in b) == list(range(sum(sizes.values())))
+
+
+def test_stage_smaller_than_accumulation_times_processes_repeats_rather_than_starves():
+    """5 examples, k = 2, N = 3: six micro-batches per step, each non-empty; the one left without its own
+    example repeats one of the step's."""
+    shares = [list(CurriculumBatchSampler({"recall": 5}, {"recall": 1}, 4, 0, accumulation=2, num_replicas=3,
+                                          rank=r)) for r in range(3)]
+    assert [len(s) for s in shares] == [2, 2, 2] and all(b for s in shares for b in s)
+    ids = [i for s in shares for b in s for i in b]
+    assert set(ids) == set(range(5)) and len(ids) == 6

@@ -1,4 +1,5 @@
 """Scale-out pieces that run without several GPUs: the shipped accelerate configs and the one-process path."""
+import os
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,33 @@ def test_fsdp_wraps_a_real_t5_layer_class():
     assert hasattr(t5, cfg["fsdp_transformer_layer_cls_to_wrap"])
 
 
-def test_launcher_reaches_both_training_stages():
+def test_launcher_reaches_every_model_stage():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     assert stages["sft"]["cmd"].startswith("${launcher} tinythinker sft")
     assert stages["dpo_train"]["do"]["cmd"].startswith("${launcher} tinythinker dpo-train")
+    assert stages["dpo_sample"]["do"]["cmd"].startswith("${launcher} tinythinker dpo-sample")
+    assert stages["test_sft"]["cmd"].startswith("${launcher} tinythinker test")
+    assert stages["test"]["do"]["cmd"].startswith("${launcher} tinythinker test")
+    for stage in (stages["sft"], stages["test_sft"], *(stages[s]["do"] for s in ("dpo_sample", "dpo_train", "test"))):
+        assert "src/tinythinker/distributed.py" in stage["deps"]
+
+
+def test_single_process_map_sharded_is_the_plain_call():
+    import tinythinker.distributed as D
+
+    calls = []
+    assert D.map_sharded(lambda xs: calls.append(list(xs)) or [x * 2 for x in xs], range(5)) == [0, 2, 4, 6, 8]
+    assert calls == [[0, 1, 2, 3, 4]]
+    assert D.from_main({"a": 1}) == {"a": 1} and D.rank_seed(42) == 42
+
+
+def test_replicas_masks_fsdp_efficient_loading_only_while_loading(monkeypatch):
+    import tinythinker.distributed as D
+
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    with D.replicas():
+        assert os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "false"
+    assert os.environ["FSDP_CPU_RAM_EFFICIENT_LOADING"] == "true"
 
 
 def test_single_process_chain_accuracy_matches_plain_accuracy(monkeypatch):

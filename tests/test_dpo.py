@@ -237,23 +237,23 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, sft_model, monkeypa
 
 # --- GPU-scale knobs ------------------------------------------------------------------------------------------
 def test_tf32_and_precision_are_set_before_the_first_forward_pass(tmp_path, sft_model, monkeypatch):
-    """TF32 is switched (off here) before the start validation and the reference log-probs, which are computed in
-    the training precision."""
-    import tinythinker.chain as chain
+    """TF32 is switched (off here) before the start validation and the reference log-probs (both inside the
+    Trainer's pre-pass), which are computed in the training precision."""
     import tinythinker.distributed as distributed
     import tinythinker.dpo as dpo
     import tinythinker.training as training
 
     events = []
     monkeypatch.setattr(training, "set_tf32", lambda on: events.append(("tf32", on)))
-    monkeypatch.setattr(chain, "accuracy", lambda results: events.append(("start",)) or 50.0)
-    monkeypatch.setattr(distributed, "chain_accuracy", lambda *a, **k: 40.0)
+    monkeypatch.setattr(distributed, "chain_accuracy",
+                        lambda *a, **k: events.append(("valid", k.get("desc"))) or 40.0)
     real = dpo.reference_logps
     monkeypatch.setattr(dpo, "reference_logps",
                         lambda *a, **k: events.append(("reference", a[4])) or real(*a, **k))
     paths = repo(tmp_path, sft_model, RECALL, ANALYZE)
     dpo_train(PARAMS.replace(**{"dpo.tf32": False, "dpo.precision": "auto"}), paths, "iter1")
-    assert events[:3] == [("tf32", False), ("start",), ("reference", "fp32")]  # auto on a CPU: fp32
+    # auto on a CPU: fp32
+    assert events[:3] == [("tf32", False), ("valid", "valid (start)"), ("reference", "fp32")]
 
 
 def test_accumulation_is_the_same_optimizer_step(sft_model, tmp_path):

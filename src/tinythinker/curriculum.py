@@ -8,10 +8,18 @@ original's counter carry-over after an exhaustion (spec 9.11) is not reproduced.
 The sampler yields global indices (stage offset + index within stage), so the HF Trainer stays stock apart
 from handing it this batch sampler.
 
-Gradient accumulation (k micro-batches per optimizer step): intervals count optimizer steps, as in the spec.
-The schedule is cut in batches of k x batch_size (one per optimizer step) and each is split into k near-equal
-micro-batches, so every optimizer step sees the examples of one stage that a single batch of k x batch_size
-would hold. A stage's last batch with fewer than k examples joins the batch before it (no empty micro-batch).
+One optimizer step is one batch of batch_size x k x N examples of one stage (k = gradient accumulation steps,
+N = processes); intervals count optimizer steps, as in the spec.
+- Under N processes (DDP, FSDP, DeepSpeed) every process draws the same schedule and takes its own disjoint
+  share of each batch (every N-th example), so all processes are in the same stage at every step and every
+  example is still seen exactly once per epoch. Accelerate's stock sharding (whole batches dealt round-robin,
+  the last round topped up from the start) would put two processes in different stage blocks at a block edge
+  and repeat examples; the trainers therefore hand it loaders that are already sharded
+  (`distributed.prepare_sharded_loader`).
+- With accumulation each process splits its share into k near-equal micro-batches, so an optimizer step sees
+  the examples of one stage that a single batch of k x batch_size per process would hold.
+A stage's last batch with fewer than k x N examples joins the batch before it, so no micro-batch of any
+process is empty unless the whole stage is smaller than k x N.
 """
 from __future__ import annotations
 
@@ -38,8 +46,14 @@ def eval_steps(eval_every: Union[int, str], stage_type: str, interval: int, num_
     return int(eval_every)
 
 
+def num_batches(size: int, batch_size: int, min_size: int = 1) -> int:
+    """How many batches `_stage_batches` makes of `size` examples."""
+    n = -(-size // batch_size)
+    return n - 1 if n > 1 and 0 < size % batch_size < min_size else n
+
+
 def _stage_batches(size: int, batch_size: int, rng: random.Random, lengths: Optional[Sequence[int]],
-                   min_batch: int = 1) -> list[list[int]]:
+                   min_size: int = 1) -> list[list[int]]:
     perm = list(range(size))
     rng.shuffle(perm)
     if lengths is None:
@@ -48,7 +62,9 @@ def _stage_batches(size: int, batch_size: int, rng: random.Random, lengths: Opti
         mega = batch_size * MEGABATCH
         chunks = [sorted(perm[m:m + mega], key=lambda i: -lengths[i]) for m in range(0, size, mega)]
     batches = [c[i:i + batch_size] for c in chunks for i in range(0, len(c), batch_size)]
-    if len(batches) > 1 and len(batches[-1]) < min_batch:  # too few to split into micro-batches
+    # Only the last batch can be short (a megabatch is whole batches); one with fewer examples than `min_size`
+    # (one per process and micro-batch) joins the batch before it.
+    if len(batches) > 1 and len(batches[-1]) < min_size:
         tail = batches.pop()
         batches[-1] = batches[-1] + tail
     if lengths is not None:
@@ -56,26 +72,21 @@ def _stage_batches(size: int, batch_size: int, rng: random.Random, lengths: Opti
     return batches
 
 
-def _num_batches(size: int, batch_size: int, min_batch: int) -> int:
-    n = -(-size // batch_size)
-    return n - 1 if n > 1 and size - (n - 1) * batch_size < min_batch else n
-
-
 def schedule(stage_sizes: Mapping[str, int], intervals: Mapping[str, int], batch_size: int, epoch_seed: int,
              lengths: Optional[Mapping[str, Sequence[int]]] = None,
-             min_batch: int = 1) -> list[tuple[str, list[int]]]:
+             min_size: int = 1) -> list[tuple[str, list[int]]]:
     """One epoch's batches as (stage, indices within that stage), in training order.
 
     Stages run in the order of `intervals` (those with interval 0 or no examples are left out).
-    `lengths[stage]` (optional) turns on length grouping within that stage. A stage's last batch smaller than
-    `min_batch` joins the batch before it.
+    `lengths[stage]` (optional) turns on length grouping within that stage. A stage's last batch holds at
+    least `min_size` examples (see `_stage_batches`) unless the whole stage is smaller.
     """
     queues = {}
     for k, (stage, interval) in enumerate(intervals.items()):
         if interval > 0 and stage_sizes.get(stage, 0) > 0:
             rng = random.Random(f"{epoch_seed}/{k}/{stage}")  # str seeds hash deterministically
             queues[stage] = _stage_batches(stage_sizes[stage], batch_size, rng, (lengths or {}).get(stage),
-                                           min_batch)
+                                           min_size)
     out: list[tuple[str, list[int]]] = []
     pos = dict.fromkeys(queues, 0)
     while any(pos[s] < len(q) for s, q in queues.items()):
@@ -89,13 +100,20 @@ def schedule(stage_sizes: Mapping[str, int], intervals: Mapping[str, int], batch
 class CurriculumBatchSampler:
     """Batch sampler over the stages concatenated in `stage_sizes` order; call `set_epoch` each epoch.
 
-    Yields micro-batches of about `batch_size`, `accumulation` of them per optimizer step (see the module doc).
+    `num_replicas` processes draw the same schedule of batches of `batch_size` x `accumulation` x `num_replicas`;
+    process `rank` takes its share of each (every num_replicas-th example, so length grouping stays balanced
+    across processes) and yields it as `accumulation` micro-batches of about `batch_size` (see the module doc).
+    With one process and no accumulation a step is the whole batch.
     """
 
     def __init__(self, stage_sizes: Mapping[str, int], intervals: Mapping[str, int], batch_size: int,
-                 seed: int, lengths: Optional[Mapping[str, Sequence[int]]] = None, accumulation: int = 1):
+                 seed: int, lengths: Optional[Mapping[str, Sequence[int]]] = None, accumulation: int = 1,
+                 num_replicas: int = 1, rank: int = 0):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} outside 0..{num_replicas - 1}")
         self.stage_sizes, self.intervals, self.batch_size = dict(stage_sizes), dict(intervals), batch_size
         self.seed, self.lengths, self.epoch, self.accumulation = seed, lengths, 0, accumulation
+        self.num_replicas, self.rank = num_replicas, rank
         for stage, n in self.stage_sizes.items():
             if 0 < n < accumulation and self.intervals.get(stage, 0) > 0:
                 raise DataError(f"{stage}: {n} examples cannot fill {accumulation} micro-batches "
@@ -108,18 +126,24 @@ class CurriculumBatchSampler:
         self.epoch = epoch
 
     def batches(self) -> list[tuple[str, list[int]]]:
-        """One epoch's optimizer-step batches (stage, indices within the stage), before the micro-batch split."""
-        return schedule(self.stage_sizes, self.intervals, self.batch_size * self.accumulation,
-                        self.seed * 100_003 + self.epoch, self.lengths, min_batch=self.accumulation)
+        """One epoch's optimizer-step batches (all processes' shares together) as (stage, indices within the
+        stage), before the split into shares and micro-batches."""
+        per_step = self.accumulation * self.num_replicas
+        return schedule(self.stage_sizes, self.intervals, self.batch_size * per_step,
+                        self.seed * 100_003 + self.epoch, self.lengths, min_size=per_step)
 
     def __iter__(self) -> Iterator[list[int]]:
-        k = self.accumulation
+        n, r, k = self.num_replicas, self.rank, self.accumulation
         for stage, idx in self.batches():
-            n, off = len(idx), self.offsets[stage]
+            share, off = idx[r::n], self.offsets[stage]
+            m = len(share)
             for j in range(k):
-                yield [off + i for i in idx[j * n // k:(j + 1) * n // k]]
+                # Only a stage smaller than k x N leaves a micro-batch empty: it repeats one example of the
+                # step, since every process must take part in every micro-step.
+                micro = share[j * m // k:(j + 1) * m // k] or [idx[(j * n + r) % len(idx)]]
+                yield [off + i for i in micro]
 
     def __len__(self) -> int:
-        return self.accumulation * sum(_num_batches(self.stage_sizes.get(s, 0), self.batch_size * self.accumulation,
-                                                    self.accumulation)
+        per_step = self.accumulation * self.num_replicas
+        return self.accumulation * sum(num_batches(self.stage_sizes.get(s, 0), self.batch_size * per_step, per_step)
                                        for s, i in self.intervals.items() if i > 0)

@@ -1,17 +1,28 @@
 """What changes when a training stage runs as several processes (`launcher` in params.yaml).
 
 `accelerate launch` starts one copy of the stage per device; the Trainer then does DDP / FSDP / DeepSpeed.
-Our own file writes must happen once (main process) and after everybody is ready, validation is split
-across processes, and saving the best model involves every process (FSDP and DeepSpeed gather sharded
-weights) while only the main one writes. In a single process every function here is the plain thing.
+Our own file writes must happen once (main process) and after everybody is ready; every generation (validation,
+DPO sampling, test) and the DPO reference pass are split across processes and gathered (`map_sharded`); the
+training batches are sharded by the curriculum sampler itself (`prepare_sharded_loader`); saving the best model
+involves every process (FSDP and DeepSpeed gather sharded weights) while only the main one writes. In a single
+process every function here is the plain thing.
+
+Order matters in the training stages: process group (`state()`), then the TrainingArguments, then the model.
+Only then can transformers load memory-efficiently: under FSDP with `fsdp_cpu_ram_efficient_loading`
+`from_pretrained` gives real weights to local rank 0 only (it checks that torch.distributed is initialised),
+and the Trainer broadcasts them when it wraps the model; under ZeRO-3 the arguments register the DeepSpeed
+config that makes `from_pretrained` build the model partitioned (`zero.Init`). The other ranks' modules hold
+no usable weights before the Trainer has prepared the model, so everything the training stages compute with
+the model runs inside the Trainer (`dpo.py`'s pre-pass) or after it.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 from .io import atomic_path
 
@@ -40,19 +51,86 @@ def is_main() -> bool:
     return state().is_main_process
 
 
-def chain_accuracy(accelerator, model, tokenizer, questions: list[dict], **chain_kwargs) -> float:
-    """Chain accuracy over `questions`, each process running its own share; the same value everywhere."""
-    import torch
+def from_main(value: Any) -> Any:
+    """The main process's `value` on every process (a decision the others must follow, e.g. a fresh start)."""
+    s = state()
+    if s.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+    return broadcast_object_list([value])[0]
 
-    from .chain import is_correct, run_chain
 
-    n, k = accelerator.num_processes, accelerator.process_index
-    results = run_chain(model, tokenizer, questions[k::n], **chain_kwargs)
-    correct = sum(map(is_correct, results))
-    counts = torch.tensor([correct, len(results)], dtype=torch.float64, device=accelerator.device)
-    if n > 1:
-        counts = accelerator.reduce(counts, reduction="sum")
-    return 100.0 * counts[0].item() / max(1.0, counts[1].item())
+def map_sharded(fn: Callable[[list], list], items: Sequence) -> list:
+    """`fn(items)` (one result per item, in order) with each process computing an equal share; every process
+    gets all results in input order.
+
+    Process k takes items k, k+n, ...; shares are padded to equal length by repeating the share's first item
+    (results dropped), so every process runs the same number of batches, which FSDP and ZeRO-3 need (their
+    forward passes are collective). One process: exactly `fn(items)`.
+    """
+    s = state()
+    n, k = s.num_processes, s.process_index
+    items = list(items)
+    if n == 1:
+        return fn(items)
+    from accelerate.utils import gather_object
+
+    share, width = items[k::n], -(-len(items) // n)
+    padded = share + [(share or items)[0]] * (width - len(share)) if items else []
+    out = list(fn(padded))[:len(share)]
+    results: list = [None] * len(items)
+    for r, part in enumerate(gather_object([out])):
+        results[r::n] = part
+    return results
+
+
+def chain_accuracy(state, model, tokenizer, questions: list[dict], **chain_kwargs) -> float:
+    """Chain accuracy over `questions`, each process running its own share; the same value everywhere.
+
+    `state` (an Accelerator or PartialState) is kept for the callers' sake; the split follows the process group.
+    """
+    from . import chain
+
+    return chain.accuracy(map_sharded(lambda qs: chain.run_chain(model, tokenizer, qs, **chain_kwargs), questions))
+
+
+def rank_seed(seed: int) -> int:
+    """A sampling seed of this process: `seed` on the main one (a single process draws what it always drew),
+    a seed derived from (seed, rank) on the others so their shares are not sampled with the same stream."""
+    k = state().process_index
+    if k == 0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}/{k}".encode()).digest()[:4], "big")
+
+
+@contextlib.contextmanager
+def replicas() -> Iterator[None]:
+    """Load full weights on every process (generation stages: each process generates its share with its own
+    copy); without this, an FSDP launch config's cpu_ram_efficient_loading leaves all but rank 0 empty."""
+    key, old = "FSDP_CPU_RAM_EFFICIENT_LOADING", os.environ.get("FSDP_CPU_RAM_EFFICIENT_LOADING")
+    os.environ[key] = "false"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
+def prepare_sharded_loader(accelerator, dataset, batch_sampler, collate_fn, num_workers: int, pin_memory: bool):
+    """A training DataLoader whose batch sampler already yields this process's share of every step
+    (`CurriculumBatchSampler` with num_replicas/rank), prepared by accelerate as for one process: batches go to
+    the device, and accelerate does not shard them a second time."""
+    from accelerate.data_loader import prepare_data_loader
+    from torch.utils.data import DataLoader
+
+    dl = DataLoader(dataset, batch_sampler=batch_sampler, collate_fn=collate_fn, num_workers=num_workers,
+                    pin_memory=pin_memory)
+    return prepare_data_loader(dl, accelerator.device, num_processes=1, process_index=0,
+                               put_on_device=accelerator.device_placement, rng_types=accelerator.rng_types.copy(),
+                               non_blocking=accelerator.non_blocking,
+                               use_stateful_dataloader=accelerator.use_stateful_dataloader)
 
 
 def save_model(trainer, out: Path) -> None:

@@ -5,11 +5,16 @@ input and chosen / rejected are two label sequences run in one concatenated forw
 log-prob is the sum of its label-token log-probs. The loss is a weighted sum of TRL-named terms
 (`dpo.loss_type` / `dpo.loss_weights`): "sigmoid" = -log sigmoid(beta * policy-vs-reference margin),
 "sft" = token-mean NLL of the chosen responses. The reference is the iteration's starting model; its
-log-probs are computed once before training and carried in the dataset, so no second model is held.
+log-probs are computed once, before the first step, and carried in the dataset, so no second model is held.
+They are computed inside the Trainer once it has prepared the model (under FSDP / ZeRO-3 only the prepared
+model has usable weights on every process), each process its share, and saved beside the checkpoints so a
+resumed run reuses them (its model then holds trained weights, no longer the reference).
 
-Training interleaves recall and analyze pairs with the curriculum sampler (spec 6.3 intervals) and
-validates with the full greedy chain; the best of the starting model and every evaluated step is the
-output (the starting model wins ties, so an iteration never makes the student worse on validation).
+Training interleaves recall and analyze pairs with the curriculum sampler (spec 6.3 intervals, which count
+optimizer steps of batch_size x gradient_accumulation_steps x processes pairs: N processes, or k accumulated
+micro-batches, make the same passes over the pairs in 1/N (1/k) of the steps and validate at the same points
+in data terms) and validates with the full greedy chain; the best of the starting model and every evaluated
+step is the output (the starting model wins ties, so an iteration never makes the student worse on validation).
 """
 from __future__ import annotations
 
@@ -107,11 +112,13 @@ def dpo_loss(pi_chosen, pi_rejected, ref_chosen, ref_rejected, nll, beta: float,
     return loss, metrics
 
 
-def reference_logps(model, features: list[dict], batch_size: int, pad_id: int, precision: str = "fp32") -> None:
-    """Store the model's chosen/rejected log-probs in each feature (eval mode, no grad, in order), under the
-    autocast training will use for the policy's (`precision`: fp32, bf16 or fp16)."""
+def reference_logps(model, features: list[dict], batch_size: int, pad_id: int,
+                    precision: str = "fp32") -> list[list[float]]:
+    """The model's [chosen, rejected] log-probs per feature, also stored in each (eval mode, no grad, in order),
+    under the autocast training will use for the policy's (`precision`: fp32, bf16 or fp16)."""
     import torch
 
+    out: list[list[float]] = []
     was_training = model.training
     model.eval()
     with torch.inference_mode(), autocast(precision, model.device):
@@ -121,7 +128,9 @@ def reference_logps(model, features: list[dict], batch_size: int, pad_id: int, p
             chosen, rejected, _ = policy_logps(model, batch)
             for f, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
                 f["ref_chosen"], f["ref_rejected"] = c, r
+                out.append([c, r])
     model.train(was_training)
+    return out
 
 
 def disable_dropout(model) -> None:
@@ -138,7 +147,11 @@ def disable_dropout(model) -> None:
 
 
 def schedule_intervals(n_recall: int, n_analyze: int, batch_size: int) -> dict[str, int]:
-    """Batches per block for each stage that has pairs (spec 6.3); each covers its stage in one block."""
+    """Batches per block for each stage that has pairs (spec 6.3); each covers its stage in one block.
+
+    `batch_size` is the examples of one optimizer step: the per-process batch x gradient_accumulation_steps x the
+    number of processes (n_gpu).
+    """
     if n_recall and n_analyze:
         recall = n_recall // batch_size + 1
         return {"recall": recall, "analyze": (n_analyze // n_recall + 1) * recall}
@@ -163,10 +176,9 @@ def _trainer_classes():
             self._stored: dict[str, list[float]] = {}
 
         def get_train_dataloader(self):
-            from torch.utils.data import DataLoader
-            dl = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
-            return self.accelerator.prepare(dl)
+            return distributed.prepare_sharded_loader(
+                self.accelerator, self.train_dataset, self.batch_sampler, self.data_collator,
+                self.args.dataloader_num_workers, self.args.dataloader_pin_memory)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             chosen, rejected, nll = policy_logps(model, inputs)
@@ -179,7 +191,12 @@ def _trainer_classes():
 
         def log(self, logs, start_time=None):
             if "loss" in logs and self._stored:  # a training log: add the reward means since the last one
-                logs |= {k: sum(v) / len(v) for k, v in self._stored.items()}
+                means = {k: sum(v) / len(v) for k, v in self._stored.items()}
+                if self.accelerator.num_processes > 1:  # each process saw its share: the mean over all
+                    import torch
+                    t = torch.tensor(list(means.values()), dtype=torch.float64, device=self.accelerator.device)
+                    means = dict(zip(means, self.accelerator.reduce(t, reduction="mean").tolist()))
+                logs |= means
                 self._stored = {}
             super().log(logs, start_time)
 
@@ -191,11 +208,21 @@ def _trainer_classes():
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             return metrics
 
+    class PrePass(TrainerCallback):
+        """`fn(model)` once the Trainer has prepared the model and before the first batch is drawn (the
+        reference log-probs go into the dataset the loader reads lazily)."""
+
+        def __init__(self, fn):
+            self.fn = fn
+
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            self.fn(model)
+
     class LiveCallback(TrainerCallback):
         """dvclive curves at the trainer's global step, TRL's metric names, eval_x logged as eval/x."""
 
-        def __init__(self, live, start_accuracy: float):
-            self.live, self.start_accuracy = live, start_accuracy
+        def __init__(self, live, start_accuracy: float | None):
+            self.live, self.start_accuracy = live, start_accuracy  # None: set by the pre-pass
 
         def log(self, step: int, logs: dict) -> None:
             if self.live is None:  # not the main process
@@ -214,23 +241,18 @@ def _trainer_classes():
         def on_log(self, args, state, control, logs=None, **kwargs):
             self.log(state.global_step, logs or {})
 
-    return Seq2SeqDPOTrainer, LiveCallback
+    return Seq2SeqDPOTrainer, LiveCallback, PrePass
 
 
-def build_trainer(params: Params, model, tokenizer, features: list[dict], sizes: dict[str, int],
-                  intervals: dict[str, int], ckpt_dir: Path, valid: list[dict], chain_kwargs: dict,
-                  callbacks: Sequence = (), train_kwargs: dict | None = None):
-    """The DPO trainer over `features` (reference log-probs already in them), stages concatenated in
-    `sizes` order; evaluation and checkpoints once per schedule cycle (in optimizer steps), `dpo.passes` cycles
-    in all. `train_kwargs`: the shared TrainingArguments fields (training.trainer_kwargs)."""
+def training_args(params: Params, intervals: dict[str, int], ckpt_dir: Path, train_kwargs: dict | None = None):
+    """Evaluation and checkpoints once per schedule cycle (in optimizer steps), `dpo.passes` cycles in all.
+    `train_kwargs`: the shared TrainingArguments fields (training.trainer_kwargs)."""
     import torch
     from transformers import TrainingArguments
 
-    from .curriculum import CurriculumBatchSampler
-
     d, cuda = params.dpo, torch.cuda.is_available()
     cycle = sum(intervals.values())
-    args = TrainingArguments(
+    return TrainingArguments(
         output_dir=str(ckpt_dir), max_steps=d.passes * cycle, per_device_train_batch_size=d.batch_size,
         learning_rate=d.learning_rate, lr_scheduler_type="cosine", warmup_steps=d.warmup_ratio,  # float = ratio
         weight_decay=0.0, max_grad_norm=d.max_grad_norm, seed=params.seed,
@@ -242,21 +264,33 @@ def build_trainer(params: Params, model, tokenizer, features: list[dict], sizes:
         ddp_find_unused_parameters=False,
         **(train_kwargs if train_kwargs is not None else trainer_kwargs(params, Paths(), "dpo", "dpo")),
     )
-    Trainer, _ = _trainer_classes()
+
+
+def build_trainer(params: Params, model, tokenizer, features: list[dict], sizes: dict[str, int],
+                  intervals: dict[str, int], ckpt_dir: Path, valid: list[dict], chain_kwargs: dict,
+                  callbacks: Sequence = (), args=None):
+    """The DPO trainer over `features` (reference log-probs in them, or put there by a PrePass callback),
+    stages concatenated in `sizes` order; `args` default to `training_args`."""
+    from .curriculum import CurriculumBatchSampler
+
+    args = args or training_args(params, intervals, ckpt_dir)
+    Trainer = _trainer_classes()[0]
+    d = params.dpo
+    sampler = CurriculumBatchSampler(sizes, intervals, d.batch_size, params.seed,
+                                     accumulation=d.gradient_accumulation_steps,
+                                     num_replicas=args.world_size, rank=args.process_index)
     return Trainer(model=model, args=args, train_dataset=features, eval_dataset=valid, processing_class=tokenizer,
-                   data_collator=lambda f: collate(f, tokenizer.pad_token_id),
-                   callbacks=list(callbacks),
-                   batch_sampler=CurriculumBatchSampler(sizes, intervals, d.batch_size, params.seed,
-                                                        accumulation=d.gradient_accumulation_steps),
-                   valid=valid, chain_kwargs=chain_kwargs, dpo=d)
+                   data_collator=lambda f: collate(f, tokenizer.pad_token_id), callbacks=list(callbacks),
+                   batch_sampler=sampler, valid=valid, chain_kwargs=chain_kwargs, dpo=d)
 
 
-def _fingerprint(params: Params, files: Sequence[Path]) -> str:
-    """What a resumed run must share with the interrupted one: its params and the bytes of its inputs."""
+def _fingerprint(params: Params, files: Sequence[Path], processes: int = 1) -> str:
+    """What a resumed run must share with the interrupted one: its params, the bytes of its inputs and the
+    number of processes (the schedule depends on it)."""
     g = params.generation
     dpo = {k: v for k, v in to_dict(params.dpo).items() if k != "iterations"}  # adding one must not restart
     h = hashlib.sha256(json.dumps([params.seed, dpo, g.batch_size, g.max_new_tokens, params.sft.stage_type,
-                                   params.sft.max_source_length], sort_keys=True).encode())
+                                   params.sft.max_source_length, processes], sort_keys=True).encode())
     for f in sorted(files):
         h.update(f.as_posix().encode())
         with f.open("rb") as fh:
@@ -271,11 +305,10 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     `stop_after` interrupts after that many steps (tests of resuming): checkpoints stay, nothing else is
     written, and a later call with the same inputs resumes.
     """
-    import torch
     from dvclive import Live
     from transformers.trainer_utils import get_last_checkpoint
 
-    from .chain import Decoding, accuracy, run_chain
+    from .chain import Decoding
     from .student import load_student
 
     d, g = params.dpo, params.generation
@@ -287,45 +320,31 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     valid = read_jsonl(paths.sft_data / "valid.jsonl", QUESTION_FIELDS)
     out_model, metrics_file = paths.dpo_model(iteration), paths.metric(f"dpo/{iteration}")
     ckpt_dir = paths.checkpoints / "dpo" / iteration
-
-    # TF32 and precision settle before the first forward pass: start validation and reference log-probs included.
-    train_kwargs = trainer_kwargs(params, paths, "dpo", f"dpo/{iteration}")
-    precision = resolve_precision(d.precision, "dpo.precision")
-    model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
-    cuda = torch.cuda.is_available()
-    model.to("cuda" if cuda else "cpu")
     greedy = Decoding(max_new_tokens=g.max_new_tokens)
     chain_kwargs = {"stage_type": params.sft.stage_type, "batch_size": g.batch_size,  # the student's own chain
                     "recall": greedy, "analyze": greedy, "summarize": greedy}
 
-    fingerprint = _fingerprint(params, [p for p in init.rglob("*") if p.is_file()]
-                               + [data_dir / f"{s}_pairs.jsonl" for s in STAGES] + [paths.sft_data / "valid.jsonl"])
-    stamp, start_file = ckpt_dir / "fingerprint.txt", ckpt_dir / "start.json"
-    with distributed.main_first() as main:
-        if main and not (stamp.exists() and stamp.read_text() == fingerprint and start_file.exists()):
-            shutil.rmtree(ckpt_dir, ignore_errors=True)  # other params, data or starting model: stale checkpoints
-            ckpt_dir.mkdir(parents=True)
-            with autocast(precision, model.device):  # as the trainer's evaluations
-                start = accuracy(run_chain(model, tokenizer, valid, desc="valid (start)", **chain_kwargs))
-            write_json(start_file, {"start_valid_accuracy": start})
-            stamp.write_text(fingerprint)
-        resume = get_last_checkpoint(str(ckpt_dir))
-        start_accuracy = read_json(start_file)["start_valid_accuracy"]
-
-    live = Live(dir=str(paths.metrics / "dpo_live" / iteration), dvcyaml=False, save_dvc_exp=False) \
-        if distributed.is_main() else None
+    procs = distributed.state()  # the process group before anything else (see distributed.py)
+    main = procs.is_main_process
+    # TF32 and precision settle before the first forward pass: start validation and reference log-probs included.
+    train_kwargs = trainer_kwargs(params, paths, "dpo", f"dpo/{iteration}")
+    precision = resolve_precision(d.precision, "dpo.precision")
+    live = Live(dir=str(paths.metrics / "dpo_live" / iteration), dvcyaml=False, save_dvc_exp=False) if main else None
     counts = {f"{s}_pairs": len(pairs[s]) for s in STAGES}
-    metrics = {"valid_accuracy": start_accuracy, "start_valid_accuracy": start_accuracy, "best_step": 0,
-               "steps": 0, **counts}
-
-    # optimizer steps per stage block: one step takes batch_size x gradient_accumulation_steps pairs
+    # spec 6.3: intervals count optimizer steps of batch x n_gpu pairs (x gradient_accumulation_steps)
     intervals = schedule_intervals(len(pairs["recall"]), len(pairs["analyze"]),
-                                   d.batch_size * d.gradient_accumulation_steps)
+                                   d.batch_size * d.gradient_accumulation_steps * procs.num_processes)
     if not intervals:  # spec 9.21: nothing to learn from; the starting model passes through unchanged
-        metrics["skipped"] = 1
+        with distributed.replicas():
+            model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
+        model.to(procs.device)
+        with autocast(precision, procs.device):  # as the trainer's evaluations
+            start = distributed.chain_accuracy(procs, model, tokenizer, valid, desc="valid (start)", **chain_kwargs)
+        metrics = {"valid_accuracy": start, "start_valid_accuracy": start, "best_step": 0, "steps": 0, **counts,
+                   "skipped": 1}
         if live is not None:
             live.step = 0
-            live.log_metric("eval/accuracy", start_accuracy)
+            live.log_metric("eval/accuracy", start)
             live.end()
             with atomic_path(out_model) as tmp:
                 shutil.copytree(init, tmp)
@@ -333,11 +352,50 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         return metrics
 
+    # The model after the arguments (ZeRO-3 / FSDP memory-efficient loading, distributed.py); the Trainer puts it
+    # on its device.
+    args = training_args(params, intervals, ckpt_dir, train_kwargs)
+    model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
+    disable_dropout(model)  # the policy scores a sequence as its frozen reference did
     features: list[dict] = []
     for s in STAGES:
         features += tokenize_pairs(pairs[s], tokenizer, params.sft.max_source_length, g.max_new_tokens)
-    disable_dropout(model)
-    reference_logps(model, features, d.batch_size, tokenizer.pad_token_id, precision)  # same weights as the policy
+
+    fingerprint = _fingerprint(params, [p for p in init.rglob("*") if p.is_file()]
+                               + [data_dir / f"{s}_pairs.jsonl" for s in STAGES] + [paths.sft_data / "valid.jsonl"],
+                               procs.num_processes)
+    stamp, start_file, ref_file = ckpt_dir / "fingerprint.txt", ckpt_dir / "start.json", ckpt_dir / "reference.json"
+    with distributed.main_first() as first:
+        if first and not (stamp.exists() and stamp.read_text() == fingerprint and start_file.exists()
+                          and ref_file.exists()):
+            shutil.rmtree(ckpt_dir, ignore_errors=True)  # other params, data or starting model: stale checkpoints
+            ckpt_dir.mkdir(parents=True)
+            stamp.write_text(fingerprint)
+        resume = get_last_checkpoint(str(ckpt_dir))
+    have_start, have_refs = distributed.from_main((start_file.exists(), ref_file.exists()))
+
+    Trainer, LiveCallback, PrePass = _trainer_classes()
+    live_cb = LiveCallback(live, read_json(start_file)["start_valid_accuracy"] if have_start else None)
+
+    def prepass(prepared) -> None:
+        """Starting accuracy and reference log-probs, with the starting weights (a resumed run reads both), in
+        the training precision."""
+        if live_cb.start_accuracy is None:
+            with autocast(precision, procs.device):  # as the trainer's evaluations
+                live_cb.start_accuracy = distributed.chain_accuracy(procs, prepared, tokenizer, valid,
+                                                                    desc="valid (start)", **chain_kwargs)
+            if main:
+                write_json(start_file, {"start_valid_accuracy": live_cb.start_accuracy})
+        if have_refs:
+            refs = read_json(ref_file)
+        else:
+            refs = distributed.map_sharded(
+                lambda share: reference_logps(prepared, share, d.batch_size, tokenizer.pad_token_id, precision),
+                features)
+            if main:
+                write_json(ref_file, refs)
+        for f, (c, r) in zip(features, refs):
+            f["ref_chosen"], f["ref_rejected"] = c, r
 
     from transformers import TrainerCallback
 
@@ -346,15 +404,17 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
             if stop_after is not None and state.global_step >= stop_after:
                 control.should_training_stop = control.should_save = True
 
-    LiveCallback = _trainer_classes()[1]
     trainer = build_trainer(params, model, tokenizer, features, {s: len(pairs[s]) for s in STAGES}, intervals,
-                            ckpt_dir, valid, chain_kwargs, [LiveCallback(live, start_accuracy), Stop()], train_kwargs)
+                            ckpt_dir, valid, chain_kwargs, [PrePass(prepass), live_cb, Stop()], args=args)
     trainer.train(resume_from_checkpoint=resume)
     if live is not None:
         live.end()
     if trainer.state.global_step < trainer.state.max_steps:  # interrupted on purpose
         return {"steps": trainer.state.global_step}
 
+    start_accuracy = live_cb.start_accuracy
+    metrics = {"valid_accuracy": start_accuracy, "start_valid_accuracy": start_accuracy, "best_step": 0,
+               "steps": 0, **counts}
     state = trainer.state
     train_logs = [e for e in state.log_history if "rewards/margins" in e]
     metrics |= {"steps": state.global_step, **{k: train_logs[-1][k] for k in REWARD_KEYS if train_logs}}

@@ -3,27 +3,33 @@
 `generation.strategy: sample` samples recall and analyze (temperature / top_k / top_p) and keeps summarize
 greedy, as the original does; `generation.times` > 1 repeats the test set and adds a majority vote over the
 runs (self-consistency). Greedy runs are identical, so a greedy chain is generated once and repeated.
+Under several processes (`launcher`) each generates its share with its own copy of the model; the main
+process writes.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from . import distributed
 from .build import QUESTION_FIELDS
 from .chain import Decoding, accuracy, majority_vote, run_chain
 from .io import read_jsonl, write_json, write_jsonl
 from .params import Params, check_name
 from .paths import Paths
-from .student import load_student
+from .student import check_checkpoint, load_student
 
 
 def test(params: Params, paths: Paths, model_dir: Path, name: str) -> dict:
     check_name(name, "--name", nested=True)  # before minutes of generation: it becomes two output paths
     g = params.generation
     questions = read_jsonl(paths.sft_data / "test.jsonl", QUESTION_FIELDS)
-    model, tokenizer = load_student(params, paths, Path(model_dir), "--model")
-    import torch  # only now: the checks above fail in a second, not after torch's import
+    check_checkpoint(Path(model_dir), "--model")  # before torch's import: a wrong path fails in a second
+    import torch
 
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
+    procs = distributed.state()
+    with distributed.replicas():
+        model, tokenizer = load_student(params, paths, Path(model_dir), "--model")
+    model.to(procs.device)
     greedy = Decoding(max_new_tokens=g.max_new_tokens)
     sampled = Decoding(do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
                        max_new_tokens=g.max_new_tokens) if g.strategy == "sample" else greedy
@@ -33,20 +39,23 @@ def test(params: Params, paths: Paths, model_dir: Path, name: str) -> dict:
         if sampled is greedy and runs:
             runs.append(runs[0])
             continue
-        torch.manual_seed(params.seed + t)  # each run its own, reproducible sample
-        runs.append(run_chain(model, tokenizer, questions, stage_type=params.sft.stage_type, recall=sampled,
-                              analyze=sampled, summarize=greedy, batch_size=g.batch_size,
-                              desc=f"{name} run {t + 1}/{g.times}"))
+        torch.manual_seed(distributed.rank_seed(params.seed + t))  # each run its own, reproducible sample
+        runs.append(distributed.map_sharded(
+            lambda share: run_chain(model, tokenizer, share, stage_type=params.sft.stage_type, recall=sampled,
+                                    analyze=sampled, summarize=greedy, batch_size=g.batch_size,
+                                    desc=f"{name} run {t + 1}/{g.times}"), questions))
 
-    write_jsonl(paths.prediction(name),
-                ({"qid": r["qid"], "run": t + 1, "recall": r["recall"], "analyses": r["analyses"],
-                  "summary": r["summary"], "prediction": r["prediction"], "gt": r["gt"]}
-                 for t, run in enumerate(runs) for r in run))
     accs = [accuracy(run) for run in runs]
     metrics = {"accuracy": sum(accs) / len(accs), "questions": len(questions)}
     if g.times > 1:
         metrics |= {f"accuracy_run_{t + 1}": a for t, a in enumerate(accs)}
         votes = majority_vote(runs)
         metrics["majority_accuracy"] = accuracy([{"prediction": v, "gt": q["gt"]} for v, q in zip(votes, questions)])
+    if not procs.is_main_process:
+        return metrics
+    write_jsonl(paths.prediction(name),
+                ({"qid": r["qid"], "run": t + 1, "recall": r["recall"], "analyses": r["analyses"],
+                  "summary": r["summary"], "prediction": r["prediction"], "gt": r["gt"]}
+                 for t, run in enumerate(runs) for r in run))
     write_json(paths.metric(name), metrics)
     return metrics

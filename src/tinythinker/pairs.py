@@ -17,6 +17,7 @@ import random
 from collections import defaultdict
 from typing import Mapping, Sequence
 
+from . import distributed
 from . import protocol as P
 from .build import CHAIN_FIELDS, QUESTION_FIELDS
 from .chain import is_correct
@@ -149,20 +150,23 @@ def iteration_init(params: Params, iteration: str) -> str:
 
 
 def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
-    import torch
+    """Sample, build the pairs, write them (main process). Under several processes (`launcher`) each samples
+    its share of the chains with its own copy of the model and its own seed; pairs are built from all of them."""
     from transformers import set_seed
 
     from .chain import accuracy, run_chain
     from .student import load_student
 
     init = paths.root / iteration_init(params, iteration)
+    procs = distributed.state()
     if params.sft.stage_type != "recall_analyze_summarize":
         # Self-reflection ranks the student's own recall/analyze chains; an ablated student has none, so
         # its DPO iterations keep the SFT model (dpo-train copies it when there are no pairs).
-        for name in ("recall_pairs", "analyze_pairs"):
-            write_jsonl(paths.dpo_data(iteration) / f"{name}.jsonl", [])
         metrics = {"questions": 0, "questions_with_pairs": 0, "recall_pairs": 0, "analyze_pairs": 0, "skipped": 1}
-        write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
+        if procs.is_main_process:
+            for name in ("recall_pairs", "analyze_pairs"):
+                write_jsonl(paths.dpo_data(iteration) / f"{name}.jsonl", [])
+            write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
         return metrics
     if not (init / "config.json").exists():
         raise DataError(f"{init}: no model (dpo.iterations.{iteration}.init)")
@@ -175,16 +179,18 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
     for row in read_jsonl(paths.sft_data / "chains.jsonl", CHAIN_FIELDS):
         teacher[row["qid"]].append(row)
 
-    model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
-    model.to("cuda" if torch.cuda.is_available() else "cpu")
-    set_seed(iteration_seed(params.seed, iteration))
+    with distributed.replicas():
+        model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
+    model.to(procs.device)
+    set_seed(distributed.rank_seed(iteration_seed(params.seed, iteration)))
     rng = random.Random(f"{params.seed}/{iteration}")
     sampled, greedy = _decodings(params)
     n, bs = params.dpo.samples, params.generation.batch_size
 
     # (a) one batched chain over all questions x samples; results come back in input order
-    recall_runs = run_chain(model, tokenizer, questions * n, recall=sampled, analyze=greedy, summarize=greedy,
-                              batch_size=bs, desc=f"{iteration} recall samples")
+    recall_runs = distributed.map_sharded(
+        lambda share: run_chain(model, tokenizer, share, recall=sampled, analyze=greedy, summarize=greedy,
+                                batch_size=bs, desc=f"{iteration} recall samples"), questions * n)
     by_qid: dict[str, list] = {q["qid"]: [] for q in questions}
     for r in recall_runs:
         by_qid[r["qid"]].append(r)
@@ -201,9 +207,11 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
         qmap = {q["qid"]: q for q in questions}
         key_list = list(keys)
         key_questions = [qmap[qid] for qid, _ in key_list]
-        runs = run_chain(model, tokenizer, key_questions * n, recalls=[rc for _, rc in key_list] * n,
-                         recall=greedy, analyze=sampled, summarize=greedy, batch_size=bs,
-                         desc=f"{iteration} analyze samples")
+        runs = distributed.map_sharded(
+            lambda share: run_chain(model, tokenizer, [q for q, _ in share], recalls=[rc for _, rc in share],
+                                    recall=greedy, analyze=sampled, summarize=greedy, batch_size=bs,
+                                    desc=f"{iteration} analyze samples"),
+            list(zip(key_questions * n, [rc for _, rc in key_list] * n)))
         groups = [{**qmap[qid], "recall": P.close_sentence(rc), "chains": runs[k::len(key_list)],
                    "backup": keys[(qid, rc)]} for k, (qid, rc) in enumerate(key_list)]
         apairs = analyze_pairs(groups, rng)
@@ -211,8 +219,6 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
     out = paths.dpo_data(iteration)
     # Only the pairs this stage type trains on are written; dpo-train trains on whatever the files hold.
     written = [{k: p[k] for k in FIELDS} for p in rpairs] if params.dpo.stage_type != "analyze" else []
-    write_jsonl(out / "recall_pairs.jsonl", written)
-    write_jsonl(out / "analyze_pairs.jsonl", apairs)
     metrics = {
         "questions": len(questions),
         "questions_with_pairs": len({p["qid"] for p in written + apairs}),
@@ -222,5 +228,8 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
         "chosen_from_teacher": sum(p["teacher"] for p in rpairs),
         "sample_accuracy": accuracy(recall_runs),
     }
-    write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
+    if procs.is_main_process:
+        write_jsonl(out / "recall_pairs.jsonl", written)
+        write_jsonl(out / "analyze_pairs.jsonl", apairs)
+        write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
     return metrics

@@ -41,11 +41,13 @@ def _stage_data(params: Params, paths: Paths, tokenizer) -> tuple[list[dict], di
     return rows, sizes, lengths
 
 
-def _fingerprint(params: Params, paths: Paths) -> str:
-    """Everything a resumed run must share with the interrupted one: its params and its input files."""
+def _fingerprint(params: Params, paths: Paths, processes: int = 1) -> str:
+    """Everything a resumed run must share with the interrupted one: its params, its input files and the
+    number of processes (a step's batch and so the schedule depend on it)."""
     g = params.generation
     keys = {k: to_dict(getattr(params, k)) for k in ("seed", "student", "sft")}
     keys["generation"] = [g.batch_size, g.max_new_tokens]  # what validation uses; as in dvc.yaml
+    keys["processes"] = processes
     h = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
     files = sorted(paths.sft_data.glob(f"{params.sft.stage_type}/*.jsonl")) + [paths.sft_data / "valid.jsonl"]
     files += sorted(p for p in paths.tokenizer.rglob("*") if p.is_file())
@@ -65,10 +67,9 @@ def _trainer_classes():
             self.batch_sampler, self.valid, self.chain_kwargs = batch_sampler, valid, chain_kwargs
 
         def get_train_dataloader(self):
-            from torch.utils.data import DataLoader
-            dl = DataLoader(self.train_dataset, batch_sampler=self.batch_sampler, collate_fn=self.data_collator,
-                            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory)
-            return self.accelerator.prepare(dl)
+            return distributed.prepare_sharded_loader(
+                self.accelerator, self.train_dataset, self.batch_sampler, self.data_collator,
+                self.args.dataloader_num_workers, self.args.dataloader_pin_memory)
 
         def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
             acc = distributed.chain_accuracy(self.accelerator, self.model, self.processing_class, self.valid,
@@ -134,17 +135,14 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     from transformers.trainer_utils import get_last_checkpoint
 
     s = params.sft
-    model, tokenizer = load_student(params, paths)
-    rows, sizes, lengths = _stage_data(params, paths, tokenizer)
+    procs = distributed.state()  # the process group before anything else (see distributed.py)
     valid = read_jsonl(paths.sft_data / "valid.jsonl", QUESTION_FIELDS)
     num_options = max(len(q["options"]) for q in valid)
     intervals = sft_intervals(s.stage_type, s.interval, num_options)
-    sampler = CurriculumBatchSampler(sizes, intervals, s.batch_size, params.seed,
-                                     lengths if s.group_by_length else None, s.gradient_accumulation_steps)
     eval_every = eval_steps(s.eval_every, s.stage_type, s.interval, num_options)
 
     ckpt_dir = paths.checkpoints / "sft"
-    fingerprint = _fingerprint(params, paths)
+    fingerprint = _fingerprint(params, paths, procs.num_processes)
     stamp = ckpt_dir / "fingerprint.txt"
     cuda = torch.cuda.is_available()
     args = Seq2SeqTrainingArguments(
@@ -160,7 +158,15 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
         ddp_find_unused_parameters=False,  # every parameter takes part in every step
         **trainer_kwargs(params, paths, "sft", "sft"),  # precision, TF32, accumulation, checkpointing, trackers
     )
-    # After the arguments, which set up the process group that main_first relies on.
+    # The model after the arguments: under ZeRO-3 they register the DeepSpeed config that makes loading build
+    # the model partitioned, and FSDP's cpu_ram_efficient_loading needs the process group (distributed.py).
+    model, tokenizer = load_student(params, paths)
+    rows, sizes, lengths = _stage_data(params, paths, tokenizer)
+    # One optimizer step = batch_size x accumulation per process, all processes in the same stage block
+    # (curriculum.py).
+    sampler = CurriculumBatchSampler(sizes, intervals, s.batch_size, params.seed,
+                                     lengths if s.group_by_length else None, s.gradient_accumulation_steps,
+                                     num_replicas=procs.num_processes, rank=procs.process_index)
     with distributed.main_first() as main:
         if main and not (stamp.exists() and stamp.read_text() == fingerprint):
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # other params or data: stale checkpoints must go

@@ -2,7 +2,9 @@
 checkpointing, trackers. Each param carries the name of the TrainingArguments field it sets.
 
 TF32 is set here, not through `TrainingArguments(tf32=...)`: transformers caches that switch per process (one
-call per value), and DPO computes validation and reference log-probs before any TrainingArguments exist.
+call per value), and a DPO iteration without pairs validates its starting model without any TrainingArguments.
+`dpo_train` calls `trainer_kwargs` before its first forward pass, so the start validation and the reference
+log-probs (computed inside the Trainer) run under the iteration's TF32 setting and precision.
 """
 from __future__ import annotations
 
