@@ -181,7 +181,7 @@ def test_every_numeric_knob_has_a_range():
     ("dpo.gradient_accumulation_steps", -1, "must be >= 1"),
     ("dataset.limit", 0, "must be >= 1"),
     ("dataset.synthetic.zipf", 4.5, "must be in [0, 4]"),
-    ("dataset.synthetic.clues_per_category", 0, "must be >= 1"),
+    ("dataset.synthetic.clues_per_category", -1, "must be >= 0"),
     ("teacher.min_coverage", 1.1, "must be in [0, 1]"),
     ("teacher.max_retry_seconds", 0.0, "must be > 0"),
     ("teacher.max_failures_in_a_row", 0, "must be >= 1"),
@@ -291,3 +291,9 @@ def test_stages_track_the_knobs_they_read(stage, keys):
 
     st = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"][stage]
     assert set(keys) <= set(st.get("do", st)["params"])
+
+
+def test_default_runs_three_chained_dpo_iterations():
+    its = load(REPO / "params.yaml").dpo.iterations
+    assert {k: v.init for k, v in its.items()} == {
+        "iter1": "models/sft", "iter2": "models/dpo/iter1", "iter3": "models/dpo/iter2"}

@@ -11,7 +11,7 @@ from tinythinker.params import load
 
 BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
-CFG = replace(BASE.dataset.synthetic, num_train=400, num_valid=20, num_test=30)
+CFG = replace(BASE.dataset.synthetic, num_train=400, num_valid=20, num_test=30, clues_per_category=6)
 VERDICT = re.compile(r"^(?:Explanations: )?([A-E]) is (correct|incorrect)\. Because (.+)$")
 
 
@@ -98,13 +98,13 @@ def test_clues_imply_one_category_each():
 
 
 def test_long_tail_of_clues_and_things():
-    d = S.generate(replace(BASE.dataset.synthetic, num_train=2000, num_valid=10, num_test=10), seed=3)
+    d = S.generate(replace(CFG, num_train=2000, num_valid=10, num_test=10), seed=3)
     clues = Counter(q["meta"]["clue"] for q in d["train"])
     things = Counter(c["text"] for q in d["train"] for c in q["choices"])
     # Zipf 1 over 6 clues: the commonest of a category about 6x its rarest; things likewise over 10 ranks
     assert max(clues.values()) > 4 * min(clues.values()) and min(clues.values()) >= 5
     assert max(things.values()) > 4 * min(things.values())
-    flat = S.generate(replace(BASE.dataset.synthetic, num_train=2000, num_valid=10, num_test=10, zipf=0.0),
+    flat = S.generate(replace(CFG, num_train=2000, num_valid=10, num_test=10, zipf=0.0),
                       seed=3)
     flat_clues = Counter(q["meta"]["clue"] for q in flat["train"])
     assert max(flat_clues.values()) < 2 * min(flat_clues.values())
@@ -151,3 +151,14 @@ def test_faults_break_what_they_should(data):
     assert set(S.FAULTS) == {"truncated", "malformed", "wrong_verdict"}
     with pytest.raises(ValueError, match="unknown fault"):
         S.offline_completion(q, rng, "nonsense")
+
+
+def test_named_categories_without_clues():
+    """clues_per_category 0 (the fast default): the question names the category, the recall restates it."""
+    d = S.generate(replace(CFG, clues_per_category=0), seed=7)
+    rng = random.Random(1)
+    for q in d["train"][:30]:
+        c = q["meta"]["category"]
+        assert q["meta"]["clue"] is None and c in re.findall(r"\w+", q["question"])
+        first = _lines(S.offline_completion(q, rng)[0])[0]
+        assert first in {f"Key Information: {r.format(c=c)}" for r in S.NAMED_RECALLS}

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from test_teacher_openai import (API_KEY, assert_key_never_written, records, server_factory,  # noqa: F401 (fixture)
-                                 setup_root)
+from test_teacher_openai import (API_KEY, assert_key_never_written, outage_after, records,  # noqa: F401 (fixture)
+                                 server_factory, setup_root)
 from tinythinker.io import read_json, read_jsonl
 from tinythinker.paths import Paths
 from tinythinker.prompts import build_requests, message_tokens
@@ -137,13 +137,7 @@ def test_rejected_credentials_never_show_the_key(tmp_path, server_factory, respo
 
 def test_outage_mid_run_keeps_the_answers_and_the_rerun_sends_only_the_rest(tmp_path, server_factory,
                                                                            response_store):
-    up = {"answers": 4}
-
-    def script(q, attempt, body):
-        if up["answers"] is None:
-            return "ok"
-        up["answers"] -= 1
-        return "ok" if up["answers"] >= 0 else "500"
+    script, up = outage_after(4)
 
     server = server_factory(script)
     setup_root(tmp_path, server, 12, max_failures_in_a_row=3, **QUICK)

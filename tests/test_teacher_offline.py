@@ -30,7 +30,7 @@ def make_root(root, params):
 
 
 def test_offline_rounds_faults_and_build(tmp_path):
-    params = BASE.replace(**SMALL)
+    params = BASE.replace(**SMALL, **{"teacher.rounds": 8})  # 0.3 ** 8: every question ends complete
     paths = make_root(tmp_path / "a", params)
     m = request(params, paths)
     assert m["questions"] == 30 and m["questions_complete"] == 30 and m["usd"] == 0

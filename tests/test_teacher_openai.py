@@ -140,6 +140,19 @@ class Teacher:
             return Counter(e["key"] for e in self.events if e["answered"])
 
 
+def outage_after(answers: int):
+    """(script, state): the server answers `answers` requests, then every request gets a 500 until the test
+    sets ``state["answers"] = None`` (the server is back)."""
+    state = {"answers": answers}
+
+    def script(q, attempt, body):
+        if state["answers"] is None:
+            return "ok"
+        state["answers"] -= 1
+        return "ok" if state["answers"] >= 0 else "500"
+    return script, state
+
+
 def records(k: int) -> list[dict]:
     return [{"id": f"q{i}", "question": f"Question {i}?", "answer": "ABCD"[i % 4],
              "choices": [{"label": l, "text": f"option {l}{i}"} for l in "ABCD"]} for i in range(k)]

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from test_teacher_offline import SMALL, make_root
-from test_teacher_openai import API_KEY, REPO, server_factory, setup_root  # noqa: F401 (a fixture)
+from test_teacher_openai import API_KEY, REPO, outage_after, server_factory, setup_root  # noqa: F401 (a fixture)
 from tinythinker.io import read_jsonl
 from tinythinker.journal import ResponseStore
 from tinythinker.params import load
@@ -152,13 +152,7 @@ def test_failed_temp_experiment_keeps_its_answers(tmp_path, server_factory, resp
     in the store, a failed stage locks nothing, and the rerun pays only for the rest. About 40 s of dvc."""
     from test_pipeline import _copy_repo
 
-    up = {"answers": 5}
-
-    def script(q, attempt, body):
-        if up["answers"] is None:
-            return "ok"
-        up["answers"] -= 1
-        return "ok" if up["answers"] >= 0 else "500"
+    script, up = outage_after(5)
 
     server = server_factory(script)
     repo = _copy_repo(tmp_path / "repo")

@@ -90,7 +90,7 @@ class SyntheticParams:
     num_categories: Count
     entities_per_category: Count
     test_holdout: Share  # share of each category's things that answer only valid/test questions
-    clues_per_category: Count  # question wordings that imply the category (the recall's knowledge)
+    clues_per_category: Natural  # clues that imply the category (the recall's knowledge); 0: the question names it
     zipf: Annotated[float, Range(0, 4)]  # long tail of clue and thing frequencies (0: uniform)
 
     def __post_init__(self):

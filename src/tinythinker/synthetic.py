@@ -20,6 +20,11 @@ Built so that every step of the chain carries knowledge the question does not st
 
 The answer-only student (`sft.stage_type=summarize`) has to do all of this in one step with no written
 intermediate; the full chain gets each piece as its own short, supervised step.
+
+`clues_per_category: 0` (the default, see README "The embedded task") names the category in the question
+("Which one is a bird?") and the recall only restates it: the shorter texts fit the whole default run into
+the 10-minute CPU budget. Clues make every example about 40 % longer and the from-scratch student needs about
+as many steps, so the clue task is a `-S` away rather than the default.
 """
 from __future__ import annotations
 
@@ -63,6 +68,8 @@ MAX_ENTITIES = min(len(v) for v in WORLD.values())
 MAX_CLUES = min(len(v) for v in CLUES.values())
 
 QUESTIONS = ("Which one {k}?", "Which of these {k}?")
+NAMED = ("Which one is a {c}?", "Which of these is a {c}?", "Pick the {c}.")  # clues_per_category: 0
+NAMED_RECALLS = ("We need a {c}.", "The answer must be a {c}.")
 # The recall names what the clue implies; the third wording is the teacher's rare one.
 RECALLS = ("Something that {k} is a {c}.", "What {k} must be a {c}.", "Only a {c} {k}.")
 RECALL_WEIGHTS = (6, 3, 1)
@@ -103,6 +110,7 @@ def generate(cfg: SyntheticParams, seed: int) -> dict[str, list[dict]]:
     weight = {e: w for es in ranked.values() for e, w in zip(es, zipf(len(es), cfg.zipf))}
     clues = {c: list(CLUES[c][: cfg.clues_per_category]) for c in things}
     clue_w = zipf(cfg.clues_per_category, cfg.zipf)
+    named = cfg.clues_per_category == 0
     # Per category, the things that answer only valid/test questions (at least one answers training ones),
     # spread over the frequency ranks so the held-out facts are long-tailed as well.
     k = min(cfg.entities_per_category - 1, round(cfg.entities_per_category * cfg.test_holdout))
@@ -118,11 +126,11 @@ def generate(cfg: SyntheticParams, seed: int) -> dict[str, list[dict]]:
             picks = [(answer, category)] + [(_pick(rng, ranked[o], [weight[e] for e in ranked[o]]), o)
                                             for o in others]
             rng.shuffle(picks)
-            clue = _pick(rng, clues[category], clue_w)
+            clue = None if named else _pick(rng, clues[category], clue_w)
             labels = LABELS[: cfg.num_options]
             rows.append({
                 "id": f"syn-{split}-{i:05d}",
-                "question": rng.choice(QUESTIONS).format(k=clue),
+                "question": rng.choice(NAMED).format(c=category) if named else rng.choice(QUESTIONS).format(k=clue),
                 "choices": [{"label": l, "text": e} for l, (e, _) in zip(labels, picks)],
                 "answer": labels[[e for e, _ in picks].index(answer)],
                 "meta": {"category": category, "clue": clue, "kinds": {l: c for l, (_, c) in zip(labels, picks)}},
@@ -150,7 +158,10 @@ def offline_completion(record: dict, rng: random.Random, fault: Optional[str] = 
         # confused with another option's category, as a model mixing up the options would
         kinds[victim] = rng.choice(sorted(set(kinds.values()) - {asked, kinds[victim]}))
     declared = rng.choice(others) if fault == "wrong_verdict" else gt
-    recall = rng.choices(RECALLS, weights=RECALL_WEIGHTS)[0].format(k=meta["clue"], c=asked)
+    if meta.get("clue") is None:  # the question names the category: the recall restates it
+        recall = rng.choice(NAMED_RECALLS).format(c=asked)
+    else:
+        recall = rng.choices(RECALLS, weights=RECALL_WEIGHTS)[0].format(k=meta["clue"], c=asked)
     lines = [f"Key Information: {recall}"]
     for i, label in enumerate([gt] + others):
         kind = kinds[label]
