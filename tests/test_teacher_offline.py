@@ -7,7 +7,7 @@ import pytest
 
 from tinythinker import synthetic
 from tinythinker.build import build
-from tinythinker.io import DataError, read_json, read_jsonl, write_jsonl
+from tinythinker.io import DataError, read_jsonl, write_jsonl
 from tinythinker.journal import Journal, request_key
 from tinythinker.params import load
 from tinythinker.paths import Paths
