@@ -40,7 +40,7 @@ def test_load_errors_name_the_file(tmp_path):
     f.write_text("sft:\n  epochs: [1\n")
     with pytest.raises(ParamsError, match=r"params.yaml:3: not valid YAML"):
         load(f)
-    f.write_text((REPO / "params.yaml").read_text().replace("  epochs: 7.0", "  epochz: 1"))
+    f.write_text(re.sub(r"(?m)^  epochs:", "  epochz:", (REPO / "params.yaml").read_text(), count=1))
     with pytest.raises(ParamsError, match=r"params.yaml: sft.epochz: unknown key"):
         load(f)
 
