@@ -21,10 +21,11 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
+
+from local_server import LocalServer
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))  # this checkout's code, whatever is installed
@@ -60,7 +61,7 @@ def rationale(user: str, i: int) -> str:
     return f"Key Information: {question} points to {gold}.\nExplanations: " + "\n".join(body)
 
 
-class Teacher:
+class Teacher(LocalServer):
     """A chat-completions server on 127.0.0.1 that answers every request at once with `n` rationales."""
 
     def __init__(self):
@@ -91,19 +92,7 @@ class Teacher:
                 self.end_headers()
                 self.wfile.write(data)
 
-        class Server(ThreadingHTTPServer):
-            # the teacher opens up to teacher.max_concurrency (64) connections at once; the default listen
-            # backlog of 5 refuses some of them, which the check would count as connection errors and retries
-            request_queue_size = 128
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler, backlog=128)  # the teacher's 64 concurrent connections, none refused
 
 
 # --- measuring -----------------------------------------------------------------------------------------

@@ -13,11 +13,13 @@ import random
 import shutil
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from unittest import mock
 
+from local_server import LocalServer
 
-class LimitedServer:
+
+class LimitedServer(LocalServer):
     def __init__(self, rpm: float, latency: float, jitter: float, seed: int = 0):
         self.rate, self.latency, self.jitter = rpm / 60.0, latency, jitter
         self.cap = max(1.0, self.rate)  # one second of burst
@@ -36,14 +38,7 @@ class LimitedServer:
             def do_POST(self):
                 owner.handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        super().__init__(Handler)
 
     def _admit(self) -> float:
         """0 when admitted, else seconds until the budget has room."""
