@@ -16,19 +16,18 @@ from .chain import Decoding, accuracy, majority_vote, run_chain
 from .io import read_jsonl, write_json, write_jsonl
 from .params import Params, check_name
 from .paths import Paths
-from .student import check_checkpoint, load_student
+from .student import load_student
 
 
 def test(params: Params, paths: Paths, model_dir: Path, name: str) -> dict:
     check_name(name, "--name", nested=True)  # before minutes of generation: it becomes two output paths
     g = params.generation
     questions = read_jsonl(paths.sft_data / "test.jsonl", QUESTION_FIELDS)
-    check_checkpoint(Path(model_dir), "--model")  # before torch's import: a wrong path fails in a second
+    with distributed.replicas():  # load_student checks the directory before torch's import: fails in a second
+        model, tokenizer = load_student(params, paths, Path(model_dir), "--model")
     import torch
 
-    procs = distributed.state()
-    with distributed.replicas():
-        model, tokenizer = load_student(params, paths, Path(model_dir), "--model")
+    procs = distributed.state()  # generation only: every process holds full weights, so after loading is fine
     model.to(procs.device)
     greedy = Decoding(max_new_tokens=g.max_new_tokens)
     sampled = Decoding(do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
