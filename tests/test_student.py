@@ -117,3 +117,25 @@ def test_hub_student_loads_at_its_revision(paths, monkeypatch):
     tokenizer_stage(hub, paths)
     model, _ = load_student(hub, paths)
     assert asked == [("tokenizer", "f" * 40), ("model", "f" * 40)] and model is tiny
+
+
+def test_tokenizer_is_the_same_file_in_every_process(tmp_path):
+    """The Unigram trainer's internal sets iterate in a per-process random order; the saved vocabulary must
+    not depend on it, or `dvc repro` on a second clone hashes a different models/tokenizer."""
+    import subprocess
+    import sys
+
+    script = (
+        "import json, sys\n"
+        "from tinythinker.params import load\n"
+        "from tinythinker.synthetic import generate\n"
+        "from tinythinker.student import train_tokenizer\n"
+        f"p = load({str(Path(__file__).resolve().parents[1] / 'params.yaml')!r})\n"
+        "rows = [r for split in generate(p.dataset.synthetic, int(sys.argv[1])).values() for r in split]\n"
+        "texts = [r['question'] + ' ' + ' '.join(f\"({c['label']}) {c['text']}\" for c in r['choices']) for r in rows]\n"
+        "tok = train_tokenizer(texts, 300)\n"
+        "print(json.dumps(json.loads(tok.backend_tokenizer.to_str())['model']['vocab']))\n")
+    for seed in (1, 2):
+        outs = {subprocess.run([sys.executable, "-c", script, str(seed)], capture_output=True, text=True,
+                               check=True).stdout for _ in range(5)}
+        assert len(outs) == 1, f"seed {seed}: {len(outs)} different vocabularies from 5 processes"

@@ -68,7 +68,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     # An option letter must be the same token in "(B) text" and in "For option B,": the analyze step copies
     # the text that follows the asked letter, and a tiny model from scratch cannot learn that "▁(B)" and
     # "▁B," mean the same letter in a few minutes. So no piece may glue a lone capital to ▁ or punctuation.
-    pieces = {p: round(lowest if s < band else s, 6) for p, s in vocab[3:] if not _LETTER_GLUE.fullmatch(p)}
+    lowest = round(lowest, 6)  # the minimum itself carries the noise too
+    pieces = {p: lowest if s < band else round(s, 6) for p, s in vocab[3:] if not _LETTER_GLUE.fullmatch(p)}
     for ch in "▁()[],.:;?!" + string.ascii_uppercase:
         pieces.setdefault(ch, lowest)
     # The trainer seeds pieces from substrings shared by several distinct words, so on a small closed
