@@ -327,7 +327,7 @@ def test_hub_rows_are_mapped_per_task(tmp_path, monkeypatch):
     rec = read_jsonl(paths.split("test"))[0]
     assert rec == {"id": "v0", "question": "Why?", "answer": "E",
                    "choices": [{"label": lab, "text": t} for lab, t in zip(choices["label"], choices["text"])]}
-    assert read_json(paths.prepared / "split_ids.json")["source"] == "tau/commonsense_qa"
+    assert read_json(paths.prepared / "split_ids.json")["source"] == "tau/commonsense_qa@" + get_task("csqa").hub.revision
 
     paths = run(params("obqa"), tmp_path / "obqa")
     rec = read_jsonl(paths.split("valid"))[0]
@@ -336,7 +336,8 @@ def test_hub_rows_are_mapped_per_task(tmp_path, monkeypatch):
     paths = run(params("strategyqa"), tmp_path / "sqa")  # both Hub splits make up the one official file
     rows = read_jsonl(paths.raw / "train.jsonl")
     assert len(rows) == 20 and {r["answer"] for r in rows if r["id"].endswith("0")} == {"A"}
-    # every task file's revision reaches load_dataset (all null = latest until someone pins a commit)
+    # every task file's pinned commit reaches load_dataset
+    assert all(len(get_task(n).hub.revision) == 40 for n in ("csqa", "obqa", "strategyqa"))
     assert asked == [(t, c, get_task(n).hub.revision) for n, t, c in (
         ("csqa", "tau/commonsense_qa", None), ("obqa", "allenai/openbookqa", "main"),
         ("strategyqa", "ChilleD/StrategyQA", None))]

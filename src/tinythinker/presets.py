@@ -15,7 +15,10 @@ from pathlib import Path
 from .io import read_text, write_text
 from .params import ParamsError, Params, from_dict, load
 
-STUDENTS = {"t5-small": "google-t5/t5-small", "t5-base": "google-t5/t5-base", "t5-large": "google-t5/t5-large"}
+# Hub id and the commit read (public pins of these repositories; the weights have not changed since 2023).
+STUDENTS = {"t5-small": ("google-t5/t5-small", "df1b051c49625cf57a3d0d8d3863ed4d13564fe4"),
+            "t5-base": ("google-t5/t5-base", "a9723ea7f1b39c1eae772870f3b547bf6ef7e6c1"),
+            "t5-large": ("google-t5/t5-large", "150ebc2c4b72291e770f58e6057481c8d2ed331a")}
 # Teacher samples per question and re-ask rounds (spec 2.5, 3.1).
 TEACHER = {"csqa": (8, 3), "obqa": (4, 3), "strategyqa": (4, 2)}
 ITERATIONS = 5  # DPO iterations (spec 6.1)
@@ -25,7 +28,6 @@ PAPER = {
     "seed": 42,  # spec 5.2, 6.3
     "dataset.source": None, "dataset.limit": None,  # the official data, every question
     "dataset.seed": 42,  # project: the original's splits are unseeded (spec 9.7); any fixed seed will do
-    "student.revision": None,  # project: the Hub's current weights (pin a commit hash for an exact rerun)
     # teacher (spec 2.2-2.7): GPT-4o, all shipped exemplars, T 0.8, 256 tokens, the original rate limits
     "teacher.backend": "openai", "teacher.model": "gpt-4o-2024-05-13", "teacher.base_url": None,
     "teacher.temperature": 0.8, "teacher.max_tokens": 256, "teacher.exemplars": None, "teacher.num_shots": None,
@@ -67,7 +69,7 @@ def preset(dataset: str, student: str) -> dict:
         raise ParamsError(f"preset: unknown student {student!r} (known: {', '.join(STUDENTS)})")
     samples, rounds = TEACHER[dataset]
     return {"dataset.name": dataset, "teacher.samples": samples, "teacher.rounds": rounds,
-            "student.model": STUDENTS[student], **PAPER}
+            "student.model": STUDENTS[student][0], "student.revision": STUDENTS[student][1], **PAPER}
 
 
 def eval_cadence(params: Params) -> int:
