@@ -77,7 +77,7 @@ def test_dvc_repro_end_to_end(repo):
     # The headline is the only metrics file; stage diagnostics are git-tracked outputs, not metric columns.
     shown = json.loads(_sh("dvc metrics show --json", repo))
     assert list(shown["workspace"]["data"]) == ["metrics/summary.json"]
-    header = next(csv.reader(io.StringIO(_sh("dvc exp show --csv --no-pager", repo)))
+    header = next(csv.reader(io.StringIO(_sh("dvc exp show --csv", repo))))
     for col in ("test.sft", "test.iter1", "test.iter2", "valid.sft", "pairs.iter1", "pairs.iter2", "steps.sft",
                 "steps.iter2", "chains", "teacher.requests", "teacher.usd"):
         assert col in header, col
@@ -174,14 +174,16 @@ def test_same_params_same_machine_reproduce_exactly(repo, tmp_path):
     if not (repo / "dvc.lock").exists():
         _sh("dvc repro", repo)
     other = _copy_repo(tmp_path / "again")
-    _sh("dvc repro", other)
+    # Through the first DPO iteration and the SFT model's test (each later stage repeats one of these kinds)
+    _sh("dvc repro dpo_train@iter1 test_sft", other)
     first, second = _lock_outs(repo), _lock_outs(other)
-    assert set(first) == set(second)
+    assert {"models/sft", "models/dpo/iter1", "data/predictions/test/sft.jsonl"} <= set(second) <= set(first)
     for path in ("data/raw", "data/prepared", "data/teacher/requests.jsonl", "data/teacher/journal.jsonl",
                  "data/teacher/completions.jsonl", "data/sft", "data/dpo/iter1", "models/tokenizer"):
         assert first[path] == second[path], path
-    assert _metrics(repo) == _metrics(other)
-    assert first == second  # trained models too: CPU training here is deterministic
+    assert {p: first[p] for p in second} == second  # trained models too: CPU training here is deterministic
+    ran = _metrics(other)
+    assert ran and {k: v for k, v in _metrics(repo).items() if k in ran} == ran
 
 
 @pytest.mark.slow
@@ -199,11 +201,12 @@ def test_training_stages_under_accelerate_with_two_cpu_processes(repo, tmp_path)
 
 @pytest.mark.slow
 def test_queued_ablation_runs_and_shows(repo):
-    """`dvc exp run --queue` + `dvc queue start`: the queued summarize-only ablation runs and is compared."""
+    """`dvc exp run --queue` + `dvc queue start`: a queued variant runs and is compared."""
     if not (repo / "dvc.lock").exists():
         _sh("dvc repro", repo)
     _sh("git add -A && git commit -qm 'pipeline run' || true", repo)
-    _sh("dvc exp run --queue -n summarize-only -S sft.stage_type=summarize", repo)
+    # A phase-2 variant: the queued run takes the SFT model from the cache and reruns the DPO stages only
+    _sh("dvc exp run --queue -n beta-low -S dpo.beta=0.1", repo)
     _sh("dvc queue start -j 1", repo)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -215,11 +218,11 @@ def test_queued_ablation_runs_and_shows(repo):
     import dvc.api
 
     rows = {r["Experiment"]: r for r in dvc.api.exp_show(repo=str(repo))}
-    ablation = rows["summarize-only"]
-    assert ablation["sft.stage_type"] == "summarize"
+    ablation = rows["beta-low"]
+    assert ablation["dpo.beta"] == 0.1
     accuracies = {k: v for k, v in ablation.items() if k.startswith("test.") and isinstance(v, (int, float))}
     assert set(accuracies) == {"test.sft", "test.iter1", "test.iter2"}, ablation
-    assert "summarize-only" in _sh("dvc exp show --csv", repo)
+    assert "beta-low" in _sh("dvc exp show --csv", repo)
 
 
 CSQA = REPO.parent / "shared" / "datasets" / "csqa"
