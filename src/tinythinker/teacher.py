@@ -280,7 +280,7 @@ def _usd(body: dict, resp: dict) -> float:
     model = resp.get("model")
     if model != "offline" and model not in PRICES:
         model = body["model"]
-    pin, pout = PRICES.get(model, (0.0, 0.0))
+    pin, pout = PRICES[model][:2] if model in PRICES else (0.0, 0.0)
     usage = resp.get("usage") or {}
     return (usage.get("prompt_tokens") or 0) * pin + (usage.get("completion_tokens") or 0) * pout
 
