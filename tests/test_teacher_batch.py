@@ -6,7 +6,7 @@ files as the API does (line shape, endpoint, one model, unique custom_ids, the r
 every call, so the tests check what was sent, polled and downloaded: a full round, error-file lines asked
 again, an expired and a cancelled batch, a stage SIGKILLed while polling that resumes the same batch, a batch
 whose id was never recorded, input files split at the limits, the batch price with cached tokens, and the
-loud failures (validation, quota).
+loud failures (validation, quota, every line refused).
 """
 import json
 import os
@@ -405,6 +405,26 @@ def test_a_batch_whose_id_was_never_recorded_is_found_not_submitted_again(tmp_pa
     assert (m["batches_resumed"], m["batches_submitted"], m["questions_complete"]) == (1, 0, 3)
 
 
+def test_a_stage_killed_after_storing_the_answers_downloads_nothing_again(tmp_path, api_factory, monkeypatch,
+                                                                          response_store):
+    api = api_factory()
+    params = batch_root(tmp_path, api, 3, rounds=1)
+    real = ResponseStore.finish_batch
+
+    def killed(self, record):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ResponseStore, "finish_batch", killed)
+    with pytest.raises(KeyboardInterrupt):  # killed after the answers were stored, before the record was retired
+        request(params, Paths(tmp_path))
+    monkeypatch.setattr(ResponseStore, "finish_batch", real)
+    (pending,) = records(response_store, "pending")
+    assert len(pending["answered"]) == 3
+    n = len(api.calls)
+    m = request(params, Paths(tmp_path))
+    assert len(api.calls) == n and m["requests_from_journal"] == 3 and m["questions_complete"] == 3
+    assert records(response_store, "pending") == [] and len(records(response_store, "done")) == 1
+
+
 @pytest.mark.parametrize("limit", ["requests", "bytes"])
 def test_input_files_split_at_the_limits(tmp_path, api_factory, monkeypatch, limit):
     api = api_factory(max_requests=4)
@@ -463,6 +483,20 @@ def test_quota_stops_at_once_and_keeps_what_was_answered(tmp_path, api_factory, 
     assert len(api.created()) == 1 and len(list(response_store.glob("*/*.json"))) == 3
     assert len(read_jsonl(Paths(tmp_path).journal)) == 3
     assert records(response_store, "pending") == []  # the rerun asks the refused request again
+
+
+def test_every_line_refused_stops_as_live_requests_do(tmp_path, api_factory, response_store):
+    """A batch whose every line is refused: the stage stops with the server's words, as in live mode, and a
+    rerun asks again (a new batch) instead of reading the same refusals back."""
+    api = api_factory(lambda q, body, i: "400")
+    params = batch_root(tmp_path, api, 3)
+    for run in (1, 2):
+        with pytest.raises(TeacherError, match="^teacher refuses the requests: all 3 of the round failed, none was "
+                                               "answered; last: batch batch_\\d: HTTP 400 invalid_prompt: refused"):
+            request(params, Paths(tmp_path))
+        assert len(api.created()) == run and api.count("GET", "/v1/files/") == run  # one error file each
+        assert records(response_store, "pending") == []
+        assert [r["answered"] for r in records(response_store, "done")] == [[]] * run
 
 
 def test_batch_mode_needs_the_openai_backend():

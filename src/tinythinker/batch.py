@@ -98,29 +98,33 @@ class BatchBackend(Backend):
         self.failures: dict[str, RequestFailed] = {}
         self.read: list[dict] = []  # records of the round's batches, retired once the teacher stored their answers
         self.quota = ""  # an error-file line's insufficient_quota: the stage stops once the round's answers are kept
+        self.warned: set[str] = set()
 
     # --- the teacher's interface ------------------------------------------------------------------------
     async def prepare_round(self, missing: list[tuple[dict, str, str]], label: str) -> bool:
         self.answers, self.failures, self.read, self.quota = {}, {}, [], ""
-        if not missing:
-            return False
         want = {key: (body, salt) for body, salt, key in missing}
         records, covered = [], set()
         for record in self.store.pending_batches():
             if record["origin"] != self.origin:
                 continue
             ids = set(record["custom_ids"])
-            if all(k in self.store for k in ids):  # read back by a run killed before retiring the record
-                self.store.finish_batch({**record, "status": record.get("status") or "read back"})
+            # Read back by a run that stopped before retiring the record (killed, or stopped by a refusal): once
+            # its answers are stored there is nothing left to fetch; its failures are asked again, as live ones.
+            if all(k in self.store for k in record.get("answered", ids)):
+                self.store.finish_batch(record)
             elif ids & want.keys():
                 records.append(record)
                 covered |= ids
                 self.stats["batches_resumed"] += 1
-            else:
+            elif record["name"] not in self.warned:  # another run's (other params): paid, so never forgotten
+                self.warned.add(record["name"])
                 print(f"teacher: batch {record.get('batch_id') or record['input_file_id']} (submitted "
                       f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(record.get('created', 0)))}) holds none of "
                       f"this run's requests; it stays recorded in {self.store.root / 'batches' / 'pending'}",
                       file=sys.stderr)
+        if not missing:
+            return False
         fresh = set()  # uploaded now: no batch can exist for them yet
         for model, keys, data in input_files([(b, s, k) for b, s, k in missing if k not in covered]):
             records.append(await self._upload(model, keys, data))
@@ -129,9 +133,7 @@ class BatchBackend(Backend):
             if not record.get("batch_id"):
                 records[i] = await self._create(record, search=record["name"] not in fresh)
         batches = await self._wait(records, label)
-        for record, batch in zip(records, batches):
-            await self._read_back(record, batch, want)
-        self.read = [{**r, "status": b.status} for r, b in zip(records, batches)]
+        self.read = [await self._read_back(record, batch, want) for record, batch in zip(records, batches)]
         return bool(self.answers)
 
     def finish_round(self) -> None:
@@ -242,7 +244,7 @@ class BatchBackend(Backend):
                     return batches
                 await asyncio.sleep(self.t.batch_poll_seconds)
 
-    async def _read_back(self, record: dict, batch, want: dict[str, tuple[dict, str]]) -> None:
+    async def _read_back(self, record: dict, batch, want: dict[str, tuple[dict, str]]) -> dict:
         """The batch's answers and failures, for `complete`; the teacher stores the answers as it does live
         ones, and `finish_round` then retires the record (a kill before that reads the batch back again)."""
         if batch.status == "failed":
@@ -281,3 +283,7 @@ class BatchBackend(Backend):
                 self.stats["batch_requests_expired"] += 1
                 self.failures[key] = RequestFailed(f"batch {batch.id} {batch.status} before answering it",
                                                    transient=False, deferred=True)
+        # What the store must hold before the record can go, should this run stop before `finish_round`.
+        record = {**record, "status": batch.status, "answered": [k for k in record["custom_ids"] if k in self.answers]}
+        self.store.put_batch(record)
+        return record
