@@ -6,7 +6,9 @@ a hash of who answers (backend and normalised server), its full body (model incl
 rerun — after a crash, a SIGKILL, a failed or finished run — rebuilds the same rounds and sends only what
 neither the journal nor the response store holds. That works because each round's requests depend only on
 the answers of earlier rounds. A paid response goes to the machine's response store first, then to the
-journal (see journal.py); the offline teacher's free answers are journaled only.
+journal (see journal.py); the offline teacher's free answers are journaled only. With `teacher.mode=batch`
+(batch.py) each round's missing requests go to the OpenAI Batch API first, under the same keys, and its
+answers take the same way into the store and the journal.
 
 The stage stops (exit 2, the server's message on the last line, nothing written but the answers received):
 - at once on 401/403/404 (key, access, model or URL) and on a 429 `insufficient_quota`;
