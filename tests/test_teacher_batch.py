@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from test_teacher_openai import API_KEY, REPO, assert_key_never_written, completion_for, setup_root
+from test_teacher_openai import API_KEY, ERRORS, REPO, assert_key_never_written, completion_for, setup_root
 from tinythinker import batch as batch_module
 from tinythinker.io import read_json, read_jsonl
 from tinythinker.journal import ResponseStore, request_key
@@ -48,6 +48,9 @@ class BatchAPI:
         self.fate, self.finish, self.polls, self.max_requests = fate, finish, polls, max_requests
         self.prompt_tokens, self.cached = prompt_tokens, cached
         self.hold = threading.Event()
+        # Scripted failures of API calls: (method, path) -> behaviours, one used per call: an ERRORS key (the
+        # call is refused), or "500 after" (the call takes effect, then the answer is lost to a 500).
+        self.faults: dict[tuple[str, str], list[str]] = {}
         self.files: dict[str, dict] = {}
         self.batches: dict[str, dict] = {}
         self.calls: list[tuple[str, str]] = []  # (method, path) of every request, in order
@@ -89,8 +92,16 @@ class BatchAPI:
         raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
         with self.lock:
             self.calls.append((method, path))
+            queue = self.faults.get((method, path))
+            fault = queue.pop(0) if queue else None
             try:
-                status, payload = self.route(h, method, path, raw)
+                if fault in ERRORS:
+                    status, error = ERRORS[fault]
+                    payload = {"error": {**error, "message": error["message"].format(auth="sk-...")}}
+                else:
+                    status, payload = self.route(h, method, path, raw)
+                    if fault == "500 after":
+                        status, payload = 500, {"error": ERRORS["500"][1]}
             except Exception as e:  # a bug in the test server shows up as a 500 with its message
                 status, payload = 500, {"error": {"message": f"test server: {e!r}", "type": "server_error"}}
         data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
@@ -401,7 +412,7 @@ def test_a_batch_whose_id_was_never_recorded_is_found_not_submitted_again(tmp_pa
     assert pending["batch_id"] is None and api.count("POST", "/v1/batches") == 1
 
     m = request(params, Paths(tmp_path))
-    assert api.count("POST", "/v1/batches") == 1 and api.count("GET", "/v1/batches") >= 1
+    assert api.count("POST", "/v1/batches") == 1 and api.calls.count(("GET", "/v1/batches")) == 1
     assert (m["batches_resumed"], m["batches_submitted"], m["questions_complete"]) == (1, 0, 3)
 
 
@@ -497,6 +508,29 @@ def test_every_line_refused_stops_as_live_requests_do(tmp_path, api_factory, res
         assert len(api.created()) == run and api.count("GET", "/v1/files/") == run  # one error file each
         assert records(response_store, "pending") == []
         assert [r["answered"] for r in records(response_store, "done")] == [[]] * run
+
+
+@pytest.mark.parametrize("refusal,needle", [
+    ("401", "teacher request refused; check OPENAI_API_KEY, teacher.model and teacher.base_url: HTTP 401 "
+            "invalid_api_key: Incorrect API key provided"),
+    ("quota", "teacher out of quota, not retried: HTTP 429 insufficient_quota: You exceeded your current quota")])
+def test_a_refused_batch_call_stops_at_once(tmp_path, api_factory, refusal, needle):
+    api = api_factory()
+    api.faults[("POST", "/v1/files")] = [refusal]
+    params = batch_root(tmp_path, api, 3)
+    with pytest.raises(TeacherError, match=needle):
+        request(params, Paths(tmp_path))
+    assert api.calls == [("POST", "/v1/files")]  # no retry, nothing else
+
+
+def test_a_create_whose_answer_is_lost_is_not_sent_again(tmp_path, api_factory):
+    """batches.create made the batch but its answer was a 500: before retrying, the stage looks the batch up."""
+    api = api_factory()
+    api.faults[("POST", "/v1/batches")] = ["500 after"]
+    params = batch_root(tmp_path, api, 3, rounds=1)
+    m = request(params, Paths(tmp_path))
+    assert api.count("POST", "/v1/batches") == 1 and len(api.created()) == 1 and api.calls.count(("GET", "/v1/batches")) == 1
+    assert (m["batches_submitted"], m["retries"], m["questions_complete"]) == (1, 1, 3)
 
 
 def test_batch_mode_needs_the_openai_backend():
