@@ -27,7 +27,7 @@ import pytest
 
 from test_teacher_openai import API_KEY, ERRORS, REPO, assert_key_never_written, completion_for, setup_root
 from tinythinker import batch as batch_module
-from tinythinker.io import read_json, read_jsonl
+from tinythinker.io import read_json, read_jsonl, write_jsonl
 from tinythinker.journal import ResponseStore, request_key
 from tinythinker.params import ParamsError, load
 from tinythinker.paths import Paths
@@ -434,6 +434,20 @@ def test_a_stage_killed_after_storing_the_answers_downloads_nothing_again(tmp_pa
     m = request(params, Paths(tmp_path))
     assert len(api.calls) == n and m["requests_from_journal"] == 3 and m["questions_complete"] == 3
     assert records(response_store, "pending") == [] and len(records(response_store, "done")) == 1
+
+
+def test_two_questions_with_the_same_request_are_one_line(tmp_path, api_factory):
+    """The same question text and options twice (datasets have such duplicates): one custom_id, one line."""
+    api = api_factory()
+    params = batch_root(tmp_path, api, 3, rounds=1)
+    paths = Paths(tmp_path)
+    reqs = read_jsonl(paths.requests)
+    reqs[1] = {**reqs[0], "id": reqs[1]["id"]}
+    write_jsonl(paths.requests, reqs)
+    m = request(params, paths)
+    assert [len(api.input_lines(b)) for b in api.created()] == [2] and m["requests_sent"] == 2
+    rows = read_jsonl(paths.completions)
+    assert rows[0]["completions"] == rows[1]["completions"] and m["questions_complete"] == 3
 
 
 @pytest.mark.parametrize("limit", ["requests", "bytes"])

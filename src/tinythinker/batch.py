@@ -104,6 +104,8 @@ class BatchBackend(Backend):
     async def prepare_round(self, missing: list[tuple[dict, str, str]], label: str) -> bool:
         self.answers, self.failures, self.read, self.quota = {}, {}, [], ""
         want = {key: (body, salt) for body, salt, key in missing}
+        # Two questions with the same text and options make the same request, but a custom_id must be unique.
+        missing = [(body, salt, key) for key, (body, salt) in want.items()]
         records, covered = [], set()
         for record in self.store.pending_batches():
             if record["origin"] != self.origin:
@@ -170,7 +172,7 @@ class BatchBackend(Backend):
                 return await fn(*args, **kwargs)
             except (o.APIStatusError, o.APIConnectionError, o.APIResponseValidationError) as e:
                 if (fatal := self.live.refusal(e)) is not None:
-                    raise fatal from None
+                    raise TeacherError(f"{fatal}; while {what}") from None
                 why, delay = self.live._message(e), self.live._delay(attempt, e)
                 if isinstance(e, o.APIStatusError) and e.status_code < 500 and e.status_code not in (408, 409, 429):
                     break  # refused as sent: retrying cannot help
@@ -230,7 +232,10 @@ class BatchBackend(Backend):
                 for r in records:
                     if r["batch_id"] not in latest or latest[r["batch_id"]].status not in TERMINAL:
                         latest[r["batch_id"]] = await self._call(
-                            f"polling batch {r['batch_id']} (it keeps running; a rerun resumes it)",
+                            f"polling batch {r['batch_id']}, recorded in "
+                            f"{self.store.root / 'batches' / 'pending' / (r['name'] + '.json')} (a running batch "
+                            "keeps running and a rerun resumes it; one unknown to this server and key is "
+                            "submitted again once its record is removed)",
                             self.client.batches.retrieve, r["batch_id"])
                 batches = [latest[r["batch_id"]] for r in records]
                 counts = [b.request_counts for b in batches if b.request_counts is not None]
