@@ -18,7 +18,8 @@ completion finds them there and downloads nothing.
 Error-file lines and the requests an expired or cancelled batch left unanswered go to the next round, or with
 `teacher.batch_fallback: live` straight to live requests in the same round. Loud failures, exit 2 with the
 server's words: a batch that fails validation; 401/403/404 and `insufficient_quota` (on any call, or on a
-line); a batch API call that fails after the SDK's retries (a submitted batch keeps running: rerun to resume).
+line); a batch API call still failing after `teacher.max_retries` retries (a submitted batch keeps running,
+and a rerun resumes it).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ from .teacher import Backend, OpenAIBackend, RequestFailed, TeacherError
 
 # The API's limits on one input file; module constants so that tests can lower them.
 MAX_REQUESTS = 50_000
-MAX_BYTES = 200_000_000
+MAX_BYTES = 200_000_000  # "200 MB": the decimal reading, the smaller one
 ENDPOINT = "/v1/chat/completions"
 WINDOW = "24h"  # the only completion window the API offers
 TERMINAL = ("completed", "failed", "expired", "cancelled")
@@ -77,8 +78,8 @@ def _error_text(line: dict) -> tuple[str, str]:
     err = line.get("error") or ((resp.get("body") or {}).get("error") if isinstance(resp.get("body"), dict) else None)
     err = err if isinstance(err, dict) else {"message": str(err or resp.get("body") or "no answer")}
     code = str(err.get("code") or err.get("type") or "")
-    status = f"HTTP {resp['status_code']} " if resp.get("status_code") else ""
-    return code, " ".join(f"{status}{code}: {err.get('message') or ''}".split())[:500]
+    head = " ".join(filter(None, (f"HTTP {resp['status_code']}" if resp.get("status_code") else "", code)))
+    return code, " ".join(f"{head or 'error'}: {err.get('message') or ''}".split())[:500]
 
 
 class BatchBackend(Backend):
