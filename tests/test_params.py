@@ -281,6 +281,7 @@ def test_params_yaml_spells_every_key_of_the_schema():
 
 @pytest.mark.parametrize("stage,keys", [
     ("prepare", ["dataset.limit"]),
+    ("request", ["teacher.mode", "teacher.batch_fallback"]),
     ("tokenizer", ["student.revision"]),
     ("sft", ["sft", "student", "report_to"]),
     ("dpo_train", ["report_to", "dpo.precision", "dpo.tf32", "dpo.gradient_accumulation_steps",

@@ -66,31 +66,78 @@ class ResponseStore:
     def put(self, entry: dict) -> dict:
         """Store `entry` unless the key already holds an answer; return the entry the store keeps."""
         path = self._path(entry["key"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_line(entry))
-                f.flush()
-                os.fsync(f.fileno())
+        if _durable(path, _line(entry), replace=False):
+            return entry
+        kept = self.get(entry["key"])
+        if kept is not None:
+            return kept
+        _durable(path, _line(entry))  # what was there is unreadable (see `get`): this answer replaces it
+        return entry
+
+    # Batches (batch.py): a record per submitted Batch API batch, written before the batch is polled, so that a
+    # stage killed while a batch runs resumes it rather than paying for the same requests again. A record is
+    # pending (`batches/pending/<name>.json`, name = the input file's sha256) until its answers are in this
+    # store, then moved to `batches/done/` as the history of what was submitted. Unlike responses a record
+    # changes (uploaded, then submitted), so it is replaced, still whole and fsync'd.
+    def _batch_path(self, name: str, done: bool = False) -> Path:
+        return self.root / "batches" / ("done" if done else "pending") / f"{name}.json"
+
+    def put_batch(self, record: dict) -> None:
+        _durable(self._batch_path(record["name"]), _line(record))
+
+    def pending_batches(self) -> list[dict]:
+        """Every pending record, oldest first; one that cannot be read is an error naming its file, since a
+        silently skipped record could mean paying for a running batch twice."""
+        records = []
+        for path in sorted((self.root / "batches" / "pending").glob("*.json")):
+            try:
+                record = json.loads(path.read_bytes())
+                ok = isinstance(record, dict) and {"name", "origin", "custom_ids", "input_file_id"} <= record.keys()
+            except ValueError:
+                ok = False
+            if not ok:
+                raise DataError(f"{path}: not a batch record; look the batch up on the server (its input file "
+                                "is the one named in the record) and remove the file")
+            records.append(record)
+        return sorted(records, key=lambda r: r.get("created", 0))
+
+    def finish_batch(self, record: dict) -> None:
+        """Move a record to the history once every answer of its batch is stored (or it can give none)."""
+        name = f"{record['name']}-{record['batch_id']}" if record.get("batch_id") else record["name"]
+        _durable(self._batch_path(name, done=True), _line(record))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._batch_path(record["name"]))
+
+
+def _durable(path: Path, data: bytes, replace: bool = True) -> bool:
+    """Write `data` whole to `path`, fsync'd, then renamed (`replace`) or hard-linked (never replacing) into
+    place; the directory is fsync'd so the name itself survives a power cut. False: `path` existed and was
+    kept (only without `replace`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if replace:
+            os.replace(tmp, path)
+        else:
             try:
                 os.link(tmp, path)  # atomic and never replacing: two processes answered at once, the first stays
             except FileExistsError:
-                kept = self.get(entry["key"])
-                if kept is not None:
-                    return kept
-                os.replace(tmp, path)
+                return False
             except OSError:  # a filesystem without hard links
                 os.replace(tmp, path)
-            dfd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)  # the new name itself survives a power cut
-            finally:
-                os.close(dfd)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return entry
+            os.close(dfd)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return True
 
 
 class Journal:

@@ -112,6 +112,12 @@ class DatasetParams:
 @dataclass(frozen=True)
 class TeacherParams:
     backend: Literal["offline", "openai"]
+    # live: one chat request at a time as rounds need them; batch: each round's requests through the Batch API
+    # (half the price, answers within 24 h; see batch.py)
+    mode: Literal["live", "batch"]
+    batch_poll_seconds: Positive  # batch mode: seconds between two looks at a running batch
+    # batch mode: where error-file lines and requests of an expired or cancelled batch go
+    batch_fallback: Literal["next_round", "live"]
     model: str
     base_url: Optional[str]  # any OpenAI-compatible server; the key comes from $OPENAI_API_KEY only
     samples: Optional[Count]  # completions per question; None = the task's default (8 CSQA, 4 OBQA/SQA)
@@ -136,6 +142,10 @@ class TeacherParams:
     offline_wrong_fact_rate: Annotated[float, Range(0, 1)]  # offline backend: well-formed but with a wrong fact
     override_label: bool  # spec 9.4: the teacher's majority answer replaces the dataset label
     summarize_order: Literal["alphabetical", "teacher"]  # spec 9.6
+
+    def __post_init__(self):
+        _check(self.mode == "live" or self.backend == "openai", "teacher.mode",
+               f"batch needs teacher.backend=openai (the Batch API), not {self.backend!r}")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import random
 import re
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 from .io import DataError, read_json, write_json, write_jsonl
 from .params import Params, ParamsError
@@ -34,15 +34,27 @@ INSTRUCTION = (
     "options, and let every line support the final answer.\n"
 )
 
-# USD per token (input, output) of the six models the original estimated for (spec 2.6).
+class Price(NamedTuple):
+    """USD per token of one model, live: input, output, and cached input where the model has that price
+    (prompt caching bills the cached part of a prompt, `usage.prompt_tokens_details.cached_tokens`, lower)."""
+    input: float
+    output: float
+    cached_input: Optional[float] = None
+
+
+# The six models the original estimated for (spec 2.6), none with a cached-input price (prompt caching
+# excludes gpt-4o-2024-05-13), and the two gpt-4o snapshots that have one.
 PRICES = {
-    "gpt-4o-2024-05-13": (5e-6, 15e-6),
-    "gpt-4-turbo-2024-04-09": (10e-6, 30e-6),
-    "gpt-4-0125-preview": (10e-6, 30e-6),
-    "gpt-4-0613": (30e-6, 60e-6),
-    "gpt-3.5-turbo-0125": (0.5e-6, 1.5e-6),
-    "gpt-3.5-turbo-1106": (1e-6, 2e-6),
+    "gpt-4o-2024-05-13": Price(5e-6, 15e-6),
+    "gpt-4-turbo-2024-04-09": Price(10e-6, 30e-6),
+    "gpt-4-0125-preview": Price(10e-6, 30e-6),
+    "gpt-4-0613": Price(30e-6, 60e-6),
+    "gpt-3.5-turbo-0125": Price(0.5e-6, 1.5e-6),
+    "gpt-3.5-turbo-1106": Price(1e-6, 2e-6),
+    "gpt-4o-2024-08-06": Price(2.5e-6, 10e-6, 1.25e-6),
+    "gpt-4o-mini-2024-07-18": Price(0.15e-6, 0.6e-6, 0.075e-6),
 }
+BATCH_DISCOUNT = 0.5  # the Batch API bills every token at half the live price
 EXEMPLAR_KEYS = ("Q", "Options", "Key Information", "Explanations")
 _OPTION_LABEL_RE = re.compile(r"(?:^|, )([A-Z])\. ")
 _VERDICT_RE = re.compile(r"([A-Z]) is (correct|incorrect)\. Because \S")
@@ -174,10 +186,10 @@ def estimate(requests: list[dict], count: Optional[Callable[[str], int]] = None)
     est = {"requests": len(requests), "input_tokens": inp, "output_tokens_max": out,
            "input_tokens_mean": round(inp / max(1, len(requests)), 1),
            "tokens_counted_by_tiktoken": int(exact)}  # 0: ceil(characters / 4)
-    for model, (pin, pout) in PRICES.items():
-        est[f"usd_input_{model}"] = round(inp * pin, 4)
-        est[f"usd_output_max_{model}"] = round(out * pout, 4)
-        est[f"usd_total_{model}"] = round(inp * pin + out * pout, 4)
+    for model, price in PRICES.items():  # live prices, nothing cached: the most a run can cost
+        est[f"usd_input_{model}"] = round(inp * price.input, 4)
+        est[f"usd_output_max_{model}"] = round(out * price.output, 4)
+        est[f"usd_total_{model}"] = round(inp * price.input + out * price.output, 4)
     return est
 
 

@@ -6,7 +6,9 @@ a hash of who answers (backend and normalised server), its full body (model incl
 rerun — after a crash, a SIGKILL, a failed or finished run — rebuilds the same rounds and sends only what
 neither the journal nor the response store holds. That works because each round's requests depend only on
 the answers of earlier rounds. A paid response goes to the machine's response store first, then to the
-journal (see journal.py); the offline teacher's free answers are journaled only.
+journal (see journal.py); the offline teacher's free answers are journaled only. With `teacher.mode=batch`
+(batch.py) each round's missing requests go to the OpenAI Batch API first, under the same keys, and its
+answers take the same way into the store and the journal.
 
 The stage stops (exit 2, the server's message on the last line, nothing written but the answers received):
 - at once on 401/403/404 (key, access, model or URL) and on a 429 `insufficient_quota`;
@@ -37,7 +39,7 @@ from .journal import Journal, ResponseStore, request_key
 from .params import Params, TeacherParams
 from .parse import filter_answer, is_complete
 from .paths import Paths, store_dir
-from .prompts import PRICES, approx_tokens, limit_key, message_tokens
+from .prompts import BATCH_DISCOUNT, PRICES, approx_tokens, limit_key, message_tokens
 
 KEY_HEADER = "X-TinyThinker-Request-Key"  # lets a server (or a test) tell rounds and repeats apart
 _FATAL_STATUS = (401, 403, 404)  # wrong key, no access, wrong model or URL: no request can succeed
@@ -50,11 +52,37 @@ class TeacherError(DataError):
 
 class RequestFailed(Exception):
     """One request ended without an answer; str() is the server's own message. `transient`: it ran out of
-    retries (server errors, timeouts, no connection), as opposed to being refused as sent."""
+    retries (server errors, timeouts, no connection), as opposed to being refused as sent. `deferred`: no
+    verdict on the request at all (its batch expired or was cancelled first); asked again, never counted as
+    a sign that requests cannot succeed."""
 
-    def __init__(self, message: str, transient: bool):
+    def __init__(self, message: str, transient: bool, deferred: bool = False):
         super().__init__(message)
-        self.transient = transient
+        self.transient, self.deferred = transient, deferred
+
+
+class Backend:
+    """What the rounds need of a teacher. `complete` answers one request; `prepare_round` lets a batch teacher
+    (batch.py) have a round's missing requests answered together first, which `complete` then hands out, and
+    `finish_round` tells it they are stored; `provenance` adds to a new journal entry what its price depends on."""
+
+    batched = False  # prepare_round wants the round's missing requests
+
+    async def prepare_round(self, missing: list[tuple[dict, str, str]], label: str) -> bool:
+        """Answer `missing` ((body, salt, key) each) ahead of `complete`; True if any answer came."""
+        return False
+
+    def finish_round(self) -> None:
+        """Every answer of the round is stored."""
+
+    def provenance(self, key: str) -> dict:
+        return {}
+
+    async def complete(self, body: dict, key: str, qid: str, salt: str) -> dict:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        pass
 
 
 def server_url(base_url: Optional[str]) -> str:
@@ -122,7 +150,7 @@ class RateLimiter:
         self.level["tok"] = min(self.cap["tok"], self.level["tok"] + tokens)
 
 
-class OfflineBackend:
+class OfflineBackend(Backend):
     """The synthetic task's teacher: deterministic per request key, with a share of realistic faults."""
 
     def __init__(self, records: dict[str, dict], seed: int, fault_rate: float, wrong_fact_rate: float):
@@ -148,11 +176,8 @@ class OfflineBackend:
                 "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                           "total_tokens": prompt_tokens + completion_tokens}}
 
-    async def close(self) -> None:
-        pass
 
-
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """AsyncOpenAI with our own retries (429 honouring Retry-After, 5xx, timeouts, lost connections) under
     request and token rate limits. The SDK's own retries are off so that every attempt is counted and paced."""
 
@@ -196,6 +221,19 @@ class OpenAIBackend:
             msg = f"malformed response from {self.server}: {err}"
         return " ".join(str(msg).replace(self.key, "<OPENAI_API_KEY>").split())[:500]
 
+    def refusal(self, err: Exception) -> Optional[TeacherError]:
+        """The TeacherError for an error after which no request can succeed (quota, key, access, model, URL)."""
+        o = self.openai
+        if not isinstance(err, o.APIStatusError):
+            return None
+        why = self._message(err)
+        if err.status_code == 429 and "insufficient_quota" in (err.code, err.type):
+            return TeacherError(f"teacher out of quota, not retried: {why}")
+        if err.status_code in _FATAL_STATUS:
+            return TeacherError(f"teacher request refused; check OPENAI_API_KEY, teacher.model and "
+                                f"teacher.base_url: {why}")
+        return None
+
     async def complete(self, body: dict, key: str, qid: str, salt: str) -> dict:
         """The response, or RequestFailed; TeacherError when no request can succeed (key, access, quota)."""
         o = self.openai
@@ -209,11 +247,8 @@ class OpenAIBackend:
             except o.APIStatusError as e:
                 self.limiter.refund(charged)
                 why = self._message(e)
-                if e.status_code == 429 and "insufficient_quota" in (e.code, e.type):
-                    raise TeacherError(f"teacher out of quota, not retried: {why}") from None
-                if e.status_code in _FATAL_STATUS:
-                    raise TeacherError(f"teacher request refused; check OPENAI_API_KEY, teacher.model and "
-                                       f"teacher.base_url: {why}") from None
+                if (fatal := self.refusal(e)) is not None:
+                    raise fatal from None
                 if e.status_code == 429:
                     self.stats["rate_limited"] += 1
                     delay = self._delay(attempt, e)
@@ -252,14 +287,18 @@ class Breaker:
         self.answered = False  # any answer in this run: sent now, or found in the journal or store
         self.down_in_a_row = 0  # requests in a row that ran out of retries
         self.failed = 0
+        self.deferred = 0  # left unanswered with no verdict (an expired batch): not counted against the server
         self.last = ""  # the last server message
 
     def ok(self) -> None:
         self.answered, self.down_in_a_row = True, 0
 
     def fail(self, err: RequestFailed) -> None:
-        self.failed += 1
         self.last = str(err)
+        if err.deferred:
+            self.deferred += 1
+            return
+        self.failed += 1
         self.down_in_a_row = self.down_in_a_row + 1 if err.transient else 0  # a refusal: the server is up
         if self.down_in_a_row >= self.limit:
             raise TeacherError(f"teacher unreachable or failing: {self.limit} requests in a row got no answer "
@@ -274,15 +313,28 @@ class Breaker:
                                f"answered; last: {self.last}")
 
 
-def _usd(body: dict, resp: dict) -> float:
-    """Spend by the answering model's price (the body's model when the server names an alias); the
-    offline teacher costs nothing."""
+def cached_tokens(usage: dict) -> int:
+    """Prompt tokens the server read from its prompt cache (a part of `prompt_tokens`)."""
+    return min((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0, usage.get("prompt_tokens") or 0)
+
+
+def _usd(entry: dict) -> float:
+    """Spend by the answering model's price (the body's model when the server names an alias): cached prompt
+    tokens at the cached-input price where the model has one, and half of it all for a Batch API answer
+    (`batch` in the entry). The offline teacher and models without a price cost nothing."""
+    resp = entry["response"]
     model = resp.get("model")
     if model != "offline" and model not in PRICES:
-        model = body["model"]
-    pin, pout = PRICES.get(model, (0.0, 0.0))
+        model = entry["body"]["model"]
+    price = PRICES.get(model)
+    if price is None:
+        return 0.0
     usage = resp.get("usage") or {}
-    return (usage.get("prompt_tokens") or 0) * pin + (usage.get("completion_tokens") or 0) * pout
+    cached = cached_tokens(usage)
+    usd = (((usage.get("prompt_tokens") or 0) - cached) * price.input
+           + cached * (price.input if price.cached_input is None else price.cached_input)
+           + (usage.get("completion_tokens") or 0) * price.output)
+    return usd * BATCH_DISCOUNT if entry.get("batch") else usd
 
 
 async def _all(coros) -> list:
@@ -326,18 +378,20 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
                 breaker.fail(e)
                 bar.update(1)
                 return None
-            entry = {"key": key, "origin": who, "round": salt, "body": body, "response": resp}
+            entry = {"key": key, "origin": who, "round": salt, "body": body, "response": resp,
+                     **backend.provenance(key)}
             if store is not None:
                 entry = store.put(entry)  # first: outlives the workspace, whatever happens to it next
             journal.put(entry)  # a kill after this line loses nothing paid for
             stats["sent"] += 1
-            stats["usd_micro_sent"] += round(1e6 * _usd(body, entry["response"]))
+            stats["usd_micro_sent"] += round(1e6 * _usd(entry))
         breaker.ok()
         resp = entry["response"]
         usage = resp.get("usage") or {}
         stats["prompt_tokens"] += usage.get("prompt_tokens") or 0
+        stats["cached_prompt_tokens"] += cached_tokens(usage)
         stats["completion_tokens"] += usage.get("completion_tokens") or 0
-        stats["usd_micro"] += round(1e6 * _usd(body, resp))
+        stats["usd_micro"] += round(1e6 * _usd(entry))
         bar.update(1)
         bar.set_postfix(sent=stats["sent"], cached=stats["from_journal"] + stats["from_store"],
                         tokens=stats["prompt_tokens"] + stats["completion_tokens"],
@@ -358,8 +412,15 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
             parts = ([({**body, "n": 1}, f"round{rnd}/repeat{i}") for i in range(s["needed"])] if t.repeat_n
                      else [(body, f"round{rnd}")])
             jobs += [(s, b, salt, request_key(b, salt, who)) for b, salt in parts]
-        with tqdm(total=len(jobs), desc=f"teacher round {rnd}/{rounds}", unit="req", mininterval=1.0) as bar:
+        label = f"teacher round {rnd}/{rounds}"
+        if backend.batched:
+            missing = [(b, salt, k) for _, b, salt, k in jobs
+                       if journal.get(k) is None and (store is None or store.get(k) is None)]
+            if await backend.prepare_round(missing, label):
+                breaker.ok()  # the server answers: a failed line is that request's problem, not a refusal of all
+        with tqdm(total=len(jobs), desc=label, unit="req", mininterval=1.0) as bar:
             responses = await _all(ask(b, salt, k, s["req"]["id"], bar) for s, b, salt, k in jobs)
+        backend.finish_round()
         breaker.end_round()
         got: dict[str, list[dict]] = {}
         for (s, *_), resp in zip(jobs, responses):
@@ -396,7 +457,12 @@ def request(params: Params, paths: Paths) -> dict:
     stats: Counter = Counter()
     breaker = Breaker(t.max_failures_in_a_row)
     store = None
-    if t.backend == "offline":
+    if t.mode == "batch":  # params refuse batch with the offline teacher
+        from .batch import BatchBackend
+
+        store = ResponseStore(store_dir())
+        backend = BatchBackend(params, stats, store, origin(params))  # raises on a missing key
+    elif t.backend == "offline":
         if params.dataset.name != "synthetic":
             raise TeacherError(f"teacher.backend: offline answers only dataset.name=synthetic, not "
                                f"{params.dataset.name!r}; use teacher.backend=openai")
@@ -421,7 +487,8 @@ def request(params: Params, paths: Paths) -> dict:
         raise TeacherError(
             f"teacher: {covered} of {len(state)} training questions got a valid completion, teacher.min_coverage="
             f"{t.min_coverage:g} needs {need}"
-            + (f"; {breaker.failed} requests unanswered, last: {breaker.last.rstrip('.')}" if breaker.failed else "")
+            + (f"; {breaker.failed + breaker.deferred} requests unanswered, last: {breaker.last.rstrip('.')}"
+               if breaker.failed or breaker.deferred else "")
             + f". {_kept(stats, store)}")
     write_jsonl(paths.completions, ({"id": qid, "gt": s["req"]["gt"], "options": s["req"]["options"],
                                      "user": s["req"]["body"]["messages"][-1]["content"],
@@ -438,7 +505,11 @@ def request(params: Params, paths: Paths) -> dict:
         "usd_this_run": round(stats["usd_micro_sent"] / 1e6, 4),
         **{k: stats[k] for k in ("retries", "rate_limited", "server_errors", "timeouts_or_connection_errors",
                                  "malformed_responses", "rejected_requests", "failed_requests",
-                                 "prompt_tokens", "completion_tokens")}}
+                                 "prompt_tokens", "cached_prompt_tokens", "completion_tokens",
+                                 # batch mode (batch.py): batches sent now, running ones taken up again,
+                                 # error-file lines, requests an expired or cancelled batch left unanswered
+                                 "batches_submitted", "batches_resumed", "batch_requests_failed",
+                                 "batch_requests_expired")}}
     write_json(paths.metric("teacher_request"), metrics)
     return metrics
 
