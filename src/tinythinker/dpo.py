@@ -30,14 +30,11 @@ from .io import DataError, atomic_path, read_json, read_jsonl, write_json
 from .pairs import FIELDS, iteration_init
 from .params import Params, to_dict
 from .paths import Paths
-from .training import autocast, resolve_precision, trainer_kwargs
+from .training import SKIP_LOG, autocast, resolve_precision, trainer_kwargs
 
 STAGES = ("recall", "analyze")
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected")
-# bookkeeping the trainer logs that makes no useful curve (and wall-clock values would make the curves of two
-# identical runs differ)
-SKIP_LOG = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
 
 
 # --- data --------------------------------------------------------------------------------------------

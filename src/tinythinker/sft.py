@@ -18,12 +18,11 @@ from . import protocol as P
 from .build import QUESTION_FIELDS, STAGE_FIELDS
 from .chain import Decoding
 from .curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
-from .dpo import SKIP_LOG
 from .io import DataError, read_jsonl, write_json
 from .params import Params, to_dict
 from .paths import Paths
 from .student import load_student
-from .training import trainer_kwargs
+from .training import SKIP_LOG, trainer_kwargs
 
 
 def _stage_data(params: Params, paths: Paths, tokenizer) -> tuple[list[dict], dict[str, int], dict[str, list[int]]]:

@@ -14,6 +14,10 @@ from contextlib import nullcontext
 from .params import Params, ParamsError
 from .paths import Paths
 
+# bookkeeping the trainers log that makes no useful curve (and wall-clock values would make the curves of two
+# identical runs differ)
+SKIP_LOG = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
+
 # report_to name -> (transformers' availability check, package to install)
 TRACKERS = {"wandb": ("is_wandb_available", "wandb"), "mlflow": ("is_mlflow_available", "mlflow"),
             "tensorboard": ("is_tensorboard_available", "tensorboard")}
