@@ -127,3 +127,149 @@ def test_chain_left_pads_strips_the_prompt_and_is_batch_invariant(paths):
         assert out == tok.decode(ids, skip_special_tokens=True).strip()
     res = run_chain(model, tok, questions(2), recall=d, analyze=d, summarize=d, batch_size=4)
     assert [set(r["analyses"]) for r in res] == [{"A", "B", "C"}] * 2
+
+
+# --- phase 1, the stage ------------------------------------------------------------------------------------------
+def test_sft_stage_learns_and_saves_a_causal_checkpoint(paths):
+    from transformers import LlamaForCausalLM
+
+    from tinythinker.io import read_json
+    from tinythinker.sft import sft
+
+    params = PARAMS.replace(**{"sft.epochs": 30.0, "sft.eval_every": 90})
+    d = Decoding(max_new_tokens=24)
+
+    def chain_accuracy(model_dir=None):
+        from tinythinker.chain import accuracy
+        model, tok = load_student(params, paths, model_dir)
+        return accuracy(run_chain(model, tok, questions(12), recall=d, analyze=d, summarize=d))
+
+    before = chain_accuracy()
+    m = sft(params, paths)
+    assert m["train_steps"] == 270 and read_json(paths.metric("sft"))["valid_accuracy"] == m["valid_accuracy"]
+    model, tok = load_student(params, paths, paths.sft_model)
+    assert isinstance(model, LlamaForCausalLM) and family(params, paths.sft_model) is causal
+    after = chain_accuracy(paths.sft_model)
+    assert before < 50 and after >= 50 and after == m["valid_accuracy"]
+    curves = paths.metrics / "sft_live" / "plots" / "metrics"
+    assert (curves / "train_loss.tsv").exists() and (curves / "eval_accuracy.tsv").exists()
+
+
+# --- phase 2 -------------------------------------------------------------------------------------------------------
+BLOCK = P.question_block("Which is a metal?", [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron"}])
+VALID = [{"qid": "v1", "block": BLOCK, "options": ["A", "B"], "gt": "B"}]
+RECALL = [{"qid": "q1", "prompt": P.recall_prompt(BLOCK), "chosen": f"Iron is a metal {i}.",
+           "rejected": f"Wood is a metal {i}."} for i in range(3)]
+ANALYZE = [{"qid": "q1", "prompt": P.analyze_prompt(BLOCK, x, "Iron is a metal."), "chosen": f"{x} is right.",
+            "rejected": f"{x} is wrong."} for x in "AB"]
+DPO = PARAMS.replace(**{"generation.max_new_tokens": 6, "generation.batch_size": 8, "dpo.batch_size": 2,
+                        "dpo.passes": 4, "dpo.learning_rate": 3e-3, "dpo.warmup_ratio": 0.0,
+                        "dpo.iterations": {"iter1": {"init": "models/sft"}}})
+
+
+@pytest.fixture(scope="module")
+def causal_sft(tmp_path_factory):
+    """A tiny causal model and its tokenizer saved like models/sft."""
+    from tinythinker.student import train_tokenizer
+
+    root = tmp_path_factory.mktemp("causal")
+    texts = [t for r in RECALL + ANALYZE for t in r.values()] + [P.summarize_target(x) for x in "AB"]
+    train_tokenizer(iter(texts * 3), 90, causal).save_pretrained(Paths(root).tokenizer)
+    model, tok = load_student(DPO, Paths(root))
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return root / "model"
+
+
+def seq_logps(model, tok, rows):
+    """Sum of the log-probs of each row's completion tokens (and EOS) after its prompt, one row at a time."""
+    out = []
+    with torch.no_grad():
+        for prompt, response in rows:
+            p = tok(prompt).input_ids
+            ids = p + tok(P.completion(response)).input_ids + [tok.eos_token_id]
+            logp = model(torch.tensor([ids])).logits[0, :-1].log_softmax(-1)
+            out.append(logp[len(p) - 1:].gather(1, torch.tensor(ids[len(p):])[:, None]).sum().item())
+    return out
+
+
+def test_trl_dpo_step_raises_the_margin_over_a_precomputed_reference(causal_sft, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tinythinker import dpo_trl
+    from tinythinker.dpo import REWARD_KEYS, schedule_intervals
+
+    model, tok = AutoModelForCausalLM.from_pretrained(causal_sft), AutoTokenizer.from_pretrained(causal_sft)
+    pairs = {"recall": RECALL, "analyze": ANALYZE}
+    chosen = seq_logps(model.eval(), tok, [(r["prompt"], r["chosen"]) for r in RECALL + ANALYZE])
+    rejected = seq_logps(model, tok, [(r["prompt"], r["rejected"]) for r in RECALL + ANALYZE])
+    intervals = schedule_intervals(3, 2, 2)
+    short = Decoding(max_new_tokens=6)
+    trainer = dpo_trl.build_trainer(DPO, model, tok, pairs, intervals, tmp_path / "ckpt", VALID,
+                                    {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), short)})
+    # the reference is the starting model, scored once, before any step, recall pairs then analyze pairs
+    data = trainer.train_dataset
+    assert data["ref_chosen_logps"] == pytest.approx(chosen, abs=1e-4)
+    assert data["ref_rejected_logps"] == pytest.approx(rejected, abs=1e-4)
+    assert data["prompt"] == [r["prompt"] for r in RECALL + ANALYZE]
+    assert (trainer.args.loss_type, trainer.args.loss_weights, trainer.args.beta) == (["sigmoid", "sft"], [1.0, 0.5], 0.5)
+    trainer.train()
+    assert trainer.state.global_step == 4 * sum(intervals.values())
+    model = trainer.model.eval()
+    margins = [(c - r) - (c0 - r0) for c, r, c0, r0 in zip(
+        seq_logps(model, tok, [(r["prompt"], r["chosen"]) for r in RECALL + ANALYZE]),
+        seq_logps(model, tok, [(r["prompt"], r["rejected"]) for r in RECALL + ANALYZE]), chosen, rejected)]
+    assert sum(margins) / len(margins) > 1.0 and all(m > 0 for m in margins)
+    logged = [e for e in trainer.state.log_history if "rewards/margins" in e]
+    assert logged and set(REWARD_KEYS) <= set(logged[-1]) and logged[-1]["rewards/accuracies"] > 0.5
+
+
+def test_dpo_train_stage_on_trl_reports_the_t5_metric_names(tmp_path, causal_sft, monkeypatch):
+    import shutil
+
+    import tinythinker.chain as chain
+    import tinythinker.distributed as distributed
+    from tinythinker.dpo import REWARD_KEYS, dpo_train, schedule_intervals
+    from tinythinker.io import read_json, write_jsonl
+
+    scores = iter([50.0, 60.0, 55.0, 58.0, 52.0])  # start, then one per cycle: the first cycle is best
+    monkeypatch.setattr(distributed, "chain_accuracy", lambda *a, **k: next(scores))
+    paths = Paths(tmp_path)
+    shutil.copytree(causal_sft, paths.sft_model)
+    write_jsonl(paths.sft_data / "valid.jsonl", VALID)
+    write_jsonl(paths.dpo_data("iter1") / "recall_pairs.jsonl", RECALL)
+    write_jsonl(paths.dpo_data("iter1") / "analyze_pairs.jsonl", ANALYZE)
+    m = dpo_train(DPO, paths, "iter1")
+    cycle = sum(schedule_intervals(3, 2, 2).values())
+    assert (m["steps"], m["best_step"], m["valid_accuracy"], m["start_valid_accuracy"]) == (4 * cycle, cycle, 60.0, 50.0)
+    assert set(m) >= set(REWARD_KEYS) and read_json(paths.metric("dpo/iter1")) == m
+    model, _ = load_student(DPO, paths, paths.dpo_model("iter1"))
+    assert family(DPO, paths.dpo_model("iter1")) is causal
+    live = paths.metrics / "dpo_live" / "iter1" / "plots" / "metrics"
+    assert (live / "rewards" / "margins.tsv").exists() and (live / "eval" / "accuracy.tsv").exists()
+    assert not (paths.checkpoints / "dpo" / "iter1").exists()
+
+
+# --- LoRA -----------------------------------------------------------------------------------------------------------
+def test_lora_adapters_are_folded_into_a_plain_checkpoint(paths):
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    from tinythinker.sft import sft
+
+    params = PARAMS.replace(**{"student.lora.rank": 4, "sft.eval_every": 9})
+    start, _ = load_student(params, paths)
+    sft(params, paths)
+    saved = load_file(paths.sft_model / "model.safetensors")
+    assert not any("lora" in k for k in saved)  # a plain model: the next stage needs no peft
+    initial = start.state_dict()
+    assert torch.equal(saved["model.embed_tokens.weight"], initial["model.embed_tokens.weight"])  # frozen base
+    assert not torch.equal(saved["model.layers.0.self_attn.q_proj.weight"],
+                           initial["model.layers.0.self_attn.q_proj.weight"])  # adapters folded in
+
+
+def test_lora_on_a_t5_student_is_a_params_error():
+    from tinythinker.params import ParamsError
+
+    with pytest.raises(ParamsError, match=r"^student.lora.rank: LoRA is for decoder-only students"):
+        family(BASE.replace(**{"student.lora.rank": 8}))
