@@ -273,3 +273,22 @@ def test_lora_on_a_t5_student_is_a_params_error():
 
     with pytest.raises(ParamsError, match=r"^student.lora.rank: LoRA is for decoder-only students"):
         family(BASE.replace(**{"student.lora.rank": 8}))
+
+
+def test_a_local_decoder_only_checkpoint_as_the_student(paths, tmp_path):
+    """student.model naming a directory of a decoder-only model: the family comes from its config, the tokenizer
+    stage saves its tokenizer with a pad token (the EOS, for a tokenizer that has none) and training starts there."""
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    model, tok = load_student(PARAMS, paths)
+    tok.pad_token = None  # as Llama 3's tokenizer ships
+    (tmp_path / "llama").mkdir()
+    model.save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    params = PARAMS.replace(**{"student.model": str(tmp_path / "llama")})
+    assert family(params) is causal
+    tokenizer_stage(params, paths)
+    saved = AutoTokenizer.from_pretrained(paths.tokenizer)
+    assert saved.pad_token == saved.eos_token == "</s>"
+    loaded, _ = load_student(params, paths)
+    assert isinstance(loaded, LlamaForCausalLM) and torch.equal(loaded.lm_head.weight, model.lm_head.weight)
