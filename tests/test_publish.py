@@ -32,11 +32,8 @@ def fixture_repo(root: Path, final: str = "iter2", config: dict | None = None) -
         (model / "config.json").write_text(json.dumps(
             {"model": name, **(config or {"model_type": "t5", "is_encoder_decoder": True})}))
         (model / "model.safetensors").write_bytes(name.encode() * 10)
-    write_json(paths.metric("iterations"), ROWS)
-    row = next(r for r in ROWS if r["model"] == final)
-    write_json(paths.metric("summary"), {"final_model": final, "final_test_accuracy": row["test_accuracy"],
-                                         "final_valid_accuracy": row["valid_accuracy"],
-                                         "sft_test_accuracy": ROWS[0]["test_accuracy"]})
+    # the final model is the last row (an SFT-only run has one row)
+    write_json(paths.metric("iterations"), ROWS[:[r["model"] for r in ROWS].index(final) + 1])
     return paths
 
 
@@ -99,11 +96,11 @@ def test_publish_writes_the_final_model_with_its_card(tmp_path, final):
 
 def test_missing_metrics_or_model_is_one_clear_error(tmp_path):
     paths = fixture_repo(tmp_path)
-    paths.metric("summary").unlink()
-    with pytest.raises(PublishError, match=r"summary.json: no such file \(run `dvc repro`"):
+    paths.metric("iterations").unlink()
+    with pytest.raises(PublishError, match=r"iterations.json: no such file \(run `dvc repro`"):
         publish(PARAMS, paths)
-    write_json(paths.metric("summary"), {"final_model": "iter9"})
-    with pytest.raises(PublishError, match=r"iter9: no model \(metrics/summary.json names 'iter9'"):
+    write_json(paths.metric("iterations"), [{"model": "iter9", "test_accuracy": 50.0}])
+    with pytest.raises(PublishError, match=r"iter9: no model \(the last row of metrics/iterations.json names 'iter9'"):
         publish(PARAMS, paths)
 
 
@@ -189,7 +186,7 @@ def test_dvc_stage_and_artifacts():
     stage = dvc["stages"]["publish"]
     assert stage["cmd"] == "tinythinker publish" and stage["outs"] == ["models/final"]
     assert stage["params"] == list(KEY_PARAMS)  # the card's params are tracked
-    assert {"models/sft", "models/dpo", "metrics/summary.json", "metrics/iterations.json"} <= set(stage["deps"])
+    assert {"models/sft", "models/dpo", "metrics/iterations.json"} <= set(stage["deps"])
     arts = dvc["artifacts"]
     assert {a["path"]: a["type"] for a in arts.values()} == {"models/sft": "model", "models/final": "model"}
     assert all(a["desc"] and a["labels"] for a in arts.values())

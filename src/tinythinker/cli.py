@@ -125,7 +125,7 @@ def test(model: Path = typer.Option(..., help="Checkpoint directory to evaluate.
 
 @app.command()
 def report(root: Path = ROOT) -> None:
-    """Collect SFT and per-iteration validation/test accuracy into metrics/iterations.json and summary.json."""
+    """Headline metrics (metrics/summary.json), the per-model table and metrics/report.md with its pictures."""
     from .report import report as run
     _run(lambda: run(*_ctx(root)))
 

@@ -1,6 +1,6 @@
 """Stage `publish`: models/final, the pipeline's final model with a Hugging Face model card; `--push` uploads it.
 
-The final model is the one `report` names in metrics/summary.json (the last DPO iteration, or the SFT model).
+The final model is the last row of `report`'s metrics/iterations.json (the last DPO iteration, or the SFT model).
 Its directory is copied with a README.md whose YAML front matter (base model, dataset, metrics as a model-index)
 and body (method, teacher, accuracies of every model of the run, key params) come from params.yaml and metrics/
 only, so the card is a deterministic DVC output. Uploading is a separate, explicit step: `tinythinker publish
@@ -73,14 +73,15 @@ def _architecture(params: Params, paths: Paths) -> tuple[str, bool]:
 
 
 def model_card(params: Params, paths: Paths) -> str:
-    """README.md of models/final from params and metrics/iterations.json + metrics/summary.json."""
-    rows, summary = _read(paths.metric("iterations")), _read(paths.metric("summary"))
+    """README.md of models/final from params and metrics/iterations.json."""
+    rows = _read(paths.metric("iterations"))
+    final = rows[-1]
     task = get_task(params.dataset.name)
     base = _hub_id(params.student.model)
     dataset_id = task.hub.path if task.hub is not None else None
     student = params.student.model.rsplit("/", 1)[-1]
     name = f"tinythinker-{params.dataset.name}-{student}"
-    test_acc = summary.get("final_test_accuracy")
+    test_acc = final["test_accuracy"]
 
     model_type, decoder_only = _architecture(params, paths)
     meta: dict = {"library_name": "transformers",
@@ -116,7 +117,7 @@ TinyThinker DVC pipeline; this card is generated from its `params.yaml` and metr
 {limit}
 ## Results
 
-Accuracy (%) of the full greedy chain; the final model is **{summary.get("final_model")}**.
+Accuracy (%) of the full greedy chain; the final model is **{final["model"]}**.
 
 | model | validation | test |
 |---|---|---|
@@ -156,10 +157,12 @@ answer:    the first match of {P.ANSWER_RE.pattern} in the summarize output
 
 
 def final_model(paths: Paths) -> Path:
-    name = _read(paths.metric("summary")).get("final_model")
+    rows = _read(paths.metric("iterations"))
+    name = rows[-1]["model"] if isinstance(rows, list) and rows and isinstance(rows[-1], dict) else None
     model = paths.sft_model if name == "sft" else paths.dpo_model(str(name))
-    if not (model / "config.json").is_file():
-        raise PublishError(f"{model}: no model (metrics/summary.json names {name!r} as the final model)")
+    if name is None or not (model / "config.json").is_file():
+        raise PublishError(f"{model}: no model (the last row of metrics/iterations.json names {name!r} "
+                           "as the final model)")
     return model
 
 

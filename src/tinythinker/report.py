@@ -1,29 +1,165 @@
-"""One table of validation/test accuracy for the SFT model and every DPO iteration (plotted by dvc plots)."""
+"""Stage `report`: what a person reads after a run, and the few numbers DVC compares.
+
+- `metrics/summary.json`, the pipeline's only declared metrics: test and validation accuracy per model, DPO pairs
+  and optimizer steps per stage, accepted teacher chains, teacher requests and spend. Nested keys, so the
+  column names stay short (`test.iter2`, `pairs.iter1`) and `dvc exp show --drop 'valid|steps'` trims further.
+  Every stage's own JSON (`metrics/build.json`, `metrics/dpo/iter1.json`, ...) is a git-tracked diagnostic.
+- `metrics/iterations.json`: one row per model, plotted by `dvc plots show` (dvc.yaml `accuracy_by_iteration`).
+- `metrics/report.md` with pictures in `metrics/report/`: the summary table, the teacher's yield, DPO pairs per
+  iteration and the training curves, drawn as PNG from Vega-Lite specs by vl-convert (no browser, no network).
+- `metrics/vega/vega.js`: the Vega/Vega-Lite/Vega-Embed bundle that `.dvc/plots.html` loads, so the page
+  `dvc plots show` writes draws offline (DVC's own page loads these libraries from a CDN).
+"""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
-from .io import write_json
+from .io import atomic_path, write_json, write_text
 from .params import Params
 from .paths import Paths
+
+SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
 
 
 def _read(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def report(params: Params, paths: Paths) -> list[dict]:
-    rows = [{"model": "sft", "step": 0,
-             "valid_accuracy": _read(paths.metric("sft")).get("valid_accuracy"),
-             "test_accuracy": _read(paths.metric("test/sft")).get("accuracy")}]
+def _round(x):
+    return None if x is None else round(float(x), 2)
+
+
+def collect(params: Params, paths: Paths) -> list[dict]:
+    """One row per model (SFT, then each DPO iteration): accuracies, pairs and steps."""
+    sft = _read(paths.metric("sft"))
+    rows = [{"model": "sft", "step": 0, "valid_accuracy": _round(sft.get("valid_accuracy")),
+             "test_accuracy": _round(_read(paths.metric("test/sft")).get("accuracy")),
+             "recall_pairs": None, "analyze_pairs": None, "train_steps": sft.get("train_steps")}]
     for step, key in enumerate(params.dpo.iterations, 1):
-        rows.append({"model": key, "step": step,
-                     "valid_accuracy": _read(paths.metric(f"dpo/{key}")).get("valid_accuracy"),
-                     "test_accuracy": _read(paths.metric(f"test/{key}")).get("accuracy")})
+        dpo = _read(paths.metric(f"dpo/{key}"))
+        rows.append({"model": key, "step": step, "valid_accuracy": _round(dpo.get("valid_accuracy")),
+                     "test_accuracy": _round(_read(paths.metric(f"test/{key}")).get("accuracy")),
+                     "recall_pairs": dpo.get("recall_pairs"), "analyze_pairs": dpo.get("analyze_pairs"),
+                     "train_steps": dpo.get("steps")})
+    return rows
+
+
+def headline(rows: list[dict], paths: Paths) -> dict:
+    teacher, build = _read(paths.metric("teacher_request")), _read(paths.metric("build"))
+    pairs = {r["model"]: (r["recall_pairs"] or 0) + (r["analyze_pairs"] or 0) for r in rows[1:]}
+    return {"test": {r["model"]: r["test_accuracy"] for r in rows},
+            "valid": {r["model"]: r["valid_accuracy"] for r in rows},
+            "pairs": pairs, "steps": {r["model"]: r["train_steps"] for r in rows},
+            "chains": build.get("accepted_chains"),
+            "teacher": {"requests": teacher.get("requests_sent"), "usd": teacher.get("usd")}}
+
+
+# --- pictures ------------------------------------------------------------------------------------------------
+
+def _tsv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return [{"step": int(r["step"]), "value": float(r[path.stem])} for r in csv.DictReader(f, delimiter="\t")]
+
+
+def _curves(live: Path) -> dict[str, list[dict]]:
+    """dvclive's series under `live`/plots/metrics, by metric name (eval/accuracy, train_loss, ...)."""
+    root = live / "plots" / "metrics"
+    return {str(p.relative_to(root).with_suffix("")): _tsv(p) for p in sorted(root.rglob("*.tsv"))} if root.is_dir() else {}
+
+
+def _line(title: str, values: list[dict], x: str, y: str, color: str | None = None, x_type="quantitative",
+          percent: bool = False) -> dict:
+    scale = {"domain": [0, 100]} if percent else {"zero": False}
+    enc = {"x": {"field": x, "type": x_type, "axis": {"labelAngle": 0}},
+           "y": {"field": y, "type": "quantitative", "scale": scale, "title": "%" if percent else None}}
+    if color:
+        enc["color"] = {"field": color, "type": "nominal", "title": None}
+    return {"$schema": SCHEMA, "title": title, "width": 360, "height": 200, "data": {"values": values},
+            "mark": {"type": "line", "point": len(values) <= 40}, "encoding": enc}
+
+
+def charts(rows: list[dict], paths: Paths) -> dict[str, dict]:
+    """Vega-Lite specs by file stem: accuracy by model, SFT curves, DPO curves (iterations that trained)."""
+    acc = [{"model": r["model"], "step": r["step"], "split": split, "accuracy": r[f"{split}_accuracy"]}
+           for r in rows for split in ("valid", "test") if r[f"{split}_accuracy"] is not None]
+    specs = {"accuracy": _line("Chain accuracy by model", acc, "model", "accuracy", "split", "ordinal", percent=True)}
+    specs["accuracy"]["encoding"]["x"]["sort"] = [r["model"] for r in rows]
+    sft = _curves(paths.metrics / "sft_live")
+    for name, title in (("train_loss", "SFT training loss"), ("eval_accuracy", "SFT validation accuracy")):
+        if sft.get(name):
+            specs[f"sft_{name}"] = _line(title, sft[name], "step", "value", percent="accuracy" in name)
+    dpo: dict[str, list[dict]] = {}
+    for key in [r["model"] for r in rows[1:]]:
+        for name, series in _curves(paths.metrics / "dpo_live" / key).items():
+            dpo.setdefault(name, []).extend({**v, "iteration": key} for v in series)
+    for name in ("train_loss", "eval/accuracy"):
+        series = dpo.get(name, [])
+        if len(series) > len({v["iteration"] for v in series}):  # more than a start point each
+            specs[f"dpo_{name.replace('/', '_')}"] = _line(f"DPO {name.replace('_', ' ')} by iteration", series,
+                                                           "step", "value", "iteration", percent="accuracy" in name)
+    return specs
+
+
+def _png(spec: dict) -> bytes:
+    import vl_convert
+
+    return vl_convert.vegalite_to_png(spec, scale=1.5)
+
+
+# --- the page -----------------------------------------------------------------------------------------------
+
+def _cell(x) -> str:
+    return "–" if x is None else f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def markdown(rows: list[dict], paths: Paths, pictures: list[str]) -> str:
+    teacher, build = _read(paths.metric("teacher_request")), _read(paths.metric("build"))
+    pairs = {r["model"]: _read(paths.metric(f"dpo/{r['model']}_pairs")) for r in rows[1:]}
+    out = ["# Run report", "",
+           "Accuracy (%) of the full generation chain; pairs and steps are those the model was trained on.", "",
+           "| model | valid | test | recall pairs | analyze pairs | steps |", "|---|---|---|---|---|---|"]
+    out += [f"| {r['model']} | {_cell(r['valid_accuracy'])} | {_cell(r['test_accuracy'])} | "
+            f"{_cell(r['recall_pairs'])} | {_cell(r['analyze_pairs'])} | {_cell(r['train_steps'])} |" for r in rows]
+    rejected = {k.removeprefix("rejected_"): v for k, v in build.items() if k.startswith("rejected_") and v}
+    out += ["", "## Teacher", "",
+            f"- {_cell(teacher.get('questions_covered'))} of {_cell(teacher.get('questions'))} training questions "
+            f"answered; {_cell(teacher.get('requests_sent'))} requests sent, "
+            f"{_cell(teacher.get('requests_from_journal', 0) + teacher.get('requests_from_store', 0))} "
+            f"served from the journal or store; spend ${teacher.get('usd', 0):.2f} "
+            f"(${teacher.get('usd_this_run', 0):.2f} this run).",
+            f"- {_cell(build.get('accepted_chains'))} chains accepted for {_cell(build.get('questions_with_chain'))} "
+            "questions; rejected: " + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(rejected.items()))
+                                       or "none") + "."]
+    if pairs:
+        out += ["", "## Self-reflection (DPO)", "",
+                "| iteration | questions sampled | with pairs | sample accuracy | recall pairs | analyze pairs |",
+                "|---|---|---|---|---|---|"]
+        out += [f"| {k} | {_cell(p.get('questions'))} | {_cell(p.get('questions_with_pairs'))} | "
+                f"{_cell(p.get('sample_accuracy'))} | {_cell(p.get('recall_pairs'))} | {_cell(p.get('analyze_pairs'))} |"
+                for k, p in pairs.items()]
+    if pictures:
+        out += ["", "## Curves", ""] + [f"![{stem}](report/{stem}.png)" for stem in pictures]
+    return "\n".join(out) + "\n"
+
+
+def report(params: Params, paths: Paths) -> list[dict]:
+    rows = collect(params, paths)
     write_json(paths.metric("iterations"), rows)
-    final = rows[-1]
-    write_json(paths.metric("summary"), {"final_model": final["model"], "final_test_accuracy": final["test_accuracy"],
-                                         "final_valid_accuracy": final["valid_accuracy"],
-                                         "sft_test_accuracy": rows[0]["test_accuracy"]})
+    write_json(paths.metric("summary"), headline(rows, paths))
+    specs = charts(rows, paths)
+    with atomic_path(paths.metrics / "report") as tmp:
+        tmp.mkdir()
+        for stem, spec in specs.items():
+            (tmp / f"{stem}.png").write_bytes(_png(spec))
+            (tmp / f"{stem}.vl.json").write_text(json.dumps(spec, indent=1) + "\n")
+    write_text(paths.metrics / "report.md", markdown(rows, paths, list(specs)))
+    import vl_convert
+
+    with atomic_path(paths.metrics / "vega" / "vega.js") as tmp:
+        tmp.write_text(vl_convert.javascript_bundle())
+    best = max(rows, key=lambda r: r["test_accuracy"] if r["test_accuracy"] is not None else -1)
+    print("  ".join(f"{r['model']} {_cell(r['test_accuracy'])}" for r in rows)
+          + f"  (test %; best {best['model']}) -> metrics/report.md")
     return rows

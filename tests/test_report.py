@@ -1,0 +1,97 @@
+"""Stage `report`: headline metrics, the per-model table, and report.md with pictures drawn offline."""
+import json
+from pathlib import Path
+
+import yaml
+
+from tinythinker.io import write_json, write_text
+from tinythinker.params import load
+from tinythinker.paths import Paths
+from tinythinker.report import report
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS = load(REPO / "params.yaml").replace(**{"dpo.iterations": {"iter1": {"init": "models/sft"},
+                                                                  "iter2": {"init": "models/dpo/iter1"}}})
+
+
+def _tsv(path: Path, name: str, values: list[float]) -> None:
+    write_text(path, "step\t" + name + "\n" + "".join(f"{i * 50}\t{v}\n" for i, v in enumerate(values)))
+
+
+def run_metrics(paths: Paths) -> None:
+    """What the stages before `report` write, for an SFT model and two DPO iterations (the second skipped)."""
+    write_json(paths.metric("teacher_request"), {"questions": 10, "questions_covered": 10, "requests_sent": 12,
+                                                 "requests_from_journal": 3, "requests_from_store": 1,
+                                                 "usd": 0.5, "usd_this_run": 0.25})
+    write_json(paths.metric("build"), {"accepted_chains": 31, "questions_with_chain": 10, "rejected_length": 4,
+                                       "rejected_no_declared_answer": 0})
+    write_json(paths.metric("sft"), {"valid_accuracy": 61.25, "train_steps": 400})
+    write_json(paths.metric("test/sft"), {"accuracy": 58.333333})
+    write_json(paths.metric("dpo/iter1"), {"valid_accuracy": 66.0, "steps": 30, "recall_pairs": 40, "analyze_pairs": 25})
+    write_json(paths.metric("dpo/iter1_pairs"), {"questions": 10, "questions_with_pairs": 7, "sample_accuracy": 55.0,
+                                                 "recall_pairs": 40, "analyze_pairs": 25})
+    write_json(paths.metric("test/iter1"), {"accuracy": 63.0})
+    write_json(paths.metric("dpo/iter2"), {"valid_accuracy": 66.0, "steps": 0, "recall_pairs": 0, "analyze_pairs": 0,
+                                           "skipped": 1})
+    write_json(paths.metric("dpo/iter2_pairs"), {"questions": 10, "questions_with_pairs": 0, "sample_accuracy": 100.0,
+                                                 "recall_pairs": 0, "analyze_pairs": 0})
+    write_json(paths.metric("test/iter2"), {"accuracy": 63.0})
+    live = paths.metrics / "sft_live" / "plots" / "metrics"
+    _tsv(live / "train_loss.tsv", "train_loss", [5.0, 2.0, 1.0, 0.5])
+    _tsv(live / "eval_accuracy.tsv", "eval_accuracy", [20.0, 61.25])
+    dpo = paths.metrics / "dpo_live" / "iter1" / "plots" / "metrics"
+    _tsv(dpo / "train_loss.tsv", "train_loss", [0.7, 0.6, 0.5])
+    _tsv(dpo / "eval" / "accuracy.tsv", "accuracy", [61.25, 66.0])
+
+
+def test_report_headline_table_and_pictures(tmp_path):
+    paths = Paths(tmp_path)
+    run_metrics(paths)
+    rows = report(PARAMS, paths)
+    assert [r["model"] for r in rows] == ["sft", "iter1", "iter2"]
+    assert json.loads(paths.metric("summary").read_text()) == {
+        "test": {"sft": 58.33, "iter1": 63.0, "iter2": 63.0}, "valid": {"sft": 61.25, "iter1": 66.0, "iter2": 66.0},
+        "pairs": {"iter1": 65, "iter2": 0}, "steps": {"sft": 400, "iter1": 30, "iter2": 0}, "chains": 31,
+        "teacher": {"requests": 12, "usd": 0.5}}
+    assert json.loads(paths.metric("iterations").read_text())[1] == {
+        "model": "iter1", "step": 1, "valid_accuracy": 66.0, "test_accuracy": 63.0, "recall_pairs": 40,
+        "analyze_pairs": 25, "train_steps": 30}
+    md = (paths.metrics / "report.md").read_text()
+    assert "| iter1 | 66 | 63 | 40 | 25 | 30 |" in md
+    assert "12 requests sent, 4 served from the journal or store; spend $0.50" in md
+    assert "31 chains accepted for 10 questions; rejected: length 4." in md
+    assert "| iter1 | 10 | 7 | 55 | 40 | 25 |" in md
+    pictures = sorted(p.name for p in (paths.metrics / "report").glob("*.png"))
+    # the DPO accuracy curve of a skipped iteration is one start point: only iter1 draws it
+    assert pictures == ["accuracy.png", "dpo_eval_accuracy.png", "dpo_train_loss.png", "sft_eval_accuracy.png",
+                        "sft_train_loss.png"]
+    for name in pictures:
+        png = (paths.metrics / "report" / name).read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000, name  # drawn, not an empty canvas
+        assert f"![{name[:-4]}](report/{name})" in md
+    spec = json.loads((paths.metrics / "report" / "accuracy.vl.json").read_text())
+    assert {v["model"] for v in spec["data"]["values"]} == {"sft", "iter1", "iter2"}
+    assert "vegaEmbed" in (paths.metrics / "vega" / "vega.js").read_text()  # what .dvc/plots.html loads
+
+
+def test_report_before_dpo_has_sft_only(tmp_path):
+    paths = Paths(tmp_path)
+    run_metrics(paths)
+    rows = report(PARAMS.replace(**{"dpo.iterations": {}}), paths)
+    assert [r["model"] for r in rows] == ["sft"]
+    assert json.loads(paths.metric("summary").read_text())["pairs"] == {}
+
+
+def test_only_the_headline_is_a_declared_metric():
+    """`dvc metrics show` / `dvc exp show` carry the headline; every stage's own JSON is a git-tracked output."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    declared = [m for s in stages.values() for m in s.get("do", s).get("metrics", [])]
+    assert declared == [{"metrics/summary.json": {"cache": False}}]
+    outs = {next(iter(o)) if isinstance(o, dict) else o: o for s in stages.values() for o in s.get("do", s)["outs"]}
+    for diag in ("metrics/prepare.json", "metrics/teacher_request.json", "metrics/build.json", "metrics/sft.json",
+                 "metrics/dpo/${key}.json", "metrics/dpo/${key}_pairs.json", "metrics/test/${key}.json"):
+        assert outs[diag] == {diag: {"cache": False}}, diag  # in git, diffable, not a metric
+    config = (REPO / ".dvc" / "config").read_text()
+    assert "html_template = plots.html" in config
+    template = (REPO / ".dvc" / "plots.html").read_text()
+    assert "{plot_divs}" in template and '<script src="../metrics/vega/vega.js">' in template
