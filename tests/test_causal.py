@@ -212,7 +212,8 @@ def test_trl_dpo_step_raises_the_margin_over_a_precomputed_reference(causal_sft,
     assert data["ref_chosen_logps"] == pytest.approx(chosen, abs=1e-4)
     assert data["ref_rejected_logps"] == pytest.approx(rejected, abs=1e-4)
     assert data["prompt"] == [r["prompt"] for r in RECALL + ANALYZE]
-    assert (trainer.args.loss_type, trainer.args.loss_weights, trainer.args.beta) == (["sigmoid", "sft"], [1.0, 0.5], 0.5)
+    args = trainer.args
+    assert (args.loss_type, args.loss_weights, args.beta) == (["sigmoid", "sft"], [1.0, 0.5], 0.5)
     trainer.train()
     assert trainer.state.global_step == 4 * sum(intervals.values())
     model = trainer.model.eval()
@@ -241,7 +242,8 @@ def test_dpo_train_stage_on_trl_reports_the_t5_metric_names(tmp_path, causal_sft
     write_jsonl(paths.dpo_data("iter1") / "analyze_pairs.jsonl", ANALYZE)
     m = dpo_train(DPO, paths, "iter1")
     cycle = sum(schedule_intervals(3, 2, 2).values())
-    assert (m["steps"], m["best_step"], m["valid_accuracy"], m["start_valid_accuracy"]) == (4 * cycle, cycle, 60.0, 50.0)
+    assert (m["steps"], m["best_step"], m["valid_accuracy"]) == (4 * cycle, cycle, 60.0)
+    assert m["start_valid_accuracy"] == 50.0
     assert set(m) >= set(REWARD_KEYS) and read_json(paths.metric("dpo/iter1")) == m
     model, _ = load_student(DPO, paths, paths.dpo_model("iter1"))
     assert family(DPO, paths.dpo_model("iter1")) is causal

@@ -114,6 +114,7 @@ def test_dvc_repro_end_to_end_with_the_embedded_causal_student(tmp_path):
     for it in ("iter1", "iter2"):
         m = json.loads((repo / f"metrics/dpo/{it}.json").read_text())
         assert m.get("skipped") or {"rewards/margins", "logps/chosen"} <= set(m)
+    assert "pipeline_tag: text-generation" in (repo / "models/final/README.md").read_text()
 
 
 def _free_port() -> int:

@@ -64,7 +64,8 @@ def test_card_of_a_decoder_only_student(tmp_path):
     p = PARAMS.replace(**{"student.model": "Qwen/Qwen2.5-0.5B", "student.revision": None})
     meta, body = split_card(model_card(p, fixture_repo(tmp_path, config={"model_type": "qwen2"})))
     assert meta["pipeline_tag"] == "text-generation" and "qwen2" in meta["tags"] and "t5" not in meta["tags"]
-    assert meta["base_model"] == "Qwen/Qwen2.5-0.5B" and meta["model-index"][0]["name"] == "tinythinker-csqa-Qwen2.5-0.5B"
+    assert meta["base_model"] == "Qwen/Qwen2.5-0.5B"
+    assert meta["model-index"][0]["name"] == "tinythinker-csqa-Qwen2.5-0.5B"
     reported = yaml.safe_load(body.split("```yaml\n", 1)[1].split("```", 1)[0])
     assert list(reported) == list(KEY_PARAMS)
     assert reported["sft.learning_rate"] == 5e-4 and reported["dpo.max_questions"] == PARAMS.dpo.max_questions

@@ -102,13 +102,14 @@ def _is_peft(model) -> bool:
 
 # --- phase 1 -------------------------------------------------------------------------------------------------
 def sft_arguments(params: Params, **common):
-    """TRL's SFTConfig: prompt-completion data, loss on the completion only, no packing (the curriculum batches are
-    the batches), a whole sequence up to max_source_length + max_target_length tokens."""
+    """TRL's SFTConfig: prompt-completion data, loss on the completion only, no packing and no shuffling (the
+    curriculum sampler indexes the rows in order and makes the batches), a whole sequence up to max_source_length +
+    max_target_length tokens."""
     from trl import SFTConfig
 
     s = params.sft
     return SFTConfig(**common, completion_only_loss=True, packing=False, shuffle_dataset=False,
-                     max_length=s.max_source_length + s.max_target_length, dataset_num_proc=None)
+                     max_length=s.max_source_length + s.max_target_length)
 
 
 def sft_data(params: Params, stages: Mapping[str, Sequence[dict]], tokenizer):
@@ -126,7 +127,7 @@ def sft_data(params: Params, stages: Mapping[str, Sequence[dict]], tokenizer):
 
 
 def sft_trainer(params: Params, model, tokenizer, rows, valid, **kwargs):
-    """TRL's SFTTrainer with the curriculum sampler and chain validation (`kwargs`: theirs and the Trainer's)."""
+    """TRL's SFTTrainer with the curriculum sampler and chain validation (`kwargs`: the Trainer's and the mixin's)."""
     from trl import SFTTrainer
 
     from .training import CurriculumChainMixin

@@ -54,7 +54,8 @@ def sft_arguments(params: Params, **common):
     return Seq2SeqTrainingArguments(**common)
 
 
-def sft_data(params: Params, stages: Mapping[str, Sequence[dict]], tokenizer) -> tuple[list[dict], dict[str, list[int]]]:
+def sft_data(params: Params, stages: Mapping[str, Sequence[dict]],
+             tokenizer) -> tuple[list[dict], dict[str, list[int]]]:
     """Stage rows tokenised and concatenated in chain order (inputs and targets each end with </s>), and the input
     lengths per stage (length grouping)."""
     s = params.sft
@@ -69,7 +70,7 @@ def sft_data(params: Params, stages: Mapping[str, Sequence[dict]], tokenizer) ->
 
 
 def sft_trainer(params: Params, model, tokenizer, rows, valid, **kwargs):
-    """Seq2SeqTrainer with the curriculum sampler and chain validation (`kwargs`: theirs and the Trainer's)."""
+    """Seq2SeqTrainer with the curriculum sampler and chain validation (`kwargs`: the Trainer's and the mixin's)."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
     from .training import CurriculumChainMixin

@@ -1,10 +1,10 @@
 """Stage `sft`: phase 1 curriculum SFT (spec 5) on a stock trainer: HF's Seq2SeqTrainer for a T5 student, TRL's
 SFTTrainer (prompt-completion data) for a decoder-only one (the student's family, `seq2seq.py` / `causal.py`).
 
-Only two things differ from a plain trainer run: the training batches come from the curriculum batch
-sampler (blocks of recall / analyze / summarize, spec 5.4), and evaluation is the full greedy chain on the
-validation questions (spec 5.5) scored by answer accuracy (`training.CurriculumChainMixin`). The best checkpoint by that accuracy (ties keep
-the earlier one) becomes models/sft. Checkpoints live in models/checkpoints/sft, outside DVC, so a killed
+Only two things differ from a plain trainer run (`training.CurriculumChainMixin`): the training batches come from
+the curriculum batch sampler (blocks of recall / analyze / summarize, spec 5.4), and evaluation is the full greedy
+chain on the validation questions (spec 5.5) scored by answer accuracy. The best checkpoint by that accuracy (ties
+keep the earlier one) becomes models/sft. Checkpoints live in models/checkpoints/sft, outside DVC, so a killed
 run resumes where it stopped as long as params and data are unchanged.
 """
 from __future__ import annotations

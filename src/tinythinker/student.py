@@ -158,8 +158,9 @@ def tokenizer_stage(params: Params, paths: Paths) -> None:
         tokenizer = train_tokenizer(_corpus(paths), params.student.embedded.vocab_size, kind)
     else:
         from transformers import AutoTokenizer
-        tokenizer = kind.prepare_tokenizer(_pretrained(AutoTokenizer, params.student.model, "student.model",
-                                                       _is_local(params.student.model), revision=params.student.revision))
+        m = params.student.model
+        tokenizer = kind.prepare_tokenizer(_pretrained(AutoTokenizer, m, "student.model", _is_local(m),
+                                                       revision=params.student.revision))
     with atomic_path(paths.tokenizer) as tmp:
         tokenizer.save_pretrained(tmp)
 
