@@ -77,7 +77,7 @@ def test_dvc_repro_end_to_end(repo):
     # The headline is the only metrics file; stage diagnostics are git-tracked outputs, not metric columns.
     shown = json.loads(_sh("dvc metrics show --json", repo))
     assert list(shown["workspace"]["data"]) == ["metrics/summary.json"]
-    header = next(csv.reader(io.StringIO(_sh("dvc exp show --csv --no-pager", repo)))
+    header = next(csv.reader(io.StringIO(_sh("dvc exp show --csv --no-pager", repo))))
     for col in ("test.sft", "test.iter1", "test.iter2", "valid.sft", "pairs.iter1", "pairs.iter2", "steps.sft",
                 "steps.iter2", "chains", "teacher.requests", "teacher.usd"):
         assert col in header, col
