@@ -228,7 +228,6 @@ def test_trl_dpo_step_raises_the_margin_over_a_precomputed_reference(causal_sft,
 def test_dpo_train_stage_on_trl_reports_the_t5_metric_names(tmp_path, causal_sft, monkeypatch):
     import shutil
 
-    import tinythinker.chain as chain
     import tinythinker.distributed as distributed
     from tinythinker.dpo import REWARD_KEYS, dpo_train, schedule_intervals
     from tinythinker.io import read_json, write_jsonl

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from . import protocol as P
+from .io import DataError
 from .params import Params, ParamsError
 
 KIND = "causal"
@@ -39,7 +40,6 @@ def prepare_tokenizer(tokenizer):
     """Many decoder-only tokenizers have no pad token (Llama 3): pad with the EOS, which the attention mask hides
     and which keeps its label where it closes a completion."""
     if tokenizer.eos_token is None:
-        from .io import DataError
         raise DataError(f"{tokenizer.name_or_path}: the tokenizer has no EOS token to close a completion")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
