@@ -1,5 +1,6 @@
 """The generation chain: byte-exact prompts per stage type, batching order, answer extraction, voting."""
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -38,6 +39,7 @@ class FakeTokenizer:
 class FakeModel:
     """Records every prompt and decoding; answers as a function of the prompt alone."""
     device = "cpu"
+    config = SimpleNamespace(is_encoder_decoder=True)  # the seq2seq family: outputs hold new tokens only
 
     def __init__(self, tok, answer=lambda p: f"  echo {len(p)} "):
         self.tok, self.answer, self.training = tok, answer, True

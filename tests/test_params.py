@@ -285,7 +285,7 @@ def test_params_yaml_spells_every_key_of_the_schema():
     ("tokenizer", ["student.revision"]),
     ("sft", ["sft", "student", "report_to"]),
     ("dpo_train", ["report_to", "dpo.precision", "dpo.tf32", "dpo.gradient_accumulation_steps",
-                   "dpo.gradient_checkpointing"]),
+                   "dpo.gradient_checkpointing", "student.lora"]),
 ])
 def test_stages_track_the_knobs_they_read(stage, keys):
     import yaml

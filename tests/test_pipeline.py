@@ -100,6 +100,23 @@ def test_dvc_repro_end_to_end(repo):
     assert "Running stage" not in out
 
 
+@pytest.mark.slow
+def test_dvc_repro_end_to_end_with_the_embedded_causal_student(tmp_path):
+    """`student.model: embedded-causal`: the whole pipeline offline with a decoder-only student (TRL's SFTTrainer and
+    DPOTrainer), one flag away from the T5 default."""
+    repo = _copy_repo(tmp_path / "causal")
+    _sh("dvc exp run -S student.model=embedded-causal", repo)
+    config = json.loads((repo / "models/dpo/iter2/config.json").read_text())
+    assert config["model_type"] == "llama" and not config.get("is_encoder_decoder")
+    rows = json.loads((repo / "metrics/iterations.json").read_text())
+    assert [r["model"] for r in rows] == ["sft", "iter1", "iter2"]
+    assert all(0.0 <= r["test_accuracy"] <= 100.0 for r in rows)
+    for it in ("iter1", "iter2"):
+        m = json.loads((repo / f"metrics/dpo/{it}.json").read_text())
+        assert m.get("skipped") or {"rewards/margins", "logps/chosen"} <= set(m)
+    assert "pipeline_tag: text-generation" in (repo / "models/final/README.md").read_text()
+
+
 def _free_port() -> int:
     import socket
 

@@ -58,14 +58,21 @@ CADENCE = {"csqa": 700, "obqa": 600, "strategyqa": 400}
 # Where the spec is silent the project chooses (presets.py and README say why).
 PROJECT = {"dataset.seed": 42, "teacher.exemplars": None, "teacher.base_url": None,
            "sft.gradient_checkpointing": False, "dpo.gradient_checkpointing": False,
-           "sft.max_source_length": 512, "sft.max_target_length": 200}
+           "sft.max_source_length": 512, "sft.max_target_length": 200, "student.lora.rank": 0}
+# Decoder-only students: the paper has no values for them; these are the project's (presets.py, README).
+CAUSAL_STUDENTS = {"qwen2.5-0.5b": ("Qwen/Qwen2.5-0.5B", "060db6499f32faf8b98477b0a26969ef7d8b9987"),
+                   "smollm2-360m": ("HuggingFaceTB/SmolLM2-360M", "f8027fd0eaeea54caa13c31d31b9fdc459c38b49")}
+CAUSAL = {"sft.batch_size": 16, "sft.gradient_accumulation_steps": 4, "sft.epochs": 3.0, "sft.precision": "auto",
+          "sft.tf32": True, "dpo.learning_rate": 1e-6, "dpo.beta": 0.1, "dpo.precision": "auto", "dpo.tf32": True}
+CAUSAL_LR = {"qwen2.5-0.5b": 2e-5, "smollm2-360m": 5e-5}
 
 # Everything the issue found inherited from the CPU default, and more, set otherwise in the base.
 HOSTILE = {"dpo.max_questions": 300, "sft.eval_every": 500, "sft.precision": "bf16", "sft.tf32": True,
            "dpo.precision": "auto", "dpo.tf32": True, "dataset.limit": 50, "sft.gradient_accumulation_steps": 4,
            "dpo.gradient_accumulation_steps": 2, "sft.group_by_length": True, "seed": 7, "dataset.seed": 3,
            "generation.strategy": "sample", "generation.times": 5, "teacher.num_shots": 2, "sft.interval": 1,
-           "sft.gradient_checkpointing": True, "student.revision": "v0", "dpo.passes": 3, "dpo.samples": 4}
+           "sft.gradient_checkpointing": True, "student.revision": "v0", "dpo.passes": 3, "dpo.samples": 4,
+           "student.lora.rank": 8}
 
 
 def flat(tree: dict, prefix: str = "") -> dict:
@@ -90,6 +97,19 @@ def test_every_preset_equals_the_spec_key_by_key(dataset, student):
         assert got[key] == value, key
     assert eval_cadence(resolve(base, dataset, student)) == CADENCE[dataset]
     get_task(dataset)  # the task file exists for it
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+@pytest.mark.parametrize("student", sorted(CAUSAL_STUDENTS))
+def test_decoder_only_presets_change_only_the_projects_keys(dataset, student):
+    """The paper's setting everywhere but the project's own values for decoder-only students (the paper has none)."""
+    expected = {**SPEC, **PER_DATASET[dataset], **PROJECT, **CAUSAL, "sft.learning_rate": CAUSAL_LR[student],
+                "dataset.name": dataset, "student.model": CAUSAL_STUDENTS[student][0],
+                "student.revision": CAUSAL_STUDENTS[student][1]}
+    assert set(preset(dataset, student)) == set(expected)
+    got = flat(to_dict(resolve(load(REPO / "params.yaml").replace(**HOSTILE), dataset, student)))
+    for key, value in expected.items():
+        assert got[key] == value, key
 
 
 @pytest.mark.parametrize("dataset", DATASETS)

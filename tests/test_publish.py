@@ -24,12 +24,13 @@ ROWS = [{"model": "sft", "step": 0, "valid_accuracy": 55.1, "test_accuracy": 54.
         {"model": "iter2", "step": 2, "valid_accuracy": 58.25, "test_accuracy": 57.6789}]
 
 
-def fixture_repo(root: Path, final: str = "iter2") -> Paths:
+def fixture_repo(root: Path, final: str = "iter2", config: dict | None = None) -> Paths:
     paths = Paths(root)
     for name, model in (("sft", paths.sft_model), ("iter1", paths.dpo_model("iter1")),
                         ("iter2", paths.dpo_model("iter2"))):
         model.mkdir(parents=True)
-        (model / "config.json").write_text(json.dumps({"model": name}))
+        (model / "config.json").write_text(json.dumps(
+            {"model": name, **(config or {"model_type": "t5", "is_encoder_decoder": True})}))
         (model / "model.safetensors").write_bytes(name.encode() * 10)
     # the final model is the last row (an SFT-only run has one row)
     write_json(paths.metric("iterations"), ROWS[:[r["model"] for r in ROWS].index(final) + 1])
@@ -55,6 +56,16 @@ def test_card_front_matter_and_body_from_params_and_metrics(tmp_path):
     assert "`gpt-4o-2024-05-13` (openai backend), 8 rationales per training question" in body  # task default
     assert "2 iteration(s) of DPO" in body and "1 x sigmoid + 0.5 x sft" in body
     assert "Recall:" in body and "Analyze: For option A," in body and "Summarize:" in body
+    assert "t5" in meta["tags"]
+
+
+def test_card_of_a_decoder_only_student(tmp_path):
+    """The architecture comes from the final model's config: a decoder-only model is a text-generation model."""
+    p = PARAMS.replace(**{"student.model": "Qwen/Qwen2.5-0.5B", "student.revision": None})
+    meta, body = split_card(model_card(p, fixture_repo(tmp_path, config={"model_type": "qwen2"})))
+    assert meta["pipeline_tag"] == "text-generation" and "qwen2" in meta["tags"] and "t5" not in meta["tags"]
+    assert meta["base_model"] == "Qwen/Qwen2.5-0.5B"
+    assert meta["model-index"][0]["name"] == "tinythinker-csqa-Qwen2.5-0.5B"
     reported = yaml.safe_load(body.split("```yaml\n", 1)[1].split("```", 1)[0])
     assert list(reported) == list(KEY_PARAMS)
     assert reported["sft.learning_rate"] == 5e-4 and reported["dpo.max_questions"] == PARAMS.dpo.max_questions

@@ -95,7 +95,8 @@ def test_load_student_embedded_and_checkpoint(paths, tmp_path):
 
 
 def test_hub_student_loads_at_its_revision(paths, monkeypatch):
-    """student.revision reaches from_pretrained for the tokenizer stage and the initial model (Hub faked)."""
+    """student.revision reaches from_pretrained for the config (the family), the tokenizer stage and the initial
+    model (Hub faked)."""
     import transformers
 
     asked = []
@@ -111,12 +112,14 @@ def test_hub_student_loads_at_its_revision(paths, monkeypatch):
             return real_tok  # the saved tokenizer directory
         return staticmethod(from_pretrained)
 
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", fake("config", tiny.config))
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", fake("tokenizer", real_tok))
     monkeypatch.setattr(transformers.AutoModelForSeq2SeqLM, "from_pretrained", fake("model", tiny))
     hub = PARAMS.replace(**{"student.model": "google-t5/t5-small", "student.revision": "f" * 40})
     tokenizer_stage(hub, paths)
     model, _ = load_student(hub, paths)
-    assert asked == [("tokenizer", "f" * 40), ("model", "f" * 40)] and model is tiny
+    assert asked == [("config", "f" * 40), ("tokenizer", "f" * 40), ("config", "f" * 40), ("model", "f" * 40)]
+    assert model is tiny
 
 
 def test_tokenizer_is_the_same_file_in_every_process(tmp_path):

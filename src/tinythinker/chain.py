@@ -2,7 +2,10 @@
 
 Each step is one batched pass over all questions (analyze: over all (question, option) pairs), so a
 question's step k+1 prompt is built from its own step-k output. Prompts come only from `protocol`.
-Option letters come from each question's own `options` (fixes spec 9.12).
+Option letters come from each question's own `options` (fixes spec 9.12). One implementation for both student
+families: the family (`student.family_of`) says how a batch of prompts is padded (left for a decoder-only model, so
+every prompt ends where generation starts) and which output tokens are new (a decoder-only model returns the prompt
+too).
 """
 from __future__ import annotations
 
@@ -42,12 +45,15 @@ def generate(model, tokenizer, prompts: list[str], decoding: Decoding, batch_siz
     import torch
     from tqdm.auto import tqdm
 
+    from .student import family_of
+
     if not prompts:
         return []
     order = list(range(len(prompts)))
     if sort_by_length:
         order.sort(key=lambda i: -len(prompts[i]))
     out: list[str] = [""] * len(prompts)
+    kind = family_of(model.config)
     was_training = model.training
     model.eval()
     try:
@@ -55,9 +61,10 @@ def generate(model, tokenizer, prompts: list[str], decoding: Decoding, batch_siz
             starts = range(0, len(order), batch_size)
             for s in tqdm(starts, desc=desc, disable=desc is None, leave=False):
                 idx = order[s:s + batch_size]
-                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(model.device)
+                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, **kind.ENCODE)
+                enc = enc.to(model.device)
                 ids = model.generate(**enc, **_generation_kwargs(decoding))
-                for i, text in zip(idx, tokenizer.batch_decode(ids, skip_special_tokens=True)):
+                for i, text in zip(idx, tokenizer.batch_decode(kind.new_tokens(ids, enc), skip_special_tokens=True)):
                     out[i] = text.strip()
     finally:
         model.train(was_training)

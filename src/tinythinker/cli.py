@@ -147,10 +147,12 @@ def publish(push: str = typer.Option(None, "--push", metavar="REPO_ID",
 
 @app.command()
 def preset(dataset: str = typer.Argument(..., help="csqa, obqa or strategyqa."),
-           student: str = typer.Argument(..., help="t5-small, t5-base or t5-large."),
+           student: str = typer.Argument(..., help="t5-small, t5-base, t5-large (the paper's students), "
+                                         "qwen2.5-0.5b or smollm2-360m (decoder-only; the project's hyperparameters)."),
            write: bool = typer.Option(False, "--write", help="Write the preset into params.yaml."),
            root: Path = ROOT) -> None:
-    """The paper's configuration for a dataset x student: prints `dvc exp run` flags, or --write params.yaml."""
+    """The paper's configuration for a dataset x student: prints `dvc exp run` flags, or --write params.yaml.
+    Decoder-only students get the project's own hyperparameters where the paper has none (presets.CAUSAL)."""
     import json
 
     from .params import load

@@ -1,6 +1,7 @@
-"""Stage `dpo-train`: encoder-decoder DPO on a plain transformers Trainer (spec 6.3).
+"""Stage `dpo-train`: one DPO iteration (spec 6.3); for a T5 student on a plain transformers Trainer.
 
-TRL's DPOTrainer handles causal LMs only, so the loss lives here: per pair, the prompt is the encoder
+A decoder-only student trains on TRL's DPOTrainer (dpo_trl.py) in the same stage, schedule and validation. TRL's
+DPOTrainer handles causal LMs only, so the encoder-decoder loss lives here: per pair, the prompt is the encoder
 input and chosen / rejected are two label sequences run in one concatenated forward pass; a sequence's
 log-prob is the sum of its label-token log-probs. The loss is a weighted sum of TRL-named terms
 (`dpo.loss_type` / `dpo.loss_weights`): "sigmoid" = -log sigmoid(beta * policy-vs-reference margin),
@@ -30,14 +31,11 @@ from .io import DataError, atomic_path, read_json, read_jsonl, write_json
 from .pairs import FIELDS, iteration_init
 from .params import Params, to_dict
 from .paths import Paths
-from .training import autocast, resolve_precision, trainer_kwargs
+from .training import SKIP_LOG, autocast, resolve_precision, trainer_kwargs
 
 STAGES = ("recall", "analyze")
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected")
-# bookkeeping the trainer logs that makes no useful curve (and wall-clock values would make the curves of two
-# identical runs differ)
-SKIP_LOG = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
 
 
 # --- data --------------------------------------------------------------------------------------------
@@ -166,19 +164,16 @@ def schedule_intervals(n_recall: int, n_analyze: int, batch_size: int) -> dict[s
 def _trainer_classes():
     from transformers import Trainer, TrainerCallback
 
-    class Seq2SeqDPOTrainer(Trainer):
+    from .training import CurriculumChainMixin
+
+    class Seq2SeqDPOTrainer(CurriculumChainMixin, Trainer):
         # compute_loss returns a mean per micro-batch: the Trainer divides it by gradient_accumulation_steps
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, batch_sampler, valid, chain_kwargs, dpo, **kwargs):
+        def __init__(self, *args, dpo, **kwargs):
             super().__init__(*args, **kwargs)
-            self.batch_sampler, self.valid, self.chain_kwargs, self.dpo = batch_sampler, valid, chain_kwargs, dpo
+            self.dpo = dpo
             self._stored: dict[str, list[float]] = {}
-
-        def get_train_dataloader(self):
-            return distributed.prepare_sharded_loader(
-                self.accelerator, self.train_dataset, self.batch_sampler, self.data_collator,
-                self.args.dataloader_num_workers, self.args.dataloader_pin_memory)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             chosen, rejected, nll = policy_logps(model, inputs)
@@ -199,14 +194,6 @@ def _trainer_classes():
                 logs |= means
                 self._stored = {}
             super().log(logs, start_time)
-
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            acc = distributed.chain_accuracy(self.accelerator, self.model, self.processing_class, self.valid,
-                                             desc="valid", **self.chain_kwargs)
-            metrics = {f"{metric_key_prefix}_accuracy": acc}
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-            return metrics
 
     class PrePass(TrainerCallback):
         """`fn(model)` once the Trainer has prepared the model and before the first batch is drawn (the
@@ -244,15 +231,17 @@ def _trainer_classes():
     return Seq2SeqDPOTrainer, LiveCallback, PrePass
 
 
-def training_args(params: Params, intervals: dict[str, int], ckpt_dir: Path, train_kwargs: dict | None = None):
+def training_args(params: Params, intervals: dict[str, int], ckpt_dir: Path, train_kwargs: dict | None = None,
+                  arguments=None):
     """Evaluation and checkpoints once per schedule cycle (in optimizer steps), `dpo.passes` cycles in all.
-    `train_kwargs`: the shared TrainingArguments fields (training.trainer_kwargs)."""
+    `train_kwargs`: the shared TrainingArguments fields (training.trainer_kwargs); `arguments`: what builds the
+    arguments from these fields (TrainingArguments; TRL's DPOConfig for a decoder-only student, dpo_trl.arguments)."""
     import torch
     from transformers import TrainingArguments
 
     d, cuda = params.dpo, torch.cuda.is_available()
     cycle = sum(intervals.values())
-    return TrainingArguments(
+    return (arguments or TrainingArguments)(
         output_dir=str(ckpt_dir), max_steps=d.passes * cycle, per_device_train_batch_size=d.batch_size,
         learning_rate=d.learning_rate, lr_scheduler_type="cosine", warmup_steps=d.warmup_ratio,  # float = ratio
         weight_decay=0.0, max_grad_norm=d.max_grad_norm, seed=params.seed,
@@ -308,13 +297,16 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     from dvclive import Live
     from transformers.trainer_utils import get_last_checkpoint
 
+    from . import dpo_trl
     from .chain import Decoding
-    from .student import load_student
+    from .student import family, load_student
 
     d, g = params.dpo, params.generation
     init = paths.root / iteration_init(params, iteration)
     if not (init / "config.json").exists():
         raise DataError(f"{init}: no model (dpo.iterations.{iteration}.init)")
+    kind = family(params, init, f"dpo.iterations.{iteration}.init")
+    trl = kind.KIND == "causal"  # decoder-only: TRL's DPOTrainer (dpo_trl.py); T5: the trainer of this module
     data_dir = paths.dpo_data(iteration)
     pairs = {s: read_jsonl(data_dir / f"{s}_pairs.jsonl", FIELDS) for s in STAGES}
     valid = read_jsonl(paths.sft_data / "valid.jsonl", QUESTION_FIELDS)
@@ -354,12 +346,13 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
 
     # The model after the arguments (ZeRO-3 / FSDP memory-efficient loading, distributed.py); the Trainer puts it
     # on its device.
-    args = training_args(params, intervals, ckpt_dir, train_kwargs)
+    args = training_args(params, intervals, ckpt_dir, train_kwargs, dpo_trl.arguments(params) if trl else None)
     model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
-    disable_dropout(model)  # the policy scores a sequence as its frozen reference did
     features: list[dict] = []
-    for s in STAGES:
-        features += tokenize_pairs(pairs[s], tokenizer, params.sft.max_source_length, g.max_new_tokens)
+    if not trl:  # TRL tokenises, disables dropout and precomputes the reference log-probs itself
+        disable_dropout(model)  # the policy scores a sequence as its frozen reference did
+        for s in STAGES:
+            features += tokenize_pairs(pairs[s], tokenizer, params.sft.max_source_length, g.max_new_tokens)
 
     fingerprint = _fingerprint(params, [p for p in init.rglob("*") if p.is_file()]
                                + [data_dir / f"{s}_pairs.jsonl" for s in STAGES] + [paths.sft_data / "valid.jsonl"],
@@ -367,7 +360,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     stamp, start_file, ref_file = ckpt_dir / "fingerprint.txt", ckpt_dir / "start.json", ckpt_dir / "reference.json"
     with distributed.main_first() as first:
         if first and not (stamp.exists() and stamp.read_text() == fingerprint and start_file.exists()
-                          and ref_file.exists()):
+                          and (trl or ref_file.exists())):
             shutil.rmtree(ckpt_dir, ignore_errors=True)  # other params, data or starting model: stale checkpoints
             ckpt_dir.mkdir(parents=True)
             stamp.write_text(fingerprint)
@@ -379,13 +372,16 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
 
     def prepass(prepared) -> None:
         """Starting accuracy and reference log-probs, with the starting weights (a resumed run reads both), in
-        the training precision."""
+        the training precision. TRL computed its reference log-probs in its constructor, from the starting model
+        (a resumed run loads its checkpoint's weights only later, in `train`)."""
         if live_cb.start_accuracy is None:
             with autocast(precision, procs.device):  # as the trainer's evaluations
                 live_cb.start_accuracy = distributed.chain_accuracy(procs, prepared, tokenizer, valid,
                                                                     desc="valid (start)", **chain_kwargs)
             if main:
                 write_json(start_file, {"start_valid_accuracy": live_cb.start_accuracy})
+        if trl:
+            return
         if have_refs:
             refs = read_json(ref_file)
         else:
@@ -404,8 +400,13 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
             if stop_after is not None and state.global_step >= stop_after:
                 control.should_training_stop = control.should_save = True
 
-    trainer = build_trainer(params, model, tokenizer, features, {s: len(pairs[s]) for s in STAGES}, intervals,
-                            ckpt_dir, valid, chain_kwargs, [PrePass(prepass), live_cb, Stop()], args=args)
+    callbacks = [PrePass(prepass), live_cb, Stop()]
+    if trl:
+        trainer = dpo_trl.build_trainer(params, model, tokenizer, pairs, intervals, ckpt_dir, valid, chain_kwargs,
+                                        callbacks, args=args)
+    else:
+        trainer = build_trainer(params, model, tokenizer, features, {s: len(pairs[s]) for s in STAGES}, intervals,
+                                ckpt_dir, valid, chain_kwargs, callbacks, args=args)
     trainer.train(resume_from_checkpoint=resume)
     if live is not None:
         live.end()
@@ -420,6 +421,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     metrics |= {"steps": state.global_step, **{k: train_logs[-1][k] for k in REWARD_KEYS if train_logs}}
     if state.best_metric is not None and state.best_metric > start_accuracy:
         metrics |= {"valid_accuracy": state.best_metric, "best_step": state.best_global_step}
+        kind.finish(trainer)  # LoRA adapters folded into the weights
         distributed.save_model(trainer, out_model)  # the best checkpoint (load_best_model_at_end)
     elif trainer.is_world_process_zero():
         with atomic_path(out_model) as tmp:

@@ -150,7 +150,8 @@ class TeacherParams:
 
 @dataclass(frozen=True)
 class EmbeddedModelParams:
-    """A small T5 built from config (no download); its tokenizer is trained on the stage datasets."""
+    """A small T5 (or, for embedded-causal, a Llama-shaped model of num_layers + num_decoder_layers layers) built
+    from config (no download); its tokenizer is trained on the stage datasets."""
     vocab_size: Count
     d_model: Count
     d_ff: Count
@@ -162,12 +163,23 @@ class EmbeddedModelParams:
 
 
 @dataclass(frozen=True)
+class LoraParams:
+    """LoRA adapters (peft) on every linear layer of a decoder-only student; folded into the weights when saved."""
+    rank: Natural  # 0 = full fine-tuning
+    alpha: Positive
+    dropout: Share
+
+
+@dataclass(frozen=True)
 class StudentParams:
-    # "embedded" (built from `embedded`), a Hub id such as google-t5/t5-small, or a local checkpoint dir.
+    # "embedded" (a T5 built from `embedded`), "embedded-causal" (a Llama-shaped decoder-only model built from
+    # `embedded`), a Hub id such as google-t5/t5-small or Qwen/Qwen2.5-0.5B, or a local checkpoint dir; the family
+    # (encoder-decoder or decoder-only) is read from the model's config.
     model: str
     # Hub revision (branch, tag or commit hash) for from_pretrained; None = the default branch.
     revision: Optional[str]
     embedded: EmbeddedModelParams
+    lora: LoraParams
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,8 @@ a change here changes every stage consistently, and nothing else may spell these
     summarize prompt {block}\\nRecall: {recall}\\nAnalyze: For option A, .. For option B, ..\\nSummarize:
     summarize target So the answer is option X.
 
-The ablation stage types drop Recall and/or Analyze from the same strings (spec 4).
+The ablation stage types drop Recall and/or Analyze from the same strings (spec 4). A decoder-only student reads
+each stage as one sequence, prompt + `completion(target)`, closed by its tokenizer's EOS.
 """
 from __future__ import annotations
 
@@ -76,6 +77,13 @@ def summarize_prompt(block: str, recall: Optional[str] = None, analyses: Optiona
 
 def summarize_target(letter: str) -> str:
     return f"So the answer is option {letter}."
+
+
+def completion(target: str) -> str:
+    """A stage target as the continuation of its prompt in one decoder-only sequence: prompt + " " + target, as the
+    next stage's prompt spells it (``Recall: {recall}``); the prompt ends on a word boundary, so a tokenizer gives the
+    prompt the same tokens alone and at the head of the sequence (the loss mask of the completion relies on it)."""
+    return f" {target}"
 
 
 def extract_answer(text: str) -> Optional[str]:

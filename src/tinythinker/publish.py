@@ -53,12 +53,23 @@ def _param(params: Params, dotted: str):
 
 
 def _hub_id(model: str) -> str | None:
-    """The Hub id of a student, None for the embedded one or a local directory."""
-    return None if model == "embedded" or Path(model).exists() or model.count("/") != 1 else model
+    """The Hub id of a student, None for an embedded one or a local directory."""
+    return None if model.startswith("embedded") or Path(model).exists() or model.count("/") != 1 else model
 
 
 def _pct(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def _architecture(params: Params, paths: Paths) -> tuple[str, bool]:
+    """(model_type, decoder-only) of the final model, from its config as `student.family` reads it; before there
+    is one (or for a card of a bare run), from the embedded student's name."""
+    try:
+        config = json.loads((final_model(paths) / "config.json").read_text())
+    except (PublishError, OSError, ValueError):
+        causal = params.student.model == "embedded-causal"
+        return ("llama" if causal else "t5"), causal
+    return str(config.get("model_type", "t5")), not config.get("is_encoder_decoder", False)
 
 
 def model_card(params: Params, paths: Paths) -> str:
@@ -72,12 +83,14 @@ def model_card(params: Params, paths: Paths) -> str:
     name = f"tinythinker-{params.dataset.name}-{student}"
     test_acc = final["test_accuracy"]
 
-    meta: dict = {"library_name": "transformers", "pipeline_tag": "text2text-generation", "language": ["en"]}
+    model_type, decoder_only = _architecture(params, paths)
+    meta: dict = {"library_name": "transformers",
+                  "pipeline_tag": "text-generation" if decoder_only else "text2text-generation", "language": ["en"]}
     if base:
         meta["base_model"] = base
     if dataset_id:
         meta["datasets"] = [dataset_id]
-    meta["tags"] = ["tinythinker", "t5", "distillation", "reasoning", "dpo", "multiple-choice"]
+    meta["tags"] = ["tinythinker", model_type, "distillation", "reasoning", "dpo", "multiple-choice"]
     if test_acc is not None:
         meta["model-index"] = [{"name": name, "results": [{
             "task": {"type": "multiple-choice", "name": "Multiple-choice question answering"},

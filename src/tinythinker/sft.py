@@ -1,9 +1,10 @@
-"""Stage `sft`: phase 1 curriculum SFT (spec 5) on the stock HF Seq2SeqTrainer.
+"""Stage `sft`: phase 1 curriculum SFT (spec 5) on a stock trainer: HF's Seq2SeqTrainer for a T5 student, TRL's
+SFTTrainer (prompt-completion data) for a decoder-only one (the student's family, `seq2seq.py` / `causal.py`).
 
-Only two things differ from a plain Trainer run: the training batches come from the curriculum batch
-sampler (blocks of recall / analyze / summarize, spec 5.4), and evaluation is the full greedy chain on the
-validation questions (spec 5.5) scored by answer accuracy. The best checkpoint by that accuracy (ties keep
-the earlier one) becomes models/sft. Checkpoints live in models/checkpoints/sft, outside DVC, so a killed
+Only two things differ from a plain trainer run (`training.CurriculumChainMixin`): the training batches come from
+the curriculum batch sampler (blocks of recall / analyze / summarize, spec 5.4), and evaluation is the full greedy
+chain on the validation questions (spec 5.5) scored by answer accuracy. The best checkpoint by that accuracy (ties
+keep the earlier one) becomes models/sft. Checkpoints live in models/checkpoints/sft, outside DVC, so a killed
 run resumes where it stopped as long as params and data are unchanged.
 """
 from __future__ import annotations
@@ -18,27 +19,22 @@ from . import protocol as P
 from .build import QUESTION_FIELDS, STAGE_FIELDS
 from .chain import Decoding
 from .curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
-from .dpo import SKIP_LOG
 from .io import DataError, read_jsonl, write_json
 from .params import Params, to_dict
 from .paths import Paths
-from .student import load_student
-from .training import trainer_kwargs
+from .student import family, load_student
+from .training import SKIP_LOG, trainer_kwargs
 
 
-def _stage_data(params: Params, paths: Paths, tokenizer) -> tuple[list[dict], dict[str, int], dict[str, list[int]]]:
-    """The stage datasets tokenised and concatenated in chain order, their sizes and input lengths."""
-    rows, sizes, lengths = [], {}, {}
+def _stage_data(params: Params, paths: Paths) -> dict[str, list[dict]]:
+    """The stage datasets of sft.stage_type, in chain order."""
+    out = {}
     for stage in P.STAGES[params.sft.stage_type]:
         data = read_jsonl(paths.stage_file(params.sft.stage_type, stage), STAGE_FIELDS)
         if not data:
             raise DataError(f"{paths.stage_file(params.sft.stage_type, stage)}: empty stage dataset")
-        src = tokenizer([r["input"] for r in data], truncation=True, max_length=params.sft.max_source_length)
-        tgt = tokenizer([r["target"] for r in data], truncation=True, max_length=params.sft.max_target_length)
-        rows += [{"input_ids": i, "attention_mask": m, "labels": t}
-                 for i, m, t in zip(src["input_ids"], src["attention_mask"], tgt["input_ids"])]
-        sizes[stage], lengths[stage] = len(data), [len(i) for i in src["input_ids"]]
-    return rows, sizes, lengths
+        out[stage] = data
+    return out
 
 
 def _fingerprint(params: Params, paths: Paths, processes: int = 1) -> str:
@@ -58,26 +54,8 @@ def _fingerprint(params: Params, paths: Paths, processes: int = 1) -> str:
 
 
 def _trainer_classes():
-    """Trainer subclass and callbacks, defined lazily so importing this module stays light."""
-    from transformers import Seq2SeqTrainer, TrainerCallback
-
-    class CurriculumTrainer(Seq2SeqTrainer):
-        def __init__(self, *args, batch_sampler, valid, chain_kwargs, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.batch_sampler, self.valid, self.chain_kwargs = batch_sampler, valid, chain_kwargs
-
-        def get_train_dataloader(self):
-            return distributed.prepare_sharded_loader(
-                self.accelerator, self.train_dataset, self.batch_sampler, self.data_collator,
-                self.args.dataloader_num_workers, self.args.dataloader_pin_memory)
-
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
-            acc = distributed.chain_accuracy(self.accelerator, self.model, self.processing_class, self.valid,
-                                             desc="valid", **self.chain_kwargs)
-            metrics = {f"{metric_key_prefix}_accuracy": acc}  # numbers only (spec 9.13)
-            self.log(metrics)
-            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-            return metrics
+    """Callbacks, defined lazily so importing this module stays light."""
+    from transformers import TrainerCallback
 
     class EvaluateAtEnd(TrainerCallback):
         """The last step is evaluated (and saved) even when it is no multiple of the eval interval."""
@@ -121,7 +99,7 @@ def _trainer_classes():
             if self.live is not None:
                 self.live.end()
 
-    return CurriculumTrainer, EvaluateAtEnd, LiveCallback
+    return EvaluateAtEnd, LiveCallback
 
 
 def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
@@ -131,7 +109,7 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     full run, so a later call resumes exactly.
     """
     import torch
-    from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainingArguments, TrainerCallback
+    from transformers import TrainerCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     s = params.sft
@@ -145,8 +123,9 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     fingerprint = _fingerprint(params, paths, procs.num_processes)
     stamp = ckpt_dir / "fingerprint.txt"
     cuda = torch.cuda.is_available()
-    args = Seq2SeqTrainingArguments(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate,
+    kind = family(params)
+    args = kind.sft_arguments(
+        params, output_dir=str(ckpt_dir), per_device_train_batch_size=s.batch_size, learning_rate=s.learning_rate,
         num_train_epochs=s.epochs, lr_scheduler_type="cosine", warmup_steps=s.warmup_ratio,  # float = ratio
         weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm, seed=params.seed,
         eval_strategy="steps", eval_steps=eval_every, save_strategy="steps", save_steps=eval_every,
@@ -161,7 +140,9 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     # The model after the arguments: under ZeRO-3 they register the DeepSpeed config that makes loading build
     # the model partitioned, and FSDP's cpu_ram_efficient_loading needs the process group (distributed.py).
     model, tokenizer = load_student(params, paths)
-    rows, sizes, lengths = _stage_data(params, paths, tokenizer)
+    stages = _stage_data(params, paths)
+    sizes = {stage: len(rows) for stage, rows in stages.items()}
+    rows, lengths = kind.sft_data(params, stages, tokenizer)
     # One optimizer step = batch_size x accumulation per process, all processes in the same stage block
     # (curriculum.py).
     sampler = CurriculumBatchSampler(sizes, intervals, s.batch_size, params.seed,
@@ -177,7 +158,7 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     chain_kwargs = {"stage_type": s.stage_type, "batch_size": params.generation.batch_size}
     greedy = Decoding(max_new_tokens=params.generation.max_new_tokens)
     chain_kwargs |= {"recall": greedy, "analyze": greedy, "summarize": greedy}
-    CurriculumTrainer, EvaluateAtEnd, LiveCallback = _trainer_classes()
+    EvaluateAtEnd, LiveCallback = _trainer_classes()
     callbacks: list[TrainerCallback] = [EvaluateAtEnd(), LiveCallback(paths.metrics / "sft_live")]
     if max_steps is not None:
         class Stop(TrainerCallback):
@@ -185,15 +166,14 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
                 if state.global_step >= max_steps:
                     control.should_training_stop = control.should_save = True
         callbacks.append(Stop())
-    trainer = CurriculumTrainer(
-        model=model, args=args, train_dataset=rows, eval_dataset=valid, processing_class=tokenizer,
-        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-        callbacks=callbacks, batch_sampler=sampler, valid=valid, chain_kwargs=chain_kwargs)
+    trainer = kind.sft_trainer(params, model, tokenizer, rows, valid, args=args, callbacks=callbacks,
+                               batch_sampler=sampler, chain_kwargs=chain_kwargs)
     out = trainer.train(resume_from_checkpoint=resume)
     resumed = {"resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0}
     if max_steps is not None and trainer.state.global_step < trainer.state.max_steps:
         return {"train_steps": trainer.state.global_step} | resumed  # interrupted on purpose: no outputs
 
+    kind.finish(trainer)  # LoRA adapters folded into the weights
     distributed.save_model(trainer, paths.sft_model)  # the best checkpoint (load_best_model_at_end)
     metrics = {"valid_accuracy": trainer.state.best_metric, "best_step": trainer.state.best_global_step,
                "train_steps": trainer.state.global_step, "train_loss": out.training_loss,

@@ -1,6 +1,9 @@
-"""The T5 student: stage `tokenizer` and loading/building the model.
+"""The student: stage `tokenizer`, loading/building the model, and the choice of its family.
 
-`student.model: embedded` is a small T5 built from config with a Unigram tokenizer trained on the stage
+Two families sit behind the same calls: `seq2seq` (T5: prompt -> encoder, target -> decoder) and `causal`
+(decoder-only: prompt -> completion in one sequence). `family` reads which from the model's config
+(`is_encoder_decoder`), never from a flag; every stage asks it here. `student.model: embedded` is a small T5 and
+`embedded-causal` a small Llama-shaped model, both built from config with a Unigram tokenizer trained on the stage
 datasets (no download); anything else is a Hub id or local directory loaded with `from_pretrained`.
 """
 from __future__ import annotations
@@ -13,10 +16,36 @@ from typing import Iterable, Iterator, Optional
 
 from .build import QUESTION_FIELDS, STAGE_FIELDS
 from .io import DataError, atomic_path, read_jsonl
-from .params import Params
+from .params import Params, ParamsError
 from .paths import Paths
 
 SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5: pad doubles as the decoder start token
+# The students built from config (no download), and their family.
+EMBEDDED = {"embedded": "seq2seq", "embedded-causal": "causal"}
+
+
+def family_of(config):
+    """The family module of a model config: seq2seq for an encoder-decoder, causal otherwise."""
+    from . import causal, seq2seq
+    return seq2seq if getattr(config, "is_encoder_decoder", False) else causal
+
+
+def family(params: Params, model_dir: Optional[Path] = None, what: str = "model directory"):
+    """The family of the student a stage trains or reads: the checkpoint in `model_dir` (`what` names where it came
+    from in an error), else the initial student (`student.model`, its config read at `student.revision`)."""
+    from . import causal, seq2seq
+
+    m = params.student.model
+    if model_dir is None and m in EMBEDDED:
+        kind = {"seq2seq": seq2seq, "causal": causal}[EMBEDDED[m]]
+    else:
+        from transformers import AutoConfig
+        config = (_pretrained(AutoConfig, model_dir, what) if model_dir is not None else
+                  _pretrained(AutoConfig, m, "student.model", _is_local(m), revision=params.student.revision))
+        kind = family_of(config)
+    if params.student.lora.rank and kind is seq2seq:
+        raise ParamsError(f"student.lora.rank: LoRA is for decoder-only students; {m} is encoder-decoder (set 0)")
+    return kind
 
 
 def _corpus(paths: Paths) -> Iterator[str]:
@@ -37,8 +66,9 @@ _LETTER_GLUE = re.compile(r"▁?[(\[]?[A-Z][)\],.:;?!]?")
 _PUNCT = ")],.:;?!\"'"
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int):
-    """A T5-style Unigram tokenizer trained on `texts`, as a transformers T5 tokenizer (appends `</s>`).
+def train_tokenizer(texts: Iterable[str], vocab_size: int, kind=None):
+    """A T5-style Unigram tokenizer trained on `texts`, wrapped for the family `kind` (a module; default seq2seq: a
+    transformers T5 tokenizer, which appends `</s>`; causal: the same vocabulary, `</s>` closing completions only).
 
     Trained with the pre-tokenizer T5Tokenizer rebuilds on every load (whitespace split + Metaspace, no
     normalizer; newlines become spaces as in T5's own vocabulary), and wrapped through the same `vocab=`
@@ -49,7 +79,8 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
     from collections import Counter
 
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import T5TokenizerFast
+
+    from . import seq2seq
 
     texts = list(texts)
     tok = Tokenizer(models.Unigram())
@@ -84,8 +115,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int):
         pieces[w] = max(pieces.get(w, -math.inf), round(math.log(n / total), 6))
     rest = sorted(pieces.items(), key=lambda v: (-v[1], v[0]))
     vocab = [(p, 0.0) for p in SPECIALS] + rest
-    # vocab=, not vocab_file= (transformers 5 silently builds a 4-token tokenizer from the latter)
-    return T5TokenizerFast(vocab=vocab, extra_ids=0)
+    return (kind or seq2seq).wrap_vocab(vocab)
 
 
 # What a saved checkpoint directory must hold: a model config and a tokenizer (without one, transformers
@@ -123,12 +153,14 @@ def _is_local(model: str) -> bool:
 
 
 def tokenizer_stage(params: Params, paths: Paths) -> None:
-    if params.student.model == "embedded":
-        tokenizer = train_tokenizer(_corpus(paths), params.student.embedded.vocab_size)
+    kind = family(params)
+    if params.student.model in EMBEDDED:
+        tokenizer = train_tokenizer(_corpus(paths), params.student.embedded.vocab_size, kind)
     else:
         from transformers import AutoTokenizer
-        tokenizer = _pretrained(AutoTokenizer, params.student.model, "student.model", _is_local(params.student.model),
-                                revision=params.student.revision)
+        m = params.student.model
+        tokenizer = kind.prepare_tokenizer(_pretrained(AutoTokenizer, m, "student.model", _is_local(m),
+                                                       revision=params.student.revision))
     with atomic_path(paths.tokenizer) as tmp:
         tokenizer.save_pretrained(tmp)
 
@@ -139,29 +171,26 @@ def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None,
     if model_dir is not None:
         check_checkpoint(Path(model_dir), what)  # before seconds of imports
     import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
+    from transformers import AutoTokenizer
 
+    kind = family(params, model_dir, what)
     if model_dir is not None:
         tokenizer = _pretrained(AutoTokenizer, model_dir, what)
-        model = _pretrained(AutoModelForSeq2SeqLM, model_dir, what)
-    elif params.student.model == "embedded":
-        tokenizer = _pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
-        e = params.student.embedded
-        config = T5Config(vocab_size=len(tokenizer), d_model=e.d_model, d_ff=e.d_ff, d_kv=e.d_kv,
-                          num_heads=e.num_heads, num_layers=e.num_layers, num_decoder_layers=e.num_decoder_layers,
-                          dropout_rate=e.dropout_rate, pad_token_id=tokenizer.pad_token_id,
-                          eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.pad_token_id)
-        torch.manual_seed(params.seed)  # the initial weights are part of the experiment
-        model = T5ForConditionalGeneration(config)
+        model = _pretrained(kind.model_class(), model_dir, what)
     else:
         tokenizer = _pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
-        model = _pretrained(AutoModelForSeq2SeqLM, params.student.model, "student.model",
-                            _is_local(params.student.model), revision=params.student.revision)
+        if params.student.model in EMBEDDED:
+            torch.manual_seed(params.seed)  # the initial weights are part of the experiment
+            model = kind.build_embedded(params, tokenizer)
+        else:
+            model = _pretrained(kind.model_class(), params.student.model, "student.model",
+                                _is_local(params.student.model), revision=params.student.revision)
+    tokenizer = kind.prepare_tokenizer(tokenizer)
     # Generation reads model.generation_config only (transformers 5); pin it rather than inherit defaults.
     g = model.generation_config
     g.max_new_tokens = params.generation.max_new_tokens
     g.max_length = None
     g.eos_token_id = tokenizer.eos_token_id
     g.pad_token_id = tokenizer.pad_token_id
-    g.decoder_start_token_id = model.config.decoder_start_token_id
+    g.decoder_start_token_id = getattr(model.config, "decoder_start_token_id", None)  # T5: pad; decoder-only: none
     return model, tokenizer

@@ -1,5 +1,6 @@
-"""TrainingArguments the training stages (sft, dpo_train) share: precision, TF32, gradient accumulation and
-checkpointing, trackers. Each param carries the name of the TrainingArguments field it sets.
+"""What the training stages (sft, dpo_train) share: TrainingArguments fields (precision, TF32, gradient accumulation
+and checkpointing, trackers; each param carries the name of the field it sets) and the curriculum + chain-validation
+mixin of their trainers.
 
 TF32 is set here, not through `TrainingArguments(tf32=...)`: transformers caches that switch per process (one
 call per value), and a DPO iteration without pairs validates its starting model without any TrainingArguments.
@@ -11,8 +12,13 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 
+from .io import DataError
 from .params import Params, ParamsError
 from .paths import Paths
+
+# bookkeeping the trainers log that makes no useful curve (and wall-clock values would make the curves of two
+# identical runs differ)
+SKIP_LOG = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
 
 # report_to name -> (transformers' availability check, package to install)
 TRACKERS = {"wandb": ("is_wandb_available", "wandb"), "mlflow": ("is_mlflow_available", "mlflow"),
@@ -82,3 +88,34 @@ def trainer_kwargs(params: Params, paths: Paths, stage: str, run: str) -> dict:
             # the name transformers 5 gives `gradient_checkpointing` (kept as the param's name, its deprecated alias)
             "activation_checkpointing": s.gradient_checkpointing,
             "report_to": list(params.report_to) or "none", "run_name": f"{params.dataset.name}/{run}"}
+
+
+class CurriculumChainMixin:
+    """What every training stage's Trainer adds to its library base (Seq2SeqTrainer, TRL's SFTTrainer and DPOTrainer,
+    the project's T5 DPO trainer): batches from the curriculum batch sampler, evaluation = the greedy chain on the
+    validation questions scored by answer accuracy (spec 5.5, 9.13: numbers only). Put it first in the bases."""
+
+    def __init__(self, *args, batch_sampler, valid, chain_kwargs, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.batch_sampler, self.valid, self.chain_kwargs = batch_sampler, valid, chain_kwargs
+        # The sampler indexes the stages concatenated in order: a trainer that drops rows while preparing its
+        # dataset (TRL drops a prompt that fills the whole max length) would shift every stage after it.
+        expected, got = sum(batch_sampler.stage_sizes.values()), len(self.train_dataset)
+        if got != expected:
+            raise DataError(f"the trainer kept {got} of {expected} training rows: a prompt fills the whole max length "
+                            "(raise sft.max_source_length)")
+
+    def get_train_dataloader(self):
+        from . import distributed
+        return distributed.prepare_sharded_loader(
+            self.accelerator, self.train_dataset, self.batch_sampler, self.data_collator,
+            self.args.dataloader_num_workers, self.args.dataloader_pin_memory)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        from . import distributed
+        acc = distributed.chain_accuracy(self.accelerator, self.model, self.processing_class, self.valid,
+                                         desc="valid", **self.chain_kwargs)
+        metrics = {f"{metric_key_prefix}_accuracy": acc}
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics

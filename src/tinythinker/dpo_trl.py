@@ -1,0 +1,68 @@
+"""Phase 2 for a decoder-only student: TRL's DPOTrainer on the project's curriculum schedule and chain validation.
+
+The T5 path keeps the project's own loss (dpo.py; TRL's DPOTrainer takes causal LMs only). Here TRL does the work
+with the same knobs: `dpo.loss_type` / `dpo.loss_weights` / `dpo.beta` are DPOConfig's own (sigmoid + 0.5 x NLL on
+the chosen side by default), the reference is the iteration's starting model (no ref_model: TRL scores the pairs
+with the policy before its first step) and its log-probs are precomputed once, dropout off. The pairs come from
+the same files, recall pairs then analyze pairs, each response `protocol.completion(text)` closed by the EOS, and
+the same curriculum sampler interleaves them. TRL logs the metric names the T5 trainer logs (rewards/chosen,
+rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected), so the stage's metrics and
+curves read the same for both families.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from . import protocol as P
+from .dpo import STAGES
+from .params import Params
+
+
+def arguments(params: Params):
+    """DPOConfig with the dpo.* loss knobs, as a factory of the shared fields (dpo.training_args)."""
+    from trl import DPOConfig
+
+    d = params.dpo
+    loss = {"loss_type": list(d.loss_type), "loss_weights": list(d.loss_weights), "beta": d.beta,
+            "precompute_ref_log_probs": True, "precompute_ref_batch_size": d.batch_size, "disable_dropout": True,
+            # the prompt as SFT capped it, a response as the chain generates it, and the EOS
+            "max_length": params.sft.max_source_length + params.generation.max_new_tokens + 1}
+    return lambda **fields: DPOConfig(**fields, **loss)
+
+
+def pairs_dataset(pairs: Mapping[str, Sequence[dict]]):
+    """TRL's preference dataset: the pairs of every stage in STAGES order (as the sampler counts them)."""
+    from datasets import Dataset
+
+    rows = [{"prompt": p["prompt"], "chosen": P.completion(p["chosen"]), "rejected": P.completion(p["rejected"])}
+            for s in STAGES for p in pairs.get(s, ())]
+    return Dataset.from_list(rows)
+
+
+def build_trainer(params: Params, model, tokenizer, pairs: Mapping[str, Sequence[dict]], intervals: dict[str, int],
+                  ckpt_dir: Path, valid: list[dict], chain_kwargs: dict, callbacks: Sequence = (), args=None):
+    """TRL's DPOTrainer over `pairs` ({stage: rows}) with the curriculum sampler and chain validation; `args`
+    default to dpo.training_args with `arguments`. The reference log-probs are computed here, by the constructor."""
+    from trl import DPOTrainer
+
+    from .causal import lora_config
+    from .curriculum import CurriculumBatchSampler
+    from .dpo import training_args
+    from .training import CurriculumChainMixin
+
+    class CurriculumDPOTrainer(CurriculumChainMixin, DPOTrainer):
+        pass
+
+    args = args or training_args(params, intervals, ckpt_dir, arguments=arguments(params))
+    d = params.dpo
+    sampler = CurriculumBatchSampler({s: len(pairs.get(s, ())) for s in STAGES}, intervals, d.batch_size,
+                                     params.seed, accumulation=d.gradient_accumulation_steps,
+                                     num_replicas=args.world_size, rank=args.process_index)
+    dataset = pairs_dataset(pairs)
+    # The Trainer wants an eval dataset when it evaluates by steps; evaluation is the chain on `valid` (the mixin's
+    # evaluate), so one pair stands in.
+    return CurriculumDPOTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset.select(range(1)),
+                                processing_class=tokenizer, peft_config=lora_config(params),
+                                callbacks=list(callbacks), batch_sampler=sampler, valid=valid,
+                                chain_kwargs=chain_kwargs)
