@@ -40,7 +40,9 @@ def run_metrics(paths: Paths) -> None:
     _tsv(live / "train_loss.tsv", "train_loss", [5.0, 2.0, 1.0, 0.5])
     _tsv(live / "eval_accuracy.tsv", "eval_accuracy", [20.0, 61.25])
     dpo = paths.metrics / "dpo_live" / "iter1" / "plots" / "metrics"
-    _tsv(dpo / "train_loss.tsv", "train_loss", [0.7, 0.6, 0.5])
+    _tsv(dpo / "train_loss.tsv", "train_loss", [0.55])  # one final value: no curve
+    _tsv(dpo / "loss.tsv", "loss", [0.7, 0.6, 0.5])
+    _tsv(dpo / "rewards" / "margins.tsv", "margins", [0.0, 0.4, 0.9])
     _tsv(dpo / "eval" / "accuracy.tsv", "accuracy", [61.25, 66.0])
 
 
@@ -63,8 +65,8 @@ def test_report_headline_table_and_pictures(tmp_path):
     assert "| iter1 | 10 | 7 | 55 | 40 | 25 |" in md
     pictures = sorted(p.name for p in (paths.metrics / "report").glob("*.png"))
     # the DPO accuracy curve of a skipped iteration is one start point: only iter1 draws it
-    assert pictures == ["accuracy.png", "dpo_eval_accuracy.png", "dpo_train_loss.png", "sft_eval_accuracy.png",
-                        "sft_train_loss.png"]
+    assert pictures == ["accuracy.png", "dpo_eval_accuracy.png", "dpo_loss.png", "dpo_rewards_margins.png",
+                        "sft_eval_accuracy.png", "sft_train_loss.png"]
     for name in pictures:
         png = (paths.metrics / "report" / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000, name  # drawn, not an empty canvas

@@ -94,10 +94,10 @@ def charts(rows: list[dict], paths: Paths) -> dict[str, dict]:
     for key in [r["model"] for r in rows[1:]]:
         for name, series in _curves(paths.metrics / "dpo_live" / key).items():
             dpo.setdefault(name, []).extend({**v, "iteration": key} for v in series)
-    for name in ("train_loss", "eval/accuracy"):
+    for name in ("loss", "rewards/margins", "eval/accuracy"):  # per logging step (train_loss is one final value)
         series = dpo.get(name, [])
         if len(series) > len({v["iteration"] for v in series}):  # more than a start point each
-            specs[f"dpo_{name.replace('/', '_')}"] = _line(f"DPO {name.replace('_', ' ')} by iteration", series,
+            specs[f"dpo_{name.replace('/', '_')}"] = _line(f"DPO {name.replace('/', ' ')} by iteration", series,
                                                            "step", "value", "iteration", percent="accuracy" in name)
     return specs
 
