@@ -84,6 +84,18 @@ def test_report_before_dpo_has_sft_only(tmp_path):
     assert json.loads(paths.metric("summary").read_text())["pairs"] == {}
 
 
+def test_a_broken_stage_file_is_named(tmp_path):
+    import pytest
+
+    from tinythinker.io import DataError
+
+    paths = Paths(tmp_path)
+    run_metrics(paths)
+    write_text(paths.metric("dpo/iter1"), '{"valid_accuracy": 66.0,\n')
+    with pytest.raises(DataError, match=r"metrics/dpo/iter1.json:2: not valid JSON"):
+        report(PARAMS, paths)
+
+
 def test_only_the_headline_is_a_declared_metric():
     """`dvc metrics show` / `dvc exp show` carry the headline; every stage's own JSON is a git-tracked output."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]

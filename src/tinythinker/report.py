@@ -16,7 +16,7 @@ import csv
 import json
 from pathlib import Path
 
-from .io import atomic_path, write_json, write_text
+from .io import atomic_path, read_json, write_json, write_text
 from .params import Params
 from .paths import Paths
 
@@ -24,7 +24,8 @@ SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
 
 
 def _read(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+    """A stage's JSON, or {} where the stage has not run (a broken file is a DataError naming it)."""
+    return read_json(path) if path.exists() else {}
 
 
 def _round(x):
