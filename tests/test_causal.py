@@ -12,7 +12,8 @@ from tinythinker.params import load
 from tinythinker.paths import Paths
 from tinythinker.student import family, load_student, tokenizer_stage
 
-from test_sft import questions, write_task
+from test_dpo import ANALYZE, BLOCK, RECALL, VALID  # noqa: F401 - the same hand-made pairs as the T5 path
+from test_sft import one_thread, questions, write_task  # noqa: F401 - one_thread: an autouse fixture
 
 BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 PARAMS = BASE.replace(**{
@@ -23,14 +24,6 @@ PARAMS = BASE.replace(**{
     "sft.batch_size": 8, "sft.learning_rate": 1e-2, "sft.epochs": 1.0, "sft.interval": 1, "sft.eval_every": 40,
     "sft.group_by_length": False, "generation.max_new_tokens": 24, "generation.batch_size": 64})
 ST = "recall_analyze_summarize"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -156,12 +149,6 @@ def test_sft_stage_learns_and_saves_a_causal_checkpoint(paths):
 
 
 # --- phase 2 -------------------------------------------------------------------------------------------------------
-BLOCK = P.question_block("Which is a metal?", [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron"}])
-VALID = [{"qid": "v1", "block": BLOCK, "options": ["A", "B"], "gt": "B"}]
-RECALL = [{"qid": "q1", "prompt": P.recall_prompt(BLOCK), "chosen": f"Iron is a metal {i}.",
-           "rejected": f"Wood is a metal {i}."} for i in range(3)]
-ANALYZE = [{"qid": "q1", "prompt": P.analyze_prompt(BLOCK, x, "Iron is a metal."), "chosen": f"{x} is right.",
-            "rejected": f"{x} is wrong."} for x in "AB"]
 DPO = PARAMS.replace(**{"generation.max_new_tokens": 6, "generation.batch_size": 8, "dpo.batch_size": 2,
                         "dpo.passes": 4, "dpo.learning_rate": 3e-3, "dpo.warmup_ratio": 0.0,
                         "dpo.iterations": {"iter1": {"init": "models/sft"}}})
