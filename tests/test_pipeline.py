@@ -76,7 +76,8 @@ def test_dvc_repro_end_to_end(repo):
     assert all(0.0 <= r["test_accuracy"] <= 100.0 for r in rows)
     # The headline is the only metrics file; stage diagnostics are git-tracked outputs, not metric columns.
     shown = json.loads(_sh("dvc metrics show --json", repo))
-    assert list(shown["workspace"]["data"]) == ["metrics/summary.json"]
+    (workspace,) = shown.values()  # one revision, the workspace (DVC names it "" in the JSON)
+    assert list(workspace["data"]) == ["metrics/summary.json"]
     header = next(csv.reader(io.StringIO(_sh("dvc exp show --csv", repo))))
     for col in ("test.sft", "test.iter1", "test.iter2", "valid.sft", "pairs.iter1", "pairs.iter2", "steps.sft",
                 "steps.iter2", "chains", "teacher.requests", "teacher.usd"):
