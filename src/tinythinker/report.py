@@ -47,8 +47,7 @@ def collect(params: Params, paths: Paths) -> list[dict]:
     return rows
 
 
-def headline(rows: list[dict], paths: Paths) -> dict:
-    teacher, build = _read(paths.metric("teacher_request")), _read(paths.metric("build"))
+def headline(rows: list[dict], teacher: dict, build: dict) -> dict:
     pairs = {r["model"]: (r["recall_pairs"] or 0) + (r["analyze_pairs"] or 0) for r in rows[1:]}
     return {"test": {r["model"]: r["test_accuracy"] for r in rows},
             "valid": {r["model"]: r["valid_accuracy"] for r in rows},
@@ -115,8 +114,7 @@ def _cell(x) -> str:
     return "–" if x is None else f"{x:g}" if isinstance(x, float) else str(x)
 
 
-def markdown(rows: list[dict], paths: Paths, pictures: list[str]) -> str:
-    teacher, build = _read(paths.metric("teacher_request")), _read(paths.metric("build"))
+def markdown(rows: list[dict], teacher: dict, build: dict, paths: Paths, pictures: list[str]) -> str:
     pairs = {r["model"]: _read(paths.metric(f"dpo/{r['model']}_pairs")) for r in rows[1:]}
     out = ["# Run report", "",
            "Accuracy (%) of the full generation chain; pairs and steps are those the model was trained on.", "",
@@ -147,15 +145,16 @@ def markdown(rows: list[dict], paths: Paths, pictures: list[str]) -> str:
 
 def report(params: Params, paths: Paths) -> list[dict]:
     rows = collect(params, paths)
+    teacher, build = _read(paths.metric("teacher_request")), _read(paths.metric("build"))
     write_json(paths.metric("iterations"), rows)
-    write_json(paths.metric("summary"), headline(rows, paths))
+    write_json(paths.metric("summary"), headline(rows, teacher, build))
     specs = charts(rows, paths)
     with atomic_path(paths.metrics / "report") as tmp:
         tmp.mkdir()
         for stem, spec in specs.items():
             (tmp / f"{stem}.png").write_bytes(_png(spec))
             (tmp / f"{stem}.vl.json").write_text(json.dumps(spec, indent=1) + "\n")
-    write_text(paths.metrics / "report.md", markdown(rows, paths, list(specs)))
+    write_text(paths.metrics / "report.md", markdown(rows, teacher, build, paths, list(specs)))
     import vl_convert
 
     with atomic_path(paths.metrics / "vega" / "vega.js") as tmp:
