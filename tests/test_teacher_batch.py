@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from test_teacher_openai import API_KEY, ERRORS, REPO, assert_key_never_written, completion_for, setup_root
+from test_teacher_openai import (API_KEY, ERRORS, REPO, assert_key_never_written, closing_servers, completion_for,
+                                 setup_root)
 from tinythinker import batch as batch_module
 from tinythinker.io import read_json, read_jsonl, write_jsonl
 from tinythinker.journal import ResponseStore, request_key
@@ -251,14 +252,7 @@ def api_key(monkeypatch):
 
 @pytest.fixture
 def api_factory():
-    servers = []
-
-    def make(*a, **kw):
-        servers.append(BatchAPI(*a, **kw))
-        return servers[-1]
-    yield make
-    for s in servers:
-        s.close()
+    yield from closing_servers(BatchAPI)
 
 
 def batch_root(root: Path, api: BatchAPI, k: int, **teacher):

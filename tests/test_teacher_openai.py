@@ -179,16 +179,21 @@ def assert_key_never_written(root: Path, *texts: str):
         assert API_KEY not in text
 
 
-@pytest.fixture
-def server_factory():
+def closing_servers(cls):
+    """A fixture's body: a maker of `cls` servers, every one closed when the test ends."""
     servers = []
 
     def make(*a, **kw):
-        servers.append(Teacher(*a, **kw))
+        servers.append(cls(*a, **kw))
         return servers[-1]
     yield make
     for s in servers:
         s.close()
+
+
+@pytest.fixture
+def server_factory():
+    yield from closing_servers(Teacher)
 
 
 def test_retries_rounds_and_no_double_answers(tmp_path, monkeypatch, server_factory):
