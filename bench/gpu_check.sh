@@ -8,6 +8,8 @@
 #   bash bench/gpu_check.sh                     on the GPU machine (carry bench/wheels and bench/data):
 #                                               installs them and the project, then runs the check (< 8 min, H100)
 #   bash bench/gpu_check.sh --cpu               the same end to end on the CPU, tiny sizes (a couple of minutes)
+#   bash bench/gpu_check.sh --bench ARGS...     on the GPU machine: the same install, then `bench/run.py ARGS`
+#                                               (e.g. --student t5-small --only chain,sampling,train)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
@@ -71,4 +73,7 @@ if missing:
     sys.exit("gpu_check: cannot import " + ", ".join(missing) + ": run `bash bench/gpu_check.sh --fetch` where PyPI "
              "is reachable and carry bench/wheels")
 EOF
+if [[ "${1:-}" == "--bench" ]]; then
+  exec python3 bench/run.py "${@:2}"
+fi
 exec python3 bench/gpu_check.py "$@"

@@ -17,6 +17,9 @@ import workspace
 from workspace import REPO
 
 
+BENCHMARKS = ("chain", "sampling", "train", "teacher", "overhead")
+
+
 def table(title: str, rows: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r))
     cells = [[str(r.get(k, "")) for k in keys] for r in rows]
@@ -27,48 +30,80 @@ def table(title: str, rows: list[dict]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", default="chain,train,teacher,overhead", help="comma-separated subset")
-    ap.add_argument("--student", default="embedded", help="embedded | t5-small (built from config)")
+    ap.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated subset")
+    ap.add_argument("--student", default="embedded", help="embedded | t5-small | t5-base (built from config)")
+    ap.add_argument("--train-steps", type=int, help="curriculum SFT steps before the generation benchmarks "
+                    "(default 600, --quick 30): a student that writes the task's texts, not random tokens")
+    ap.add_argument("--model", type=Path, help="a trained student for the generation benchmarks instead (e.g. "
+                    "models/sft of a default run; --student and --train-steps then do not apply to them)")
+    ap.add_argument("--csqa", type=Path, help="the official CSQA files (e.g. ../shared/datasets/csqa): adds chain rows "
+                    "on 256 dev questions, whose prompts vary in length as the paper's data do")
     ap.add_argument("--quick", action="store_true", help="smaller inputs (a smoke run, noisier ratios)")
     ap.add_argument("--out", type=Path, help="JSON file (default bench/results/<device>-<student>[-quick].json)")
     a = ap.parse_args()
     only = set(a.only.split(","))
-    unknown = only - {"chain", "train", "teacher", "overhead"}
+    unknown = only - set(BENCHMARKS)
     if unknown:
         sys.exit(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
-    q = {"questions": 16, "steps": 10, "pairs": 128, "requests": 60, "rpm": 1200} if a.quick else \
-        {"questions": 64, "steps": 40, "pairs": 640, "requests": 400, "rpm": 1200}
+    q = {"questions": 16, "steps": 10, "pairs": 128, "requests": 60, "rpm": 1200, "train_steps": 30, "repeats": 1} \
+        if a.quick else \
+        {"questions": 64, "steps": 40, "pairs": 640, "requests": 400, "rpm": 1200, "train_steps": 600, "repeats": 3}
+    if a.train_steps is not None:
+        q["train_steps"] = a.train_steps
 
     import torch
     results = {"device": workspace.device(), "student": a.student, "torch": torch.__version__,
                "date": time.strftime("%Y-%m-%d"), "sizes": q}
+    name = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-") if torch.cuda.is_available() else "cpu"
+    tag = a.student + ("-model" if a.model else "") + ("-quick" if a.quick else "")
+    out = a.out or REPO / "bench" / "results" / f"{name}-{tag}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save():  # after every benchmark: a run cut short keeps what it measured
+        out.write_text(json.dumps(results, indent=2) + "\n")
+
     with tempfile.TemporaryDirectory() as tmp:
         params, paths = workspace.make(Path(tmp))
-        if "chain" in only:
+        if only & {"chain", "sampling"}:
             import chain_speed
-            model, tokenizer = workspace.student(params, paths, a.student)
+            if a.model:
+                from tinythinker.student import load_student
+                model, tokenizer = load_student(params, paths, a.model.resolve(), "--model")
+                results["generation_model"] = str(a.model)
+            else:
+                model, tokenizer = workspace.trained(params, paths, a.student, q["train_steps"])
             model.to("cuda" if torch.cuda.is_available() else "cpu")
             if model.device.type == "cuda" and torch.cuda.is_bf16_supported():
                 model.to(torch.bfloat16)
-            results["chain"] = chain_speed.run(params, paths, model, tokenizer, q["questions"])
-            print(table("generation chain (sequences/s; vs_loop = ratio to the per-question loop)", results["chain"]))
+            if "chain" in only:
+                results["chain"] = chain_speed.run(
+                    params, paths, model, tokenizer, q["questions"], repeats=q["repeats"],
+                    csqa=chain_speed.csqa_questions(params, paths, a.csqa, 256) if a.csqa else None)
+                print(table("generation chain (sequences/s; vs_original = ratio to the original's Trainer.predict "
+                            "chain at our token budget, vs_loop = to the per-question loop)", results["chain"]))
+                save()
+            if "sampling" in only:
+                results["sampling"] = chain_speed.sampling(params, paths, model, tokenizer, q["questions"],
+                                                            repeats=q["repeats"])
+                print(table("sampling (sequences/s; vs_every_copy = ratio to generating each repeated prompt on "
+                            "its own)", results["sampling"]))
+                save()
         if "train" in only:
             import train_speed
             results["train"] = train_speed.run(params, paths, a.student, q["steps"], q["pairs"])
-            print(table("training (real tokens/s; vs_stock = ratio to the stock Trainer set-up)", results["train"]))
+            print(table("training (real tokens/s; vs_stock = ratio to the stock Trainer set-up: SFT length-grouped, DPO "
+                        "with a reference model)", results["train"]))
+            save()
         if "teacher" in only:
             import teacher_rate
             results["teacher"] = teacher_rate.run(params, paths, q["requests"], q["rpm"], latency=0.4, jitter=0.2)
             print(table("teacher against a rate-limited local server", results["teacher"]))
+            save()
     if "overhead" in only:
         import overhead
         results["overhead"] = overhead.run(REPO)
         print(table("pipeline overhead (median of 3)", results["overhead"]))
-
-    name = re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name().lower()).strip("-") if torch.cuda.is_available() else "cpu"
-    out = a.out or REPO / "bench" / "results" / f"{name}-{a.student}{'-quick' if a.quick else ''}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    save()
     print(f"\nwritten {out}")
 
 

@@ -35,16 +35,52 @@ def make(root: Path, **overrides):
 
 
 def student(params, paths, size: str):
-    """The embedded student, or a model of t5-small's shape built from config (random weights, no download)."""
+    """The embedded student, or a model of t5-small's or t5-base's shape built from config (random weights, no
+    download; the vocabulary is the workspace's trained one)."""
     from tinythinker.student import load_student
 
     if size == "embedded":
         return load_student(params, paths)
     shapes = {"t5-small": {"d_model": 512, "d_ff": 2048, "d_kv": 64, "num_heads": 8, "num_layers": 6,
-                           "num_decoder_layers": 6, "dropout_rate": 0.1}}
+                           "num_decoder_layers": 6, "dropout_rate": 0.1},
+              "t5-base": {"d_model": 768, "d_ff": 3072, "d_kv": 64, "num_heads": 12, "num_layers": 12,
+                          "num_decoder_layers": 12, "dropout_rate": 0.1}}
     if size not in shapes:
         raise SystemExit(f"--student: expected embedded or {', '.join(shapes)}, got {size!r}")
     return load_student(params.replace(**{f"student.embedded.{k}": v for k, v in shapes[size].items()}), paths)
+
+
+def trained(params, paths, size: str, steps: int):
+    """The student after `steps` curriculum SFT steps on the workspace data, no validation (eval mode).
+
+    The generation benchmarks need a model whose texts end where the task's texts end and whose samples are as
+    spread as a trained student's: a random-weight model writes max_new_tokens on every sequence and samples
+    nearly uniformly, which hides what batching, early stops and repeated prompts change.
+    """
+    import torch
+    from transformers import Seq2SeqTrainingArguments
+
+    from tinythinker import seq2seq
+    from tinythinker.curriculum import CurriculumBatchSampler, sft_intervals
+    from tinythinker.sft import _stage_data
+
+    torch.manual_seed(params.seed)
+    model, tokenizer = student(params, paths, size)
+    s, cuda = params.sft, torch.cuda.is_available()
+    if steps:
+        stages = _stage_data(params, paths)
+        rows, lengths = seq2seq.sft_data(params, stages, tokenizer)
+        sampler = CurriculumBatchSampler({k: len(v) for k, v in stages.items()},
+                                         sft_intervals(s.stage_type, s.interval, params.dataset.synthetic.num_options),
+                                         s.batch_size, params.seed, lengths)
+        args = Seq2SeqTrainingArguments(
+            output_dir=str(paths.root / "bench_ckpt"), per_device_train_batch_size=s.batch_size, max_steps=steps,
+            learning_rate=s.learning_rate, lr_scheduler_type="cosine", warmup_steps=s.warmup_ratio, seed=params.seed,
+            eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
+            remove_unused_columns=False, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported())
+        seq2seq.sft_trainer(params, model, tokenizer, rows, [], args=args, batch_sampler=sampler,
+                            chain_kwargs={}).train()
+    return model.eval(), tokenizer
 
 
 def device() -> str:
@@ -64,5 +100,21 @@ def rss_mib() -> float:
     return 0.0
 
 
+def reset_peak_rss() -> None:
+    """Start the peak over from the current RSS (Linux: clear_refs 5). A spawned worker inherits its parent's peak
+    through fork and exec, so without this every variant would report the parent's size."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
 def peak_rss_mib() -> float:
+    """Peak resident memory since the last `reset_peak_rss` (Linux VmHWM), MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,4 +1,4 @@
-"""The benchmark script keeps working: a quick run of the cheap benchmarks writes a well-formed report.
+"""The benchmark script keeps working: a quick run of every benchmark writes a well-formed report.
 
 Only shape and sanity are asserted here (timings belong to bench/, not to tests)."""
 import json
@@ -14,18 +14,32 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_quick_bench_writes_its_report(tmp_path):
     out = tmp_path / "bench.json"
-    run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--only", "chain,teacher,overhead",
-                          "--out", str(out)], capture_output=True, text=True, timeout=600)
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--quick", "--train-steps", "5",
+                          "--only", "chain,sampling,train,teacher,overhead", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(out.read_text())
     chain = {r["variant"]: r for r in report["chain"]}
     loop = chain["per-question loop"]
     assert loop["vs_loop"] == 1.0 and loop["sequences"] == 16 * 6  # recall + 4 options + summarize per question
     assert all(r["sequences"] == loop["sequences"] and r["seq_per_s"] > 0 for r in chain.values())
+    original = [r for r in report["chain"] if r["variant"].startswith("original: Trainer.predict")]
+    assert len(original) == 2 and {r["vs_original"] for r in original} >= {1.0}
+    sampling = report["sampling"]
+    assert len(sampling) == 4 and all(r["seq_per_s"] > 0 for r in sampling)
+    # the same logical work on both sides of each pair: the ratio is a ratio of times
+    assert sampling[0]["sequences"] == sampling[1]["sequences"] and sampling[1]["vs_every_copy"] > 0
+    train = {(r["benchmark"], r["variant"]): r for r in report["train"]}
+    assert set(train) == {("sft", "stock"), ("sft", "stock, length-grouped"), ("sft", "ours"), ("dpo", "stock"),
+                          ("dpo", "ours")}
+    assert train["sft", "stock, length-grouped"]["vs_stock"] == 1.0 and train["dpo", "stock"]["vs_stock"] == 1.0
+    # length grouping, the stock one and ours, leaves far less padding than random batches
+    assert train["sft", "stock"]["padding_share"] > 2 * train["sft", "ours"]["padding_share"]
+    assert train["sft", "stock"]["padding_share"] > 2 * train["sft", "stock, length-grouped"]["padding_share"]
     (teacher,) = report["teacher"]
     assert teacher["requests"] == 60 and teacher["failed_requests"] == 0 and 0 < teacher["share_of_limit"] <= 1.2
     assert {r["command"] for r in report["overhead"]} == {"tinythinker --help", "dvc repro (no-op)"}
-    assert "generation chain" in run.stdout
+    assert "generation chain" in run.stdout and "sampling" in run.stdout
 
 
 def test_unknown_benchmark_is_refused():

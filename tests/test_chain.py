@@ -51,12 +51,14 @@ class FakeModel:
     def train(self, mode=True):
         self.training = mode
 
-    def generate(self, input_ids, attention_mask, **kw):
+    def generate(self, input_ids, attention_mask, num_return_sequences=1, **kw):
         assert not self.training
         prompts = [self.tok.texts[i] for i in input_ids]
         self.prompts += prompts
-        self.calls.append((len(prompts), kw))
-        return [self.answer(p) for p in prompts]
+        self.calls.append((len(prompts), kw | {"num_return_sequences": num_return_sequences}))
+        # as transformers does: the k sequences of a prompt are consecutive rows
+        return [self.answer(p).rstrip() + (f" #{j}" if num_return_sequences > 1 else "")
+                for p in prompts for j in range(num_return_sequences)]
 
 
 def teacherish(p):
@@ -121,17 +123,84 @@ def test_given_recalls_and_decodings():
     assert model.prompts[0] == f"{B1}\nRecall: given one.\nAnalyze: For option A,"
     analyze_kw, summarize_kw = model.calls[0][1], model.calls[-1][1]
     assert analyze_kw == {"max_new_tokens": 17, "num_beams": 1, "do_sample": True, "temperature": 0.7,
-                          "top_k": 0, "top_p": 0.9}
-    assert summarize_kw == {"max_new_tokens": 200, "num_beams": 1, "do_sample": False}
+                          "top_k": 0, "top_p": 0.9, "num_return_sequences": 1}
+    assert summarize_kw == {"max_new_tokens": 200, "num_beams": 1, "do_sample": False, "num_return_sequences": 1}
 
 
 def test_generate_returns_input_order():
     tok = FakeTokenizer()
     model = FakeModel(tok)
-    prompts = ["x" * n for n in (3, 9, 1, 7, 7, 2, 12)]
+    prompts = ["x" * n for n in (3, 9, 1, 7, 2, 12)]
     assert generate(model, tok, prompts, GREEDY, batch_size=2) == [f"echo {len(p)}" for p in prompts]
     assert [len(p) for p in model.prompts] == sorted((len(p) for p in prompts), reverse=True)
     assert generate(model, tok, [], GREEDY, batch_size=2) == []
+
+
+def test_repeated_prompts_are_encoded_once():
+    """DPO sampling runs every question `dpo.samples` times: a repeated prompt goes to the model once."""
+    tok = FakeTokenizer()
+    model = FakeModel(tok)
+    prompts = ["aaa", "bb", "aaa", "c", "bb", "aaa", "dddd"]
+    # greedy: one row per distinct prompt, the text copied to every occurrence
+    assert generate(model, tok, prompts, GREEDY, batch_size=8) == [f"echo {len(p)}" for p in prompts]
+    assert model.prompts == ["dddd", "aaa", "bb", "c"] and [k["num_return_sequences"] for _, k in model.calls] == [1]
+
+    # sampling, every prompt k times (DPO's steps): one row per prompt drawing k sequences, about batch_size
+    # sequences per call (here 4: two rows of 2, then one)
+    tok = FakeTokenizer()
+    model = FakeModel(tok)
+    sample = Decoding(do_sample=True, max_new_tokens=5)
+    out = generate(model, tok, ["bb", "aaa", "c", "aaa", "c", "bb"], sample, batch_size=4)
+    assert out == ["echo 2 #0", "echo 3 #0", "echo 1 #0", "echo 3 #1", "echo 1 #1", "echo 2 #1"]
+    assert [(n, k["num_return_sequences"]) for n, k in model.calls] == [(2, 2), (1, 2)]
+    assert model.prompts == ["aaa", "bb", "c"]
+
+    # sampling, prompts repeated unevenly: every copy its own row (calls split by k would be more and smaller)
+    tok = FakeTokenizer()
+    model = FakeModel(tok)
+    assert generate(model, tok, prompts, sample, batch_size=4) == [f"echo {len(p)}" for p in prompts]
+    assert len(model.prompts) == 7 and {k["num_return_sequences"] for _, k in model.calls} == {1}
+
+    # share_prompts=False: every copy on its own (bench/'s baseline)
+    tok = FakeTokenizer()
+    model = FakeModel(tok)
+    assert len(generate(model, tok, prompts, sample, batch_size=4, share_prompts=False)) == 7
+    assert len(model.prompts) == 7 and {k["num_return_sequences"] for _, k in model.calls} == {1}
+
+
+def test_shared_sampling_draws_from_the_same_distribution():
+    """k copies drawn as num_return_sequences=k, or one by one: both match the model's own next-token distribution."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from tinythinker.student import train_tokenizer
+    tok = train_tokenizer(iter(["alpha beta gamma delta", "one two three four five six"] * 5), 40)
+    torch.manual_seed(0)
+    model = T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=16, d_ff=32, d_kv=4, num_heads=2,
+                                                num_layers=1, decoder_start_token_id=0, pad_token_id=0,
+                                                eos_token_id=1)).eval()
+    start = torch.zeros(1, 1, dtype=torch.long)
+    with torch.no_grad():  # a peaked distribution over real tokens: a few carry most of the mass
+        enc = tok(["alpha beta"], return_tensors="pt")
+        h = model(**enc, decoder_input_ids=start, output_hidden_states=True).decoder_hidden_states[-1][0, -1]
+        model.lm_head.weight.mul_(8)
+        model.lm_head.weight[tok.all_special_ids] = -50 * h / h.norm() ** 2  # </s>, <pad>, <unk> out of reach
+        probs = model(**enc, decoder_input_ids=start).logits[0, -1].softmax(-1)
+    expected: dict[str, float] = {}  # what generate returns (a decoded, stripped token) -> its probability
+    for t, p in enumerate(probs.tolist()):
+        text = tok.decode([t], skip_special_tokens=True).strip()
+        expected[text] = expected.get(text, 0.0) + p
+    top = sorted(expected, key=expected.get, reverse=True)[:3]
+    assert sum(expected[t] for t in top) > 0.6 and max(expected.values()) < 0.9  # peaked, not certain
+    n = 3000
+    sample = Decoding(do_sample=True, temperature=1.0, max_new_tokens=1)
+    for share in (True, False):
+        torch.manual_seed(1)
+        texts = generate(model, tok, ["alpha beta"] * n + ["one two"] * 5, sample, batch_size=512, share_prompts=share)
+        assert len(texts) == n + 5
+        for t in top:
+            freq, q = texts[:n].count(t) / n, expected[t]
+            assert abs(freq - q) < 5 * (q * (1 - q) / n) ** 0.5, (share, t, freq, q)
 
 
 def test_generate_real_tiny_model_batch_invariant():

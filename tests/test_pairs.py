@@ -144,9 +144,10 @@ class Model:
 
 def scripted_chain(calls):
     def run_chain(model, tokenizer, questions, *, recalls=None, recall=None, analyze=None, summarize=None,
-                  batch_size=None, desc=None, stage_type="recall_analyze_summarize"):
+                  batch_size=None, desc=None, stage_type="recall_analyze_summarize", share_prompts=True):
         import torch
 
+        assert share_prompts  # the stage encodes each repeated prompt once
         calls.append({"qids": [q["qid"] for q in questions], "recalls": recalls, "recall": recall,
                       "analyze": analyze, "summarize": summarize, "draw": torch.rand(4).tolist()})
         seen, out = Counter(), []

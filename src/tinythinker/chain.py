@@ -35,12 +35,38 @@ def _generation_kwargs(d: Decoding) -> dict:
     return kw
 
 
+def _batches(prompts: list[str], decoding: Decoding, batch_size: int, sort_by_length: bool,
+             share: bool) -> list[tuple[list[list[int]], int]]:
+    """The `generate` calls: per call, the rows (each row: the indices of `prompts` it answers) and the sequences
+    drawn per row.
+
+    With `share`, greedy decoding generates each distinct prompt once and copies the text (the copies would be
+    identical). Sampling draws the k copies of a prompt as `num_return_sequences=k`, k independent samples of the
+    same distribution, when every distinct prompt has the same k (DPO's steps: each question or each
+    (question, recall) `dpo.samples` times; a sampled test's recall step); otherwise every copy is its own row, since
+    splitting the calls by k would make more, smaller batches, which costs more than it saves on a GPU. Longest first.
+    """
+    where: dict = {}
+    for i, p in enumerate(prompts):
+        where.setdefault(p if share else i, []).append(i)
+    rows = list(where.values())
+    k = len(rows[0]) if decoding.do_sample else 1
+    if decoding.do_sample and any(len(r) != k for r in rows):
+        rows, k = [[i] for i in range(len(prompts))], 1
+    if sort_by_length:
+        rows.sort(key=lambda r: -len(prompts[r[0]]))
+    per = max(1, batch_size // k)  # about batch_size sequences per call whatever k is
+    return [(rows[s:s + per], k) for s in range(0, len(rows), per)]
+
+
 def generate(model, tokenizer, prompts: list[str], decoding: Decoding, batch_size: int,
-             desc: Optional[str] = None, sort_by_length: bool = True) -> list[str]:
+             desc: Optional[str] = None, sort_by_length: bool = True, share_prompts: bool = True) -> list[str]:
     """Decoded, stripped outputs in the order of `prompts`.
 
     Prompts are batched longest first so each batch pads to similar lengths (and an out-of-memory shows up
-    in the first batch, not the last); `sort_by_length=False` keeps the given order (bench/ measures both).
+    in the first batch, not the last); `sort_by_length=False` keeps the given order. Repeated prompts (DPO
+    sampling runs each question `dpo.samples` times) are encoded once where that pays (see `_batches`);
+    `share_prompts=False` generates every copy on its own, the way bench/ measures against.
     """
     import torch
     from tqdm.auto import tqdm
@@ -49,23 +75,21 @@ def generate(model, tokenizer, prompts: list[str], decoding: Decoding, batch_siz
 
     if not prompts:
         return []
-    order = list(range(len(prompts)))
-    if sort_by_length:
-        order.sort(key=lambda i: -len(prompts[i]))
     out: list[str] = [""] * len(prompts)
     kind = family_of(model.config)
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
-            starts = range(0, len(order), batch_size)
-            for s in tqdm(starts, desc=desc, disable=desc is None, leave=False):
-                idx = order[s:s + batch_size]
-                enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, **kind.ENCODE)
+            for rows, k in tqdm(_batches(prompts, decoding, batch_size, sort_by_length, share_prompts), desc=desc,
+                                disable=desc is None, leave=False):
+                enc = tokenizer([prompts[idx[0]] for idx in rows], return_tensors="pt", padding=True, **kind.ENCODE)
                 enc = enc.to(model.device)
-                ids = model.generate(**enc, **_generation_kwargs(decoding))
-                for i, text in zip(idx, tokenizer.batch_decode(kind.new_tokens(ids, enc), skip_special_tokens=True)):
-                    out[i] = text.strip()
+                ids = model.generate(**enc, **_generation_kwargs(decoding), num_return_sequences=k)
+                texts = tokenizer.batch_decode(kind.new_tokens(ids, enc), skip_special_tokens=True)
+                for r, idx in enumerate(rows):  # the k samples of row r are texts[r*k : (r+1)*k]
+                    for j, i in enumerate(idx):
+                        out[i] = texts[r * k + j % k].strip()  # greedy (k = 1): the one text to every copy
     finally:
         model.train(was_training)
     return out
@@ -74,10 +98,11 @@ def generate(model, tokenizer, prompts: list[str], decoding: Decoding, batch_siz
 def run_chain(model, tokenizer, questions: list[dict], *, stage_type: str = "recall_analyze_summarize",
               recall: Decoding = GREEDY, analyze: Decoding = GREEDY, summarize: Decoding = GREEDY,
               batch_size: int = 256, recalls: Optional[list[str]] = None, desc: Optional[str] = None,
-              sort_by_length: bool = True) -> list[dict]:
+              sort_by_length: bool = True, share_prompts: bool = True) -> list[dict]:
     """Run the steps of `protocol.STAGES[stage_type]` on questions ``{qid, block, options, gt}``.
 
-    `recalls` replaces the recall step with given texts (DPO analyze-pair sampling). Returns per question
+    `recalls` replaces the recall step with given texts (DPO analyze-pair sampling). A question may occur several
+    times (DPO sampling): its repeated prompts are encoded once (`generate`). Returns per question
     ``{qid, gt, recall, analyses, summary, prediction, prompt}``; recall/analyses are None where the stage
     type skips them, prompt is the summarize input.
     """
@@ -89,7 +114,7 @@ def run_chain(model, tokenizer, questions: list[dict], *, stage_type: str = "rec
     if "recall" in steps:
         if recalls is None:
             recalls = generate(model, tokenizer, [P.recall_prompt(b) for b in blocks], recall, batch_size,
-                               label("recall"), sort_by_length)
+                               label("recall"), sort_by_length, share_prompts)
         assert len(recalls) == len(questions), "one recall per question"
         recall_texts = [P.close_sentence(r) for r in recalls]
 
@@ -97,13 +122,14 @@ def run_chain(model, tokenizer, questions: list[dict], *, stage_type: str = "rec
     if "analyze" in steps:
         pairs = [(i, x) for i, q in enumerate(questions) for x in sorted(q["options"])]
         texts = generate(model, tokenizer, [P.analyze_prompt(blocks[i], x, recall_texts[i]) for i, x in pairs],
-                         analyze, batch_size, label("analyze"), sort_by_length)
+                         analyze, batch_size, label("analyze"), sort_by_length, share_prompts)
         analyses = [{} for _ in questions]
         for (i, x), text in zip(pairs, texts):
             analyses[i][x] = P.close_sentence(text)
 
     prompts = [P.summarize_prompt(b, r, a) for b, r, a in zip(blocks, recall_texts, analyses)]
-    summaries = generate(model, tokenizer, prompts, summarize, batch_size, label("summarize"), sort_by_length)
+    summaries = generate(model, tokenizer, prompts, summarize, batch_size, label("summarize"), sort_by_length,
+                         share_prompts)
     return [{"qid": q["qid"], "gt": q["gt"], "recall": r, "analyses": a, "summary": s,
              "prediction": P.extract_answer(s), "prompt": p}
             for q, r, a, s, p in zip(questions, recall_texts, analyses, summaries, prompts)]

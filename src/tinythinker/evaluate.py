@@ -33,16 +33,15 @@ def test(params: Params, paths: Paths, model_dir: Path, name: str) -> dict:
     sampled = Decoding(do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
                        max_new_tokens=g.max_new_tokens) if g.strategy == "sample" else greedy
 
-    runs: list[list[dict]] = []
-    for t in range(g.times):
-        if sampled is greedy and runs:
-            runs.append(runs[0])
-            continue
-        torch.manual_seed(distributed.rank_seed(params.seed + t))  # each run its own, reproducible sample
-        runs.append(distributed.map_sharded(
-            lambda share: run_chain(model, tokenizer, share, stage_type=params.sft.stage_type, recall=sampled,
-                                    analyze=sampled, summarize=greedy, batch_size=g.batch_size,
-                                    desc=f"{name} run {t + 1}/{g.times}"), questions))
+    # A greedy chain is generated once and repeated; sampled runs go through the chain together, so each
+    # question's prompt is encoded once and its `times` recalls are drawn as one num_return_sequences call.
+    copies = 1 if sampled is greedy else g.times
+    torch.manual_seed(distributed.rank_seed(params.seed))  # a reproducible sample
+    chains = distributed.map_sharded(
+        lambda share: run_chain(model, tokenizer, share, stage_type=params.sft.stage_type, recall=sampled,
+                                analyze=sampled, summarize=greedy, batch_size=g.batch_size,
+                                desc=f"{name} x{copies}"), questions * copies)
+    runs = [chains[t * len(questions):(t + 1) * len(questions)] for t in range(copies)] * (g.times // copies)
 
     accs = [accuracy(run) for run in runs]
     metrics = {"accuracy": sum(accs) / len(accs), "questions": len(questions)}

@@ -5,6 +5,8 @@ analyze/summarize; a recall is chosen when its chain ends at the gold option, re
 (b) Analyze pairs: for every chosen recall the chain runs again with that recall fixed and sampled
 analyses; chosen/rejected are whole analysis sets, and each pair yields two records (the gold option and
 the option the rejected chain wrongly picked).
+Both run each question `dpo.samples` times in one batched chain; a repeated prompt is encoded once, its samples drawn
+as `num_return_sequences` and its greedy steps decoded once (`chain.generate`).
 
 Fixes over the original: teacher top-up matched by qid rather than a substring of the question (9.22);
 validity of a predicted option checked per row (9.20); analyze chosen sets topped up, not replaced
@@ -149,12 +151,54 @@ def iteration_init(params: Params, iteration: str) -> str:
     return params.dpo.iterations[iteration].init
 
 
+def sample_pairs(params: Params, model, tokenizer, questions: list[dict], teacher: Mapping[str, Sequence[Mapping]],
+                 rng: random.Random, desc: str = "dpo", share_prompts: bool = True):
+    """The student's chains on `questions` -> (recall pairs, analyze pairs, the recall-sampling chains, the number of
+    analysed recalls). Each process samples its share (`distributed.map_sharded`); `share_prompts=False` generates
+    every repeated prompt on its own (bench/ measures against it)."""
+    from .chain import run_chain
+
+    sampled, greedy = _decodings(params)
+    n, bs = params.dpo.samples, params.generation.batch_size
+
+    # (a) one batched chain over all questions x samples; results come back in input order
+    recall_runs = distributed.map_sharded(
+        lambda share: run_chain(model, tokenizer, share, recall=sampled, analyze=greedy, summarize=greedy,
+                                batch_size=bs, desc=f"{desc} recall samples", share_prompts=share_prompts),
+        questions * n)
+    by_qid: dict[str, list] = {q["qid"]: [] for q in questions}
+    for r in recall_runs:
+        by_qid[r["qid"]].append(r)
+    blocks = {q["qid"]: q["block"] for q in questions}
+    rpairs = recall_pairs(by_qid, teacher, rng, blocks)
+
+    # (b) every distinct chosen recall once (a resampled duplicate adds no new context), analyses sampled
+    apairs: list[dict] = []
+    keys: dict[tuple, list] = {}
+    if params.dpo.stage_type in ("analyze", "recall_analyze"):
+        for p in rpairs:
+            keys.setdefault((p["qid"], p["chosen"]), []).append(p["analyses"])
+    if keys:
+        qmap = {q["qid"]: q for q in questions}
+        key_list = list(keys)
+        key_questions = [qmap[qid] for qid, _ in key_list]
+        runs = distributed.map_sharded(
+            lambda share: run_chain(model, tokenizer, [q for q, _ in share], recalls=[rc for _, rc in share],
+                                    recall=greedy, analyze=sampled, summarize=greedy, batch_size=bs,
+                                    desc=f"{desc} analyze samples", share_prompts=share_prompts),
+            list(zip(key_questions * n, [rc for _, rc in key_list] * n)))
+        groups = [{**qmap[qid], "recall": P.close_sentence(rc), "chains": runs[k::len(key_list)],
+                   "backup": keys[(qid, rc)]} for k, (qid, rc) in enumerate(key_list)]
+        apairs = analyze_pairs(groups, rng)
+    return rpairs, apairs, recall_runs, len(keys)
+
+
 def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
     """Sample, build the pairs, write them (main process). Under several processes (`launcher`) each samples
     its share of the chains with its own copy of the model and its own seed; pairs are built from all of them."""
     from transformers import set_seed
 
-    from .chain import accuracy, run_chain
+    from .chain import accuracy
     from .student import load_student
 
     init = paths.root / iteration_init(params, iteration)
@@ -183,38 +227,8 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
         model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
     model.to(procs.device)
     set_seed(distributed.rank_seed(iteration_seed(params.seed, iteration)))
-    rng = random.Random(f"{params.seed}/{iteration}")
-    sampled, greedy = _decodings(params)
-    n, bs = params.dpo.samples, params.generation.batch_size
-
-    # (a) one batched chain over all questions x samples; results come back in input order
-    recall_runs = distributed.map_sharded(
-        lambda share: run_chain(model, tokenizer, share, recall=sampled, analyze=greedy, summarize=greedy,
-                                batch_size=bs, desc=f"{iteration} recall samples"), questions * n)
-    by_qid: dict[str, list] = {q["qid"]: [] for q in questions}
-    for r in recall_runs:
-        by_qid[r["qid"]].append(r)
-    blocks = {q["qid"]: q["block"] for q in questions}
-    rpairs = recall_pairs(by_qid, teacher, rng, blocks)
-
-    # (b) every distinct chosen recall once (a resampled duplicate adds no new context), analyses sampled
-    apairs: list[dict] = []
-    keys: dict[tuple, list] = {}
-    if params.dpo.stage_type in ("analyze", "recall_analyze"):
-        for p in rpairs:
-            keys.setdefault((p["qid"], p["chosen"]), []).append(p["analyses"])
-    if keys:
-        qmap = {q["qid"]: q for q in questions}
-        key_list = list(keys)
-        key_questions = [qmap[qid] for qid, _ in key_list]
-        runs = distributed.map_sharded(
-            lambda share: run_chain(model, tokenizer, [q for q, _ in share], recalls=[rc for _, rc in share],
-                                    recall=greedy, analyze=sampled, summarize=greedy, batch_size=bs,
-                                    desc=f"{iteration} analyze samples"),
-            list(zip(key_questions * n, [rc for _, rc in key_list] * n)))
-        groups = [{**qmap[qid], "recall": P.close_sentence(rc), "chains": runs[k::len(key_list)],
-                   "backup": keys[(qid, rc)]} for k, (qid, rc) in enumerate(key_list)]
-        apairs = analyze_pairs(groups, rng)
+    rpairs, apairs, recall_runs, analyzed = sample_pairs(params, model, tokenizer, questions, teacher,
+                                                         random.Random(f"{params.seed}/{iteration}"), iteration)
 
     out = paths.dpo_data(iteration)
     # Only the pairs this stage type trains on are written; dpo-train trains on whatever the files hold.
@@ -224,7 +238,7 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
         "questions_with_pairs": len({p["qid"] for p in written + apairs}),
         "recall_pairs": len(written),
         "analyze_pairs": len(apairs),
-        "analyzed_recalls": len(keys),
+        "analyzed_recalls": analyzed,
         "chosen_from_teacher": sum(p["teacher"] for p in rpairs),
         "sample_accuracy": accuracy(recall_runs),
     }
