@@ -112,7 +112,7 @@ def csqa_questions(params, paths, source, n: int) -> list[dict]:
 
 
 def run(params, paths, model, tokenizer, num_questions: int, batch_sizes=(16, 64, 256), repeats: int = 3,
-        csqa: list[dict] | None = None) -> list[dict]:
+        csqa: list[dict] | None = None, original_max_length: int = 200) -> list[dict]:
     from tinythinker.chain import Decoding, run_chain
     from tinythinker.io import read_jsonl
 
@@ -129,8 +129,8 @@ def run(params, paths, model, tokenizer, num_questions: int, batch_sizes=(16, 64
         return fn
 
     run_chain(model, tokenizer, questions[:4], batch_size=4, recall=greedy, analyze=greedy, summarize=greedy)  # warm-up
-    rows = [timed("original: Trainer.predict per step, max_length 200", lambda: original_chain(
-                model, tokenizer, questions, 200), batch_size=256, baseline="original"),
+    rows = [timed(f"original: Trainer.predict per step, max_length {original_max_length}", lambda: original_chain(
+                model, tokenizer, questions, original_max_length), batch_size=256, baseline="original"),
             timed(f"original: Trainer.predict per step, max_length {max_new + 1} (our budget)", lambda: original_chain(
                 model, tokenizer, questions, max_new + 1), batch_size=256),
             timed("per-question loop", lambda: per_question_loop(model, tokenizer, questions, max_new), repeats=1,

@@ -45,9 +45,11 @@ def main() -> None:
     unknown = only - set(BENCHMARKS)
     if unknown:
         sys.exit(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
-    q = {"questions": 16, "steps": 10, "pairs": 128, "requests": 60, "rpm": 1200, "train_steps": 30, "repeats": 1} \
-        if a.quick else \
-        {"questions": 64, "steps": 40, "pairs": 640, "requests": 400, "rpm": 1200, "train_steps": 600, "repeats": 3}
+    # --quick: a smoke run, also shorter generations (a barely trained student writes to the token budget)
+    q = {"questions": 8, "steps": 10, "pairs": 128, "requests": 60, "rpm": 1200, "train_steps": 30, "repeats": 1,
+         "max_new_tokens": 16, "original_max_length": 50} if a.quick else \
+        {"questions": 64, "steps": 40, "pairs": 640, "requests": 400, "rpm": 1200, "train_steps": 600, "repeats": 3,
+         "max_new_tokens": None, "original_max_length": 200}
     if a.train_steps is not None:
         q["train_steps"] = a.train_steps
 
@@ -63,7 +65,8 @@ def main() -> None:
         out.write_text(json.dumps(results, indent=2) + "\n")
 
     with tempfile.TemporaryDirectory() as tmp:
-        params, paths = workspace.make(Path(tmp))
+        params, paths = workspace.make(Path(tmp), **({"generation.max_new_tokens": q["max_new_tokens"]}
+                                                     if q["max_new_tokens"] else {}))
         if only & {"chain", "sampling"}:
             import chain_speed
             if a.model:
@@ -78,6 +81,7 @@ def main() -> None:
             if "chain" in only:
                 results["chain"] = chain_speed.run(
                     params, paths, model, tokenizer, q["questions"], repeats=q["repeats"],
+                    original_max_length=q["original_max_length"],
                     csqa=chain_speed.csqa_questions(params, paths, a.csqa, 256) if a.csqa else None)
                 print(table("generation chain (sequences/s; vs_original = ratio to the original's Trainer.predict "
                             "chain at our token budget, vs_loop = to the per-question loop)", results["chain"]))

@@ -21,7 +21,7 @@ def test_quick_bench_writes_its_report(tmp_path):
     report = json.loads(out.read_text())
     chain = {r["variant"]: r for r in report["chain"]}
     loop = chain["per-question loop"]
-    assert loop["vs_loop"] == 1.0 and loop["sequences"] == 16 * 6  # recall + 4 options + summarize per question
+    assert loop["vs_loop"] == 1.0 and loop["sequences"] == 8 * 6  # recall + 4 options + summarize per question
     assert all(r["sequences"] == loop["sequences"] and r["seq_per_s"] > 0 for r in chain.values())
     original = [r for r in report["chain"] if r["variant"].startswith("original: Trainer.predict")]
     assert len(original) == 2 and {r["vs_original"] for r in original} >= {1.0}
