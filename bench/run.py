@@ -45,6 +45,11 @@ def main() -> None:
     unknown = only - set(BENCHMARKS)
     if unknown:
         sys.exit(f"--only: unknown benchmark(s) {', '.join(sorted(unknown))}")
+    # checked before minutes of data making and training, not after
+    if a.model and not (a.model / "config.json").is_file():
+        sys.exit(f"--model: {a.model} is no model directory (no config.json)")
+    if a.csqa and not (a.csqa / "dev_rand_split.jsonl").is_file():
+        sys.exit(f"--csqa: {a.csqa} has no dev_rand_split.jsonl (the official CSQA files)")
     # --quick: a smoke run, also shorter generations (a barely trained student writes to the token budget)
     q = {"questions": 8, "steps": 10, "pairs": 128, "requests": 60, "rpm": 1200, "train_steps": 30, "repeats": 1,
          "max_new_tokens": 16, "original_max_length": 50} if a.quick else \

@@ -48,6 +48,13 @@ def test_unknown_benchmark_is_refused():
     assert run.returncode != 0 and "unknown benchmark(s) gpu" in run.stderr
 
 
+@pytest.mark.parametrize("flag,message", [("--model", "is no model directory"), ("--csqa", "has no dev_rand_split")])
+def test_a_wrong_path_is_refused_before_any_work(tmp_path, flag, message):
+    run = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), flag, str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and f"{flag}: {tmp_path} {message}" in run.stderr
+
+
 SHARED_CSQA = REPO.parent / "shared" / "datasets" / "csqa"
 
 
