@@ -79,6 +79,11 @@ def original_chain(model, tokenizer, questions, max_length: int, batch_size: int
     return len(recalls) + len(pairs) + len(questions)
 
 
+def _sequences(results: list[dict]) -> int:
+    """Sequences a chain generated: recall, one per option, summary (per question)."""
+    return sum(2 + len(r["analyses"]) for r in results)
+
+
 def _timer(model, default_repeats: int):
     import torch
 
@@ -121,12 +126,9 @@ def run(params, paths, model, tokenizer, num_questions: int, batch_sizes=(16, 64
     greedy = Decoding(max_new_tokens=max_new)
     timed = _timer(model, repeats)
 
-    def chain(batch_size: int, sort: bool):
-        def fn():
-            out = run_chain(model, tokenizer, questions, recall=greedy, analyze=greedy, summarize=greedy,
-                            batch_size=batch_size, sort_by_length=sort)
-            return sum(2 + len(r["analyses"]) for r in out)
-        return fn
+    def chain(batch_size: int, sort: bool, qs: list[dict] = questions):
+        return lambda: _sequences(run_chain(model, tokenizer, qs, recall=greedy, analyze=greedy, summarize=greedy,
+                                            batch_size=batch_size, sort_by_length=sort))
 
     run_chain(model, tokenizer, questions[:4], batch_size=4, recall=greedy, analyze=greedy, summarize=greedy)  # warm-up
     rows = [timed(f"original: Trainer.predict per step, max_length {original_max_length}", lambda: original_chain(
@@ -144,13 +146,10 @@ def run(params, paths, model, tokenizer, num_questions: int, batch_sizes=(16, 64
         r["vs_original"] = round(r["seq_per_s"] / same_budget, 2)
         r["vs_loop"] = round(r["seq_per_s"] / loop, 2)
     if csqa:
-        def ours():
-            return sum(2 + len(r["analyses"]) for r in run_chain(
-                model, tokenizer, csqa, recall=greedy, analyze=greedy, summarize=greedy, batch_size=256))
         pair = [timed(f"CSQA dev prompts x{len(csqa)}: original, max_length {max_new + 1}",
                       lambda: original_chain(model, tokenizer, csqa, max_new + 1), repeats=1, batch_size=256),
-                timed(f"CSQA dev prompts x{len(csqa)}: batched chain, batch 256", ours, repeats=1, batch_size=256,
-                      sorted=True)]
+                timed(f"CSQA dev prompts x{len(csqa)}: batched chain, batch 256", chain(256, True, csqa), repeats=1,
+                      batch_size=256, sorted=True)]
         for r in pair:
             r["vs_original"] = round(r["seq_per_s"] / pair[0]["seq_per_s"], 2)
         rows += pair
@@ -162,20 +161,15 @@ def sampling(params, paths, model, tokenizer, num_questions: int, test_runs: int
     prompt generated on its own vs encoded once."""
     import torch
 
-    from tinythinker.build import CHAIN_FIELDS
-    from tinythinker.chain import Decoding, run_chain
+    from tinythinker.chain import run_chain
+    from tinythinker.evaluate import decodings
     from tinythinker.io import read_jsonl
-    from tinythinker.pairs import sample_pairs
+    from tinythinker.pairs import sample_pairs, teacher_chains
 
     train = read_jsonl(paths.sft_data / "train_questions.jsonl")[:num_questions]
     test = read_jsonl(paths.sft_data / "test.jsonl")[:num_questions]
-    teacher: dict[str, list] = {}
-    for row in read_jsonl(paths.sft_data / "chains.jsonl", CHAIN_FIELDS):
-        teacher.setdefault(row["qid"], []).append(row)
-    g = params.generation
-    sampled = Decoding(do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-                       max_new_tokens=g.max_new_tokens)
-    greedy = Decoding(max_new_tokens=g.max_new_tokens)
+    teacher = teacher_chains(paths)
+    sampled, greedy = decodings(params.replace(**{"generation.strategy": "sample"}).generation)
     timed = _timer(model, repeats)
     stats: dict = {}
 
@@ -192,9 +186,9 @@ def sampling(params, paths, model, tokenizer, num_questions: int, test_runs: int
     def test_sample(share: bool):
         def fn():
             torch.manual_seed(0)
-            out = run_chain(model, tokenizer, test * test_runs, recall=sampled, analyze=sampled, summarize=greedy,
-                            batch_size=g.batch_size, share_prompts=share)
-            return sum(2 + len(r["analyses"]) for r in out)
+            return _sequences(run_chain(model, tokenizer, test * test_runs, recall=sampled, analyze=sampled,
+                                        summarize=greedy, batch_size=params.generation.batch_size,
+                                        share_prompts=share))
         return fn
 
     rows = []

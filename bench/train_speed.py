@@ -30,17 +30,6 @@ class Counting:
         return b
 
 
-def _args(out_dir, batch_size: int, steps: int, lr: float, seed: int, **extra):
-    import torch
-    from transformers import Seq2SeqTrainingArguments
-
-    return Seq2SeqTrainingArguments(
-        output_dir=str(out_dir), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=lr,
-        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none", seed=seed,
-        remove_unused_columns=False, disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), **extra)
-
-
 def _measure(train, model, collator: Counting) -> dict:
     import torch
 
@@ -68,19 +57,14 @@ def sft_variant(params, paths, size: str, variant: str, steps: int) -> dict:
 
     import workspace
     from tinythinker import seq2seq
-    from tinythinker.curriculum import CurriculumBatchSampler, sft_intervals
-    from tinythinker.sft import _stage_data
 
     s = params.sft
     model, tokenizer = workspace.student(params, paths, size)
-    stages = _stage_data(params, paths)
-    rows, lengths = seq2seq.sft_data(params, stages, tokenizer)
+    rows, sampler = workspace.sft_rows(params, paths, tokenizer)
     grouped = {"train_sampling_strategy": "group_by_length"} if variant == "stock, length-grouped" else {}
-    args = _args(paths.root / "bench_ckpt", s.batch_size, steps, s.learning_rate, params.seed, **grouped)
+    args = workspace.training_args(paths.root / "bench_ckpt", s.batch_size, steps, s.learning_rate, params.seed,
+                                   **grouped)
     if variant == "ours":
-        intervals = sft_intervals(s.stage_type, s.interval, params.dataset.synthetic.num_options)
-        sampler = CurriculumBatchSampler({k: len(v) for k, v in stages.items()}, intervals, s.batch_size,
-                                         params.seed, lengths)
         trainer = seq2seq.sft_trainer(params, model, tokenizer, rows, [], args=args, batch_sampler=sampler,
                                       chain_kwargs={})
         collator = trainer.data_collator = Counting(trainer.data_collator)
@@ -118,7 +102,7 @@ def dpo_variant(params, paths, size: str, variant: str, num_pairs: int) -> dict:
                                 params.generation.max_new_tokens)
     collator = Counting(lambda f: D.collate(f, tokenizer.pad_token_id))
     steps = d.passes * -(-len(features) // d.batch_size)
-    args = _args(paths.root / "bench_ckpt", d.batch_size, steps, d.learning_rate, params.seed)
+    args = workspace.training_args(paths.root / "bench_ckpt", d.batch_size, steps, d.learning_rate, params.seed)
 
     if variant == "ours":
         from tinythinker.curriculum import CurriculumBatchSampler

@@ -50,6 +50,33 @@ def student(params, paths, size: str):
     return load_student(params.replace(**{f"student.embedded.{k}": v for k, v in shapes[size].items()}), paths)
 
 
+def training_args(out_dir, batch_size: int, steps: int, lr: float, seed: int, **extra):
+    """Seq2SeqTrainingArguments for `steps` steps, no evaluation, checkpoints or logs (bf16 on a GPU that has it)."""
+    import torch
+    from transformers import Seq2SeqTrainingArguments
+
+    return Seq2SeqTrainingArguments(
+        output_dir=str(out_dir), per_device_train_batch_size=batch_size, max_steps=steps, learning_rate=lr,
+        eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none", seed=seed,
+        remove_unused_columns=False, disable_tqdm=True, dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), **extra)
+
+
+def sft_rows(params, paths, tokenizer):
+    """The sft stage's tokenised rows (stages in chain order) and its curriculum batch sampler."""
+    from tinythinker import seq2seq
+    from tinythinker.curriculum import CurriculumBatchSampler, sft_intervals
+    from tinythinker.sft import _stage_data
+
+    s = params.sft
+    stages = _stage_data(params, paths)
+    rows, lengths = seq2seq.sft_data(params, stages, tokenizer)
+    intervals = sft_intervals(s.stage_type, s.interval, params.dataset.synthetic.num_options)
+    sampler = CurriculumBatchSampler({k: len(v) for k, v in stages.items()}, intervals, s.batch_size, params.seed,
+                                     lengths)
+    return rows, sampler
+
+
 def trained(params, paths, size: str, steps: int):
     """The student after `steps` curriculum SFT steps on the workspace data, no validation (eval mode).
 
@@ -58,26 +85,16 @@ def trained(params, paths, size: str, steps: int):
     nearly uniformly, which hides what batching, early stops and repeated prompts change.
     """
     import torch
-    from transformers import Seq2SeqTrainingArguments
 
     from tinythinker import seq2seq
-    from tinythinker.curriculum import CurriculumBatchSampler, sft_intervals
-    from tinythinker.sft import _stage_data
 
     torch.manual_seed(params.seed)
     model, tokenizer = student(params, paths, size)
-    s, cuda = params.sft, torch.cuda.is_available()
+    s = params.sft
     if steps:
-        stages = _stage_data(params, paths)
-        rows, lengths = seq2seq.sft_data(params, stages, tokenizer)
-        sampler = CurriculumBatchSampler({k: len(v) for k, v in stages.items()},
-                                         sft_intervals(s.stage_type, s.interval, params.dataset.synthetic.num_options),
-                                         s.batch_size, params.seed, lengths)
-        args = Seq2SeqTrainingArguments(
-            output_dir=str(paths.root / "bench_ckpt"), per_device_train_batch_size=s.batch_size, max_steps=steps,
-            learning_rate=s.learning_rate, lr_scheduler_type="cosine", warmup_steps=s.warmup_ratio, seed=params.seed,
-            eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none", disable_tqdm=True,
-            remove_unused_columns=False, use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported())
+        rows, sampler = sft_rows(params, paths, tokenizer)
+        args = training_args(paths.root / "bench_ckpt", s.batch_size, steps, s.learning_rate, params.seed,
+                             lr_scheduler_type="cosine", warmup_steps=s.warmup_ratio)
         seq2seq.sft_trainer(params, model, tokenizer, rows, [], args=args, batch_sampler=sampler,
                             chain_kwargs={}).train()
     return model.eval(), tokenizer

@@ -14,9 +14,19 @@ from . import distributed
 from .build import QUESTION_FIELDS
 from .chain import Decoding, accuracy, majority_vote, run_chain
 from .io import read_jsonl, write_json, write_jsonl
-from .params import Params, check_name
+from .params import GenerationParams, Params, check_name
 from .paths import Paths
 from .student import load_student
+
+
+def decodings(g: GenerationParams) -> tuple[Decoding, Decoding]:
+    """(recall/analyze, summarize) decoding of a test run: sampled and greedy with `strategy: sample`, else greedy
+    twice (the same object, which `test` takes for "one run is enough")."""
+    greedy = Decoding(max_new_tokens=g.max_new_tokens)
+    if g.strategy != "sample":
+        return greedy, greedy
+    return Decoding(do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
+                    max_new_tokens=g.max_new_tokens), greedy
 
 
 def test(params: Params, paths: Paths, model_dir: Path, name: str) -> dict:
@@ -29,9 +39,7 @@ def test(params: Params, paths: Paths, model_dir: Path, name: str) -> dict:
 
     procs = distributed.state()  # generation only: every process holds full weights, so after loading is fine
     model.to(procs.device)
-    greedy = Decoding(max_new_tokens=g.max_new_tokens)
-    sampled = Decoding(do_sample=True, temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
-                       max_new_tokens=g.max_new_tokens) if g.strategy == "sample" else greedy
+    sampled, greedy = decodings(g)
 
     # A greedy chain is generated once and repeated; sampled runs go through the chain together, so each
     # question's prompt is encoded once and its `times` recalls are drawn as one num_return_sequences call.

@@ -151,6 +151,14 @@ def iteration_init(params: Params, iteration: str) -> str:
     return params.dpo.iterations[iteration].init
 
 
+def teacher_chains(paths: Paths) -> dict[str, list[dict]]:
+    """The accepted teacher chains by question (the chosen side's top-up)."""
+    teacher: dict[str, list] = defaultdict(list)
+    for row in read_jsonl(paths.sft_data / "chains.jsonl", CHAIN_FIELDS):
+        teacher[row["qid"]].append(row)
+    return teacher
+
+
 def sample_pairs(params: Params, model, tokenizer, questions: list[dict], teacher: Mapping[str, Sequence[Mapping]],
                  rng: random.Random, desc: str = "dpo", share_prompts: bool = True):
     """The student's chains on `questions` -> (recall pairs, analyze pairs, the recall-sampling chains, the number of
@@ -219,9 +227,7 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
     if k is not None and k < len(questions):  # a fresh seeded subset each iteration, in file order
         keep = set(random.Random(f"{params.seed}/{iteration}/questions").sample(range(len(questions)), k))
         questions = [q for i, q in enumerate(questions) if i in keep]
-    teacher: dict[str, list] = defaultdict(list)
-    for row in read_jsonl(paths.sft_data / "chains.jsonl", CHAIN_FIELDS):
-        teacher[row["qid"]].append(row)
+    teacher = teacher_chains(paths)
 
     with distributed.replicas():
         model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
