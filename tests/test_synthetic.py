@@ -97,6 +97,28 @@ def test_clues_imply_one_category_each():
     assert set(S.CLUES) == set(S.WORLD)
 
 
+def test_invented_things_and_clues_extend_the_world():
+    """Beyond the hand-written words, made-up things and properties: the same for every seed, each owned by one
+    category, never a word of the hand-written world, and one token-like word each."""
+    big = replace(CFG, entities_per_category=40, clues_per_category=20, num_train=600)
+    things, clues = S.world(big), S.invented_clues(20 - S.NAMED_CLUES)
+    assert all(len(es) == 40 and es[: S.NAMED_ENTITIES] == list(S.WORLD[c]) for c, es in things.items())
+    every_thing = [e for es in things.values() for e in es]
+    assert len(set(every_thing)) == len(every_thing) and all(re.fullmatch(r"[a-z]+", e) for e in every_thing)
+    every_clue = [k for ks in clues.values() for k in ks] + [k for ks in S.CLUES.values() for k in ks]
+    assert len(set(every_clue)) == len(every_clue)
+    assert S.invented(5) == S.invented(5) and S.invented(5)["bird"] == S.invented(9)["bird"][:5]
+    d = S.generate(big, seed=4)
+    asked = Counter(q["meta"]["clue"] for q in d["train"])
+    assert len(asked) > 6 * 12 and any(k.startswith("is ") and k.endswith("sh") for k in asked)
+    for q in d["train"][:50]:  # an invented clue still implies exactly one option's category
+        owners = [c for c, ks in S.CLUES.items() if q["meta"]["clue"] in ks] or \
+                 [c for c, ks in clues.items() if q["meta"]["clue"] in ks]
+        assert owners == [q["meta"]["category"]]
+    with pytest.raises(ValueError, match="clues_per_category"):
+        S.generate(replace(CFG, clues_per_category=S.MAX_CLUES + 1), seed=0)
+
+
 def test_long_tail_of_clues_and_things():
     d = S.generate(replace(CFG, num_train=2000, num_valid=10, num_test=10), seed=3)
     clues = Counter(q["meta"]["clue"] for q in d["train"])
@@ -122,6 +144,18 @@ def test_wrong_fact_keeps_the_verdicts_and_the_answer(data):
         assert len(wrong) == 1 and wrong[0] != q["answer"]  # one distractor's category is wrong ...
         reason = next(r for l, _, r in parsed if l == wrong[0])
         assert reason.endswith(f"not a {q['meta']['category']}.")  # ... and it is still rejected
+
+
+def test_wrong_fact_with_two_options_has_nothing_to_confuse():
+    """Two options have two categories: no third to mix one up with (was an IndexError in the request stage)."""
+    d = S.generate(replace(CFG, num_options=2, num_categories=2, num_train=20), seed=2)
+    rng = random.Random(0)
+    for q in d["train"]:
+        content, finish = S.offline_completion(q, rng, wrong_fact=True)
+        assert finish == "stop"
+        text, kinds = {c["label"]: c["text"] for c in q["choices"]}, q["meta"]["kinds"]
+        assert all(f"{text[l]}, a {kinds[l]}" in content or f"{text[l]}, which is a {kinds[l]}" in content
+                   for l in text)
 
 
 def test_completion_is_deterministic_and_varied(data):

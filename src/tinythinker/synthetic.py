@@ -28,6 +28,7 @@ as many steps, so the clue task is a `-S` away rather than the default.
 """
 from __future__ import annotations
 
+import functools
 import random
 from typing import Optional, Sequence
 
@@ -64,8 +65,10 @@ CLUES: dict[str, tuple[str, ...]] = {
              "lays eggs in a stream", "is kept in an aquarium"),
 }
 MAX_CATEGORIES = len(WORLD)
-MAX_ENTITIES = min(len(v) for v in WORLD.values())
-MAX_CLUES = min(len(v) for v in CLUES.values())
+NAMED_ENTITIES = min(len(v) for v in WORLD.values())
+MAX_ENTITIES = 120
+NAMED_CLUES = min(len(v) for v in CLUES.values())
+MAX_CLUES = 40
 
 QUESTIONS = ("Which one {k}?", "Which of these {k}?")
 NAMED = ("Which one is a {c}?", "Which of these is a {c}?", "Pick the {c}.")  # clues_per_category: 0
@@ -86,6 +89,39 @@ def zipf(n: int, s: float) -> list[float]:
     return [1.0 / (r ** s) for r in range(1, n + 1)]
 
 
+# Beyond the common words, each category gets invented ones ("a dravel is a bird"): a fact no spelling gives away,
+# which the student can only learn from the data, as much of a real LLM's knowledge looks to a small student.
+ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "gl", "pl", "tr", "sk")
+VOWELS = ("a", "e", "i", "o", "u")
+CODAS = ("", "n", "r", "l", "m", "x", "sk", "nd")
+
+
+@functools.lru_cache(maxsize=None)
+def _invent(n: int, salt: str, codas: tuple[str, ...], taken: frozenset[str]) -> dict[str, tuple[str, ...]]:
+    rng = random.Random(f"tinythinker-invented-{salt}")
+    seen, out = set(taken), {c: [] for c in WORLD}
+    for c in WORLD:
+        while len(out[c]) < n:
+            w = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) for _ in range(2)) + rng.choice(codas)
+            if w not in seen:
+                seen.add(w)
+                out[c].append(w)
+    return {c: tuple(ws) for c, ws in out.items()}
+
+
+def invented(n: int) -> dict[str, list[str]]:
+    """n made-up two-syllable things per category, none a word of WORLD; the same for every seed, and a bigger
+    world only adds words (the first n are always the same)."""
+    pool = _invent(MAX_ENTITIES, "things", CODAS, frozenset(w for ws in WORLD.values() for w in ws) | set(WORLD))
+    return {c: list(ws[:n]) for c, ws in pool.items()}
+
+
+def invented_clues(n: int) -> dict[str, list[str]]:
+    """n made-up properties per category ("is dukish") beyond the hand-written clues, so the recall's knowledge
+    has a long tail of its own; fixed like `invented`."""
+    return {c: [f"is {w}" for w in ws[:n]] for c, ws in _invent(MAX_CLUES, "clues", ("sh",), frozenset()).items()}
+
+
 def world(cfg: SyntheticParams) -> dict[str, list[str]]:
     """The categories and things `cfg` uses."""
     if cfg.num_categories > MAX_CATEGORIES:
@@ -94,7 +130,8 @@ def world(cfg: SyntheticParams) -> dict[str, list[str]]:
         raise ValueError(f"dataset.synthetic.entities_per_category: at most {MAX_ENTITIES}")
     if cfg.clues_per_category > MAX_CLUES:
         raise ValueError(f"dataset.synthetic.clues_per_category: at most {MAX_CLUES}")
-    return {c: list(WORLD[c][: cfg.entities_per_category]) for c in list(WORLD)[: cfg.num_categories]}
+    extra = invented(max(0, cfg.entities_per_category - NAMED_ENTITIES))
+    return {c: (list(WORLD[c]) + extra[c])[: cfg.entities_per_category] for c in list(WORLD)[: cfg.num_categories]}
 
 
 def _pick(rng: random.Random, items: Sequence[str], weights: Sequence[float]) -> str:
@@ -108,7 +145,8 @@ def generate(cfg: SyntheticParams, seed: int) -> dict[str, list[dict]]:
     # Which thing is common and which rare is drawn per seed, so the tail is not always the same words.
     ranked = {c: rng.sample(es, len(es)) for c, es in things.items()}
     weight = {e: w for es in ranked.values() for e, w in zip(es, zipf(len(es), cfg.zipf))}
-    clues = {c: list(CLUES[c][: cfg.clues_per_category]) for c in things}
+    extra = invented_clues(max(0, cfg.clues_per_category - NAMED_CLUES))
+    clues = {c: (list(CLUES[c]) + extra[c])[: cfg.clues_per_category] for c in things}
     clue_w = zipf(cfg.clues_per_category, cfg.zipf)
     named = cfg.clues_per_category == 0
     # Per category, the things that answer only valid/test questions (at least one answers training ones),
@@ -121,7 +159,7 @@ def generate(cfg: SyntheticParams, seed: int) -> dict[str, list[dict]]:
         for i in range(n):
             category = rng.choice(list(things))
             pool = [e for e in ranked[category] if (e in held[category]) != (split == "train")] or ranked[category]
-            answer = _pick(rng, pool, [weight[e] for e in pool])
+            answer = rng.choice(pool)  # every thing of the pool is asked about alike; the tail is in the distractors
             others = rng.sample([c for c in things if c != category], cfg.num_options - 1)
             picks = [(answer, category)] + [(_pick(rng, ranked[o], [weight[e] for e in ranked[o]]), o)
                                             for o in others]
@@ -155,8 +193,11 @@ def offline_completion(record: dict, rng: random.Random, fault: Optional[str] = 
     others = sorted(set(text) - {gt})
     if wrong_fact and others:
         victim = rng.choice(others)
-        # confused with another option's category, as a model mixing up the options would
-        kinds[victim] = rng.choice(sorted(set(kinds.values()) - {asked, kinds[victim]}))
+        # confused with another option's category, as a model mixing up the options would; with two options
+        # there is none to confuse it with, and the rationale stays right
+        confusable = sorted(set(kinds.values()) - {asked, kinds[victim]})
+        if confusable:
+            kinds[victim] = rng.choice(confusable)
     declared = rng.choice(others) if fault == "wrong_verdict" else gt
     if meta.get("clue") is None:  # the question names the category: the recall restates it
         recall = rng.choice(NAMED_RECALLS).format(c=asked)
