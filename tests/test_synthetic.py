@@ -11,7 +11,9 @@ from tinythinker.params import load
 
 BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
-CFG = replace(BASE.dataset.synthetic, num_train=400, num_valid=20, num_test=30, clues_per_category=6)
+# The hand-written world (the structure tests need no invented words), small enough to read
+CFG = replace(BASE.dataset.synthetic, num_train=400, num_valid=20, num_test=30, clues_per_category=6,
+              entities_per_category=10)
 VERDICT = re.compile(r"^(?:Explanations: )?([A-E]) is (correct|incorrect)\. Because (.+)$")
 
 
@@ -42,7 +44,10 @@ def test_split_sizes_ids_and_labels(data):
         assert [l for l in labels if kinds[l] == q["meta"]["category"]] == [q["answer"]]  # exactly one fits
 
 
-def test_test_questions_recombine_training_facts(data):
+@pytest.mark.parametrize("which", ["small", "default"])
+def test_test_questions_recombine_training_facts(data, which):
+    if which == "default":  # the default world and sizes: every held-out answer is seen in training too
+        data = S.generate(BASE.dataset.synthetic, seed=BASE.dataset.seed)
     train_answers = {_answer_text(q) for q in data["train"]}
     train_options = {c["text"] for q in data["train"] for c in q["choices"]}
     for split in ("valid", "test"):
@@ -126,6 +131,13 @@ def test_long_tail_of_clues_and_things():
     # Zipf 1 over 6 clues: the commonest of a category about 6x its rarest; things likewise over 10 ranks
     assert max(clues.values()) > 4 * min(clues.values()) and min(clues.values()) >= 5
     assert max(things.values()) > 4 * min(things.values())
+    answers = Counter(_answer_text(q) for q in d["train"])
+    assert max(answers.values()) > 4 * min(answers.values())  # answers follow the tail too, unless ...
+    alike = S.generate(replace(CFG, num_train=2000, num_valid=10, num_test=10, uniform_answers=True), seed=3)
+    answers = Counter(_answer_text(q) for q in alike["train"])
+    assert max(answers.values()) < 2 * min(answers.values())  # ... uniform_answers asks about each alike
+    alike_things = Counter(c["text"] for q in alike["train"] for c in q["choices"])
+    assert max(alike_things.values()) > 4 * min(alike_things.values())  # the distractors keep the tail
     flat = S.generate(replace(CFG, num_train=2000, num_valid=10, num_test=10, zipf=0.0),
                       seed=3)
     flat_clues = Counter(q["meta"]["clue"] for q in flat["train"])
@@ -188,7 +200,7 @@ def test_faults_break_what_they_should(data):
 
 
 def test_named_categories_without_clues():
-    """clues_per_category 0 (the fast default): the question names the category, the recall restates it."""
+    """clues_per_category 0: the question names the category, the recall restates it."""
     d = S.generate(replace(CFG, clues_per_category=0), seed=7)
     rng = random.Random(1)
     for q in d["train"][:30]:

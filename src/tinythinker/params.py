@@ -92,6 +92,7 @@ class SyntheticParams:
     test_holdout: Share  # share of each category's things that answer only valid/test questions
     clues_per_category: Natural  # clues that imply the category (the recall's knowledge); 0: the question names it
     zipf: Annotated[float, Range(0, 4)]  # long tail of clue and thing frequencies (0: uniform)
+    uniform_answers: bool  # answers drawn alike from their pool (every held-out fact tested equally), not by zipf
 
     def __post_init__(self):
         _check(self.num_categories >= self.num_options, "dataset.synthetic.num_categories",

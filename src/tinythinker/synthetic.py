@@ -10,21 +10,23 @@ Built so that every step of the chain carries knowledge the question does not st
   thing -> category facts, again long-tailed, so some things are seen hundreds of times and some a handful.
   A wrong recall carries into every analysis, as in real chains.
 - **Summarize** picks the option whose analysis fits.
+- **A world bigger than the word lists.** Beyond 12 common words per category come invented ones ("a zadrim is a
+  fish") and beyond 6 hand-written clues invented properties ("is dukish"): facts no spelling gives away, as many
+  as `entities_per_category` and `clues_per_category` ask for (README's clue world: 30 things, 12 clues).
 - **Held-out answers.** A share of each category's things (`test_holdout`) never answer a training question;
   they appear there only as distractors, whose analyses still state their category. Valid and test questions
   are answered by exactly those things, so scoring needs facts recombined, not training questions recalled.
+  With `uniform_answers` answers are drawn alike from their pool and only distractors with the long tail:
+  every held-out fact is asked about equally often, however rarely training showed it.
 - **An imperfect teacher.** `offline_completion` answers the rationalisation request (spec 2.4) from the
   record's `meta` in the text format a chat model is asked for. With `wrong_fact` one distractor's analysis
   names a wrong category although the verdict and the answer stay right, as real LLM rationales do: the
   build stage cannot tell. Format faults (spec 3.3) exercise the parser and the re-ask rounds.
 
 The answer-only student (`sft.stage_type=summarize`) has to do all of this in one step with no written
-intermediate; the full chain gets each piece as its own short, supervised step.
-
-`clues_per_category: 0` (the default, see README "The embedded task") names the category in the question
-("Which one is a bird?") and the recall only restates it: the shorter texts fit the whole default run into
-the 10-minute CPU budget. Clues make every example about 40 % longer and the from-scratch student needs about
-as many steps, so the clue task is a `-S` away rather than the default.
+intermediate; the full chain gets each piece as its own short, supervised step. `clues_per_category: 0` names
+the category in the question ("Which one is a bird?") and the recall only restates it. What a run of this task
+shows, over seeds, is in README "The embedded task".
 """
 from __future__ import annotations
 
@@ -34,7 +36,7 @@ from typing import Optional, Sequence
 
 from .params import SyntheticParams
 
-# Category names all start with a consonant ("a fruit", never "an ..."); every thing is one common word.
+# Category names all start with a consonant ("a fruit", never "an ..."); every hand-written thing is one common word.
 WORLD: dict[str, tuple[str, ...]] = {
     "fruit": ("apple", "pear", "plum", "grape", "lemon", "mango", "peach", "cherry", "melon", "kiwi", "fig", "lime"),
     "tool": ("hammer", "saw", "drill", "wrench", "chisel", "shovel", "rake", "pliers", "axe", "ladder", "spade", "clamp"),
@@ -159,7 +161,8 @@ def generate(cfg: SyntheticParams, seed: int) -> dict[str, list[dict]]:
         for i in range(n):
             category = rng.choice(list(things))
             pool = [e for e in ranked[category] if (e in held[category]) != (split == "train")] or ranked[category]
-            answer = rng.choice(pool)  # every thing of the pool is asked about alike; the tail is in the distractors
+            # Alike, every held-out fact is tested equally however rarely training showed it; else with the tail.
+            answer = rng.choice(pool) if cfg.uniform_answers else _pick(rng, pool, [weight[e] for e in pool])
             others = rng.sample([c for c in things if c != category], cfg.num_options - 1)
             picks = [(answer, category)] + [(_pick(rng, ranked[o], [weight[e] for e in ranked[o]]), o)
                                             for o in others]
