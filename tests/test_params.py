@@ -182,6 +182,9 @@ def test_every_numeric_knob_has_a_range():
     ("dataset.limit", 0, "must be >= 1"),
     ("dataset.synthetic.zipf", 4.5, "must be in [0, 4]"),
     ("dataset.synthetic.clues_per_category", -1, "must be >= 0"),
+    ("dataset.synthetic.clues_per_category", 41, "at most 40"),  # the world's limits, at load, not mid-stage
+    ("dataset.synthetic.entities_per_category", 121, "at most 120"),
+    ("dataset.synthetic.num_categories", 9, "at most 8"),
     ("teacher.min_coverage", 1.1, "must be in [0, 1]"),
     ("teacher.max_retry_seconds", 0.0, "must be > 0"),
     ("teacher.max_failures_in_a_row", 0, "must be >= 1"),

@@ -125,13 +125,7 @@ def invented_clues(n: int) -> dict[str, list[str]]:
 
 
 def world(cfg: SyntheticParams) -> dict[str, list[str]]:
-    """The categories and things `cfg` uses."""
-    if cfg.num_categories > MAX_CATEGORIES:
-        raise ValueError(f"dataset.synthetic.num_categories: at most {MAX_CATEGORIES}")
-    if cfg.entities_per_category > MAX_ENTITIES:
-        raise ValueError(f"dataset.synthetic.entities_per_category: at most {MAX_ENTITIES}")
-    if cfg.clues_per_category > MAX_CLUES:
-        raise ValueError(f"dataset.synthetic.clues_per_category: at most {MAX_CLUES}")
+    """The categories and things `cfg` uses (its sizes are checked when params load: SyntheticParams)."""
     extra = invented(max(0, cfg.entities_per_category - NAMED_ENTITIES))
     return {c: (list(WORLD[c]) + extra[c])[: cfg.entities_per_category] for c in list(WORLD)[: cfg.num_categories]}
 
