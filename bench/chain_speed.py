@@ -6,7 +6,7 @@ encodes each repeated prompt once against generating every copy; same model, sam
   up to `max_length` decoder tokens (the original's 200, and the project's token budget for a like-for-like row),
   the predictions padded to that length and decoded at the end of the step.
 - The per-question loop: one `generate` call per sequence (recall, each option, summary).
-- Ours: `tinythinker.chain.run_chain`, each step one batched pass, prompts longest first, `max_new_tokens`.
+- Ours: `tinythinker.student.chain.run_chain`, each step one batched pass, prompts longest first, `max_new_tokens`.
 - Sampling: DPO's chains (`pairs.sample_pairs`: `dpo.samples` recalls per question, then sampled analyses per
   chosen recall) and a sampled test run x4, each with every repeated prompt generated on its own (today's way
   before this change) and with each distinct prompt encoded once (`num_return_sequences`, greedy steps decoded once).
@@ -109,8 +109,8 @@ def csqa_questions(params, paths, source, n: int) -> list[dict]:
     the embedded vocabulary, against the synthetic task's nearly equal ones), for the rows where padding matters."""
     from pathlib import Path
 
-    from tinythinker.build import question_row
-    from tinythinker.download import load_official
+    from tinythinker.teacher.build import question_row
+    from tinythinker.data.download import load_official
 
     csqa = params.replace(**{"dataset.name": "csqa", "dataset.source": str(Path(source).resolve())})
     return [question_row(r) for r in load_official(csqa, paths)["dev"][:n]]
@@ -118,7 +118,7 @@ def csqa_questions(params, paths, source, n: int) -> list[dict]:
 
 def run(params, paths, model, tokenizer, num_questions: int, batch_sizes=(16, 64, 256), repeats: int = 3,
         csqa: list[dict] | None = None, original_max_length: int = 200) -> list[dict]:
-    from tinythinker.chain import Decoding, run_chain
+    from tinythinker.student.chain import Decoding, run_chain
     from tinythinker.io import read_jsonl
 
     questions = read_jsonl(paths.sft_data / "test.jsonl")[:num_questions]
@@ -161,10 +161,10 @@ def sampling(params, paths, model, tokenizer, num_questions: int, test_runs: int
     prompt generated on its own vs encoded once."""
     import torch
 
-    from tinythinker.chain import run_chain
-    from tinythinker.evaluate import decodings
+    from tinythinker.student.chain import run_chain
+    from tinythinker.student.evaluate import decodings
     from tinythinker.io import read_jsonl
-    from tinythinker.pairs import sample_pairs, teacher_chains
+    from tinythinker.reflect.pairs import sample_pairs, teacher_chains
 
     train = read_jsonl(paths.sft_data / "train_questions.jsonl")[:num_questions]
     test = read_jsonl(paths.sft_data / "test.jsonl")[:num_questions]

@@ -144,18 +144,18 @@ def run(size: dict, source: Path, work: Path, precisions: list[str], save) -> di
     import torch
 
     from tinythinker import presets
-    from tinythinker.build import build
-    from tinythinker.download import download
-    from tinythinker.dpo import dpo_train
-    from tinythinker.evaluate import test
-    from tinythinker.pairs import dpo_sample
+    from tinythinker.teacher.build import build
+    from tinythinker.data.download import download
+    from tinythinker.reflect.dpo import dpo_train
+    from tinythinker.student.evaluate import test
+    from tinythinker.reflect.pairs import dpo_sample
     from tinythinker.params import load, to_dict
     from tinythinker.paths import Paths
-    from tinythinker.prepare import prepare
-    from tinythinker.prompts import prompt
-    from tinythinker.sft import sft
-    from tinythinker.student import tokenizer_stage
-    from tinythinker.teacher import request
+    from tinythinker.data.prepare import prepare
+    from tinythinker.teacher.prompts import prompt
+    from tinythinker.student.sft import sft
+    from tinythinker.student.model import tokenizer_stage
+    from tinythinker.teacher.request import request
 
     _slice(source, work / "csqa", size["train"], size["test"])
     teacher = Teacher()

@@ -82,7 +82,7 @@ class LimitedServer(LocalServer):
 def run(params, paths, num_requests: int, rpm: float, latency: float, jitter: float) -> list[dict]:
     from tinythinker.io import read_jsonl, write_jsonl
     from tinythinker.paths import STORE_ENV, Paths
-    from tinythinker.teacher import request
+    from tinythinker.teacher.request import request
 
     root = paths.root / "teacher_bench"  # a fresh journal: the offline run's answers must not be reused
     shutil.rmtree(root, ignore_errors=True)

@@ -56,7 +56,7 @@ def sft_variant(params, paths, size: str, variant: str, steps: int) -> dict:
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
     import workspace
-    from tinythinker import seq2seq
+    from tinythinker.student import seq2seq
 
     s = params.sft
     model, tokenizer = workspace.student(params, paths, size)
@@ -91,7 +91,7 @@ def dpo_variant(params, paths, size: str, variant: str, num_pairs: int) -> dict:
     from transformers import Trainer
 
     import workspace
-    from tinythinker import dpo as D
+    from tinythinker.reflect import dpo as D
 
     d = params.dpo
     model, tokenizer = workspace.student(params, paths, size)
@@ -105,7 +105,7 @@ def dpo_variant(params, paths, size: str, variant: str, num_pairs: int) -> dict:
     args = workspace.training_args(paths.root / "bench_ckpt", d.batch_size, steps, d.learning_rate, params.seed)
 
     if variant == "ours":
-        from tinythinker.curriculum import CurriculumBatchSampler
+        from tinythinker.student.curriculum import CurriculumBatchSampler
 
         intervals = D.schedule_intervals(len(features), 0, d.batch_size)
         trainer = D._trainer_classes()[0](

@@ -17,14 +17,14 @@ sys.path.insert(0, str(REPO / "src"))  # runnable from a checkout before `pip in
 
 def make(root: Path, **overrides):
     """(params, paths) with data/ and models/tokenizer written under `root`, offline teacher."""
-    from tinythinker.build import build
-    from tinythinker.download import download
+    from tinythinker.teacher.build import build
+    from tinythinker.data.download import download
     from tinythinker.params import load
     from tinythinker.paths import Paths
-    from tinythinker.prepare import prepare
-    from tinythinker.prompts import prompt
-    from tinythinker.student import tokenizer_stage
-    from tinythinker.teacher import request
+    from tinythinker.data.prepare import prepare
+    from tinythinker.teacher.prompts import prompt
+    from tinythinker.student.model import tokenizer_stage
+    from tinythinker.teacher.request import request
 
     params = load(REPO / "params.yaml").replace(**{"dataset.name": "synthetic", "teacher.backend": "offline",
                                                     "student.model": "embedded", **overrides})
@@ -37,7 +37,7 @@ def make(root: Path, **overrides):
 def student(params, paths, size: str):
     """The embedded student, or a model of t5-small's or t5-base's shape built from config (random weights, no
     download; the vocabulary is the workspace's trained one)."""
-    from tinythinker.student import load_student
+    from tinythinker.student.model import load_student
 
     if size == "embedded":
         return load_student(params, paths)
@@ -64,9 +64,9 @@ def training_args(out_dir, batch_size: int, steps: int, lr: float, seed: int, **
 
 def sft_rows(params, paths, tokenizer):
     """The sft stage's tokenised rows (stages in chain order) and its curriculum batch sampler."""
-    from tinythinker import seq2seq
-    from tinythinker.curriculum import CurriculumBatchSampler, sft_intervals
-    from tinythinker.sft import _stage_data
+    from tinythinker.student import seq2seq
+    from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
+    from tinythinker.student.sft import _stage_data
 
     s = params.sft
     stages = _stage_data(params, paths)
@@ -86,7 +86,7 @@ def trained(params, paths, size: str, steps: int):
     """
     import torch
 
-    from tinythinker import seq2seq
+    from tinythinker.student import seq2seq
 
     torch.manual_seed(params.seed)
     model, tokenizer = student(params, paths, size)

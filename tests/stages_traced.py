@@ -16,15 +16,15 @@ from pathlib import Path
 import torch
 import transformers
 
-import tinythinker.chain as chain
-import tinythinker.distributed as distributed
-import tinythinker.evaluate as evaluate
-from tinythinker.dpo import dpo_train
-from tinythinker.evaluate import test
-from tinythinker.pairs import dpo_sample
+import tinythinker.student.chain as chain
+import tinythinker.student.distributed as distributed
+import tinythinker.student.evaluate as evaluate
+from tinythinker.reflect.dpo import dpo_train
+from tinythinker.student.evaluate import test
+from tinythinker.reflect.pairs import dpo_sample
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.sft import sft
+from tinythinker.student.sft import sft
 
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 only = sys.argv[3].split(",") if len(sys.argv) > 3 else None

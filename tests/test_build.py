@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from tinythinker.build import build
+from tinythinker.teacher.build import build
 from tinythinker.io import read_json, read_jsonl, write_jsonl
 from tinythinker.params import load
 from tinythinker.paths import Paths

@@ -5,12 +5,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinythinker import causal, protocol as P
-from tinythinker.chain import Decoding, generate, run_chain
-from tinythinker.curriculum import CurriculumBatchSampler, sft_intervals
+from tinythinker.student import causal
+from tinythinker import protocol as P
+from tinythinker.student.chain import Decoding, generate, run_chain
+from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.student import family, load_student, tokenizer_stage
+from tinythinker.student.model import family, load_student, tokenizer_stage
 
 from test_dpo import ANALYZE, BLOCK, RECALL, VALID  # noqa: F401 - the same hand-made pairs as the T5 path
 from test_sft import one_thread, questions, write_task  # noqa: F401 - one_thread: an autouse fixture
@@ -37,8 +38,8 @@ def paths(tmp_path):
 def _sft_trainer(params, paths, tmp_path):
     """The stage's SFT trainer on the causal family, as `sft.sft` builds it, with its sampler."""
     from tinythinker.io import read_jsonl
-    from tinythinker.sft import _stage_data
-    from tinythinker.training import trainer_kwargs
+    from tinythinker.student.sft import _stage_data
+    from tinythinker.student.training import trainer_kwargs
 
     kind = family(params)
     args = kind.sft_arguments(params, output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=8,
@@ -127,13 +128,13 @@ def test_sft_stage_learns_and_saves_a_causal_checkpoint(paths):
     from transformers import LlamaForCausalLM
 
     from tinythinker.io import read_json
-    from tinythinker.sft import sft
+    from tinythinker.student.sft import sft
 
     params = PARAMS.replace(**{"sft.epochs": 30.0, "sft.eval_every": 90})
     d = Decoding(max_new_tokens=24)
 
     def chain_accuracy(model_dir=None):
-        from tinythinker.chain import accuracy
+        from tinythinker.student.chain import accuracy
         model, tok = load_student(params, paths, model_dir)
         return accuracy(run_chain(model, tok, questions(12), recall=d, analyze=d, summarize=d))
 
@@ -157,7 +158,7 @@ DPO = PARAMS.replace(**{"generation.max_new_tokens": 6, "generation.batch_size":
 @pytest.fixture(scope="module")
 def causal_sft(tmp_path_factory):
     """A tiny causal model and its tokenizer saved like models/sft."""
-    from tinythinker.student import train_tokenizer
+    from tinythinker.student.model import train_tokenizer
 
     root = tmp_path_factory.mktemp("causal")
     texts = [t for r in RECALL + ANALYZE for t in r.values()] + [P.summarize_target(x) for x in "AB"]
@@ -183,8 +184,8 @@ def seq_logps(model, tok, rows):
 def test_trl_dpo_step_raises_the_margin_over_a_precomputed_reference(causal_sft, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tinythinker import dpo_trl
-    from tinythinker.dpo import REWARD_KEYS, schedule_intervals
+    from tinythinker.reflect import dpo_causal as dpo_trl
+    from tinythinker.reflect.dpo import REWARD_KEYS, schedule_intervals
 
     model, tok = AutoModelForCausalLM.from_pretrained(causal_sft), AutoTokenizer.from_pretrained(causal_sft)
     pairs = {"recall": RECALL, "analyze": ANALYZE}
@@ -215,8 +216,8 @@ def test_trl_dpo_step_raises_the_margin_over_a_precomputed_reference(causal_sft,
 def test_dpo_train_stage_on_trl_reports_the_t5_metric_names(tmp_path, causal_sft, monkeypatch):
     import shutil
 
-    import tinythinker.distributed as distributed
-    from tinythinker.dpo import REWARD_KEYS, dpo_train, schedule_intervals
+    import tinythinker.student.distributed as distributed
+    from tinythinker.reflect.dpo import REWARD_KEYS, dpo_train, schedule_intervals
     from tinythinker.io import read_json, write_jsonl
 
     scores = iter([50.0, 60.0, 55.0, 58.0, 52.0])  # start, then one per cycle: the first cycle is best
@@ -243,7 +244,7 @@ def test_lora_adapters_are_folded_into_a_plain_checkpoint(paths):
     pytest.importorskip("peft")
     from safetensors.torch import load_file
 
-    from tinythinker.sft import sft
+    from tinythinker.student.sft import sft
 
     params = PARAMS.replace(**{"student.lora.rank": 4, "sft.eval_every": 9})
     start, _ = load_student(params, paths)

@@ -3,7 +3,7 @@ from itertools import groupby
 
 import pytest
 
-from tinythinker.curriculum import CurriculumBatchSampler, schedule, sft_intervals
+from tinythinker.student.curriculum import CurriculumBatchSampler, schedule, sft_intervals
 from tinythinker.protocol import STAGES
 
 

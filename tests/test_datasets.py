@@ -12,12 +12,12 @@ from typer.testing import CliRunner
 
 from tinythinker import protocol
 from tinythinker.cli import app
-from tinythinker.download import download
+from tinythinker.data.download import download
 from tinythinker.io import DataError, read_json, read_jsonl
 from tinythinker.params import Params, ParamsError, load
 from tinythinker.paths import Paths
-from tinythinker.prepare import prepare
-from tinythinker.tasks import TASK_DIR, TaskError, available, get_task, load_task
+from tinythinker.data.prepare import prepare
+from tinythinker.data.tasks import TASK_DIR, TaskError, available, get_task, load_task
 
 BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 
@@ -346,8 +346,8 @@ def test_hub_rows_are_mapped_per_task(tmp_path, monkeypatch):
 def test_pinned_hub_revision_is_passed_and_recorded(tmp_path, monkeypatch):
     import dataclasses
 
-    import tinythinker.download as download_module
-    import tinythinker.prepare as prepare_module
+    import tinythinker.data.download as download_module
+    import tinythinker.data.prepare as prepare_module
 
     pinned = dataclasses.replace(get_task("obqa"), hub=dataclasses.replace(get_task("obqa").hub, revision="c0ffee" * 6))
     monkeypatch.setattr(download_module, "get_task", lambda name: pinned)

@@ -31,11 +31,11 @@ def test_launcher_reaches_every_model_stage():
     assert stages["test_sft"]["cmd"].startswith("${launcher} tinythinker test")
     assert stages["test"]["do"]["cmd"].startswith("${launcher} tinythinker test")
     for stage in (stages["sft"], stages["test_sft"], *(stages[s]["do"] for s in ("dpo_sample", "dpo_train", "test"))):
-        assert "src/tinythinker/distributed.py" in stage["deps"]
+        assert "src/tinythinker/student/distributed.py" in stage["deps"]
 
 
 def test_single_process_map_sharded_is_the_plain_call():
-    import tinythinker.distributed as D
+    import tinythinker.student.distributed as D
 
     calls = []
     assert D.map_sharded(lambda xs: calls.append(list(xs)) or [x * 2 for x in xs], range(5)) == [0, 2, 4, 6, 8]
@@ -44,7 +44,7 @@ def test_single_process_map_sharded_is_the_plain_call():
 
 
 def test_replicas_masks_fsdp_efficient_loading_only_while_loading(monkeypatch):
-    import tinythinker.distributed as D
+    import tinythinker.student.distributed as D
 
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
     with D.replicas():
@@ -56,8 +56,8 @@ def test_single_process_chain_accuracy_matches_plain_accuracy(monkeypatch):
     """One process: chain_accuracy is the chain's accuracy over all questions."""
     from accelerate import Accelerator
 
-    import tinythinker.distributed as D
-    from tinythinker import chain
+    import tinythinker.student.distributed as D
+    from tinythinker.student import chain
 
     calls = []
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tinythinker import protocol as P
-from tinythinker.dpo import (collate, disable_dropout, dpo_loss, dpo_train, policy_logps, reference_logps,
+from tinythinker.reflect.dpo import (collate, disable_dropout, dpo_loss, dpo_train, policy_logps, reference_logps,
                              schedule_intervals, sequence_logps, tokenize_pairs)
 from tinythinker.io import read_json, write_jsonl
 from tinythinker.params import load
@@ -81,7 +81,7 @@ def test_schedule_intervals_spec_6_3():
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory):
     """A tiny T5 and its tokenizer saved like models/sft (tokenizer trained here, weights seeded)."""
-    from tinythinker.student import load_student, train_tokenizer
+    from tinythinker.student.model import load_student, train_tokenizer
 
     root = tmp_path_factory.mktemp("sft")
     texts = [t for r in RECALL + ANALYZE for t in r.values()] + [P.summarize_target(x) for x in "AB"]
@@ -110,8 +110,8 @@ def test_dropout_disabled(sft_model):
 
 
 def test_training_raises_margin_and_leaves_reference_alone(sft_model, tmp_path):
-    from tinythinker.chain import Decoding
-    from tinythinker.dpo import build_trainer
+    from tinythinker.student.chain import Decoding
+    from tinythinker.reflect.dpo import build_trainer
 
     short = Decoding(max_new_tokens=6)
     model, tok = load(sft_model)
@@ -171,8 +171,8 @@ def test_empty_pairs_pass_the_starting_model_through(tmp_path, sft_model):
 
 @pytest.mark.parametrize("improves", [True, False])
 def test_stage_keeps_best_of_start_and_checkpoints(tmp_path, sft_model, monkeypatch, improves):
-    import tinythinker.chain as chain
-    import tinythinker.distributed as distributed
+    import tinythinker.student.chain as chain
+    import tinythinker.student.distributed as distributed
 
     # Validation accuracy scripted per call (start, eval 1, eval 2): a random tiny model scores 0 throughout.
     scores = iter([50.0, 60.0, 55.0] if improves else [50.0, 40.0, 50.0])
@@ -213,8 +213,8 @@ def test_bad_pair_row_is_a_data_error(tmp_path, sft_model):
 def test_interrupted_run_resumes_to_the_same_model(tmp_path, sft_model, monkeypatch):
     from safetensors.torch import load_file
 
-    import tinythinker.chain as chain
-    import tinythinker.distributed as distributed
+    import tinythinker.student.chain as chain
+    import tinythinker.student.distributed as distributed
 
     cycle = sum(schedule_intervals(3, 2, 2).values())
     runs = {}
@@ -239,9 +239,9 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, sft_model, monkeypa
 def test_tf32_and_precision_are_set_before_the_first_forward_pass(tmp_path, sft_model, monkeypatch):
     """TF32 is switched (off here) before the start validation and the reference log-probs (both inside the
     Trainer's pre-pass), which are computed in the training precision."""
-    import tinythinker.distributed as distributed
-    import tinythinker.dpo as dpo
-    import tinythinker.training as training
+    import tinythinker.student.distributed as distributed
+    import tinythinker.reflect.dpo as dpo
+    import tinythinker.student.training as training
 
     events = []
     monkeypatch.setattr(training, "set_tf32", lambda on: events.append(("tf32", on)))
@@ -258,8 +258,8 @@ def test_tf32_and_precision_are_set_before_the_first_forward_pass(tmp_path, sft_
 
 def test_accumulation_is_the_same_optimizer_step(sft_model, tmp_path):
     """batch 1 x 2 micro-batches = batch 2: the same optimizer steps over the same pairs, the same weights."""
-    from tinythinker.chain import Decoding
-    from tinythinker.dpo import build_trainer
+    from tinythinker.student.chain import Decoding
+    from tinythinker.reflect.dpo import build_trainer
 
     recall = RECALL + [{**RECALL[0], "chosen": "Iron is a metal 9."}]  # 4 recall + 2 analyze pairs: no tails
     chain_kwargs = {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), Decoding(max_new_tokens=6))}

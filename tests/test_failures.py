@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tinythinker import synthetic
+from tinythinker.data import synthetic
 from tinythinker.cli import app
 from tinythinker.io import read_jsonl, write_jsonl
 from tinythinker.paths import Paths
@@ -139,7 +139,7 @@ def test_iteration_keys_cannot_leave_the_repository(repo, key):
 def tiny_model(tmp_path_factory) -> Path:
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from tinythinker.student import train_tokenizer
+    from tinythinker.student.model import train_tokenizer
 
     tok = train_tokenizer(["Which is a metal? (A) wood (B) iron", "So the answer is option B."] * 5, 60)
     cfg = T5Config(vocab_size=len(tok), d_model=8, d_ff=8, d_kv=4, num_heads=1, num_layers=1, num_decoder_layers=1,
@@ -223,7 +223,7 @@ def test_a_missing_field_is_named_by_file_line_and_field(repo, rel, field, cmd):
     del rows[1][field]
     write_jsonl(path, rows)
     if cmd is None:  # dpo-sample reads it after the model: check the reader directly
-        from tinythinker.build import QUESTION_FIELDS
+        from tinythinker.teacher.build import QUESTION_FIELDS
         from tinythinker.io import DataError
         with pytest.raises(DataError, match=re.escape(f"{path}:2: missing field '{field}'")):
             read_jsonl(path, QUESTION_FIELDS)
@@ -304,7 +304,7 @@ def test_a_full_disk_is_one_line_naming_the_output(repo):
 # --- a killed build -------------------------------------------------------------------------------------------
 KILL_AFTER = """
 import os, signal, sys
-import tinythinker.build as b
+import tinythinker.teacher.build as b
 calls, real = [0], b.write_jsonl
 def write_jsonl(path, rows):
     calls[0] += 1

@@ -20,8 +20,8 @@ import pytest
 import yaml
 
 from tinythinker import protocol as P
-from tinythinker.curriculum import CurriculumBatchSampler, sft_intervals
-from tinythinker.dpo import schedule_intervals
+from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
+from tinythinker.reflect.dpo import schedule_intervals
 from tinythinker.io import read_jsonl, write_jsonl
 from tinythinker.params import load, to_dict
 from tinythinker.paths import Paths
@@ -47,7 +47,7 @@ ACC_PARAMS = PARAMS.replace(**{"sft.gradient_accumulation_steps": ACC, "dpo.grad
 
 def _workspace(root: Path) -> tuple[Paths, dict[str, int], dict[str, int]]:
     """Stage data, tokenizer, a saved initial student and hand-made pairs; (paths, SFT sizes, DPO sizes)."""
-    from tinythinker.student import load_student, tokenizer_stage
+    from tinythinker.student.model import load_student, tokenizer_stage
 
     paths = Paths(root)
     qs = questions(N_QUESTIONS, seed=3)

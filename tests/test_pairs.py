@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tinythinker import protocol as P
-from tinythinker.pairs import analyze_pairs, iteration_init, recall_pairs
+from tinythinker.reflect.pairs import analyze_pairs, iteration_init, recall_pairs
 from tinythinker.params import ParamsError, load
 
 BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
@@ -168,10 +168,10 @@ def scripted_chain(calls):
 
 @pytest.mark.parametrize("stage_type", ["recall_analyze", "recall", "analyze"])
 def test_dpo_sample_stage(tmp_path, monkeypatch, stage_type):
-    import tinythinker.chain as chain
-    import tinythinker.student as student
+    import tinythinker.student.chain as chain
+    import tinythinker.student.model as student
     from tinythinker.io import read_json, read_jsonl, write_jsonl
-    from tinythinker.pairs import dpo_sample
+    from tinythinker.reflect.pairs import dpo_sample
     from tinythinker.paths import Paths
 
     paths = Paths(tmp_path)
@@ -218,7 +218,7 @@ def test_dpo_sample_stage(tmp_path, monkeypatch, stage_type):
 def test_ablated_student_gets_no_pairs(tmp_path):
     """A summarize-only student has no recall/analyze chain to reflect on: empty pairs, no model needed."""
     from tinythinker.io import read_json, read_jsonl
-    from tinythinker.pairs import dpo_sample
+    from tinythinker.reflect.pairs import dpo_sample
     from tinythinker.paths import Paths
 
     params = BASE.replace(**{"sft.stage_type": "summarize", "dpo.iterations": {"iter1": {"init": "models/sft"}}})
@@ -230,10 +230,10 @@ def test_ablated_student_gets_no_pairs(tmp_path):
 
 def test_each_iteration_samples_with_its_own_seed(tmp_path, monkeypatch):
     """Two iterations starting from the same model draw different chains; rerunning one draws the same."""
-    import tinythinker.chain as chain
-    import tinythinker.student as student
+    import tinythinker.student.chain as chain
+    import tinythinker.student.model as student
     from tinythinker.io import write_jsonl
-    from tinythinker.pairs import dpo_sample, iteration_seed
+    from tinythinker.reflect.pairs import dpo_sample, iteration_seed
     from tinythinker.paths import Paths
 
     paths = Paths(tmp_path)

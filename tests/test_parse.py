@@ -1,7 +1,7 @@
 """spec 3.3 completion checks, one hand-written completion per rule, and the spec 9 defects."""
 from collections import Counter
 
-from tinythinker.parse import analyses, collate_content, filter_answer, is_complete, majority
+from tinythinker.teacher.parse import analyses, collate_content, filter_answer, is_complete, majority
 
 GOOD = """Key Information: Metal conducts electricity.
 Explanations: B is correct. Because copper is a metal

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from tinythinker import prompts
+from tinythinker.teacher import prompts
 from tinythinker.io import DataError, read_json, read_jsonl, write_jsonl
 from tinythinker.params import ParamsError, load
 from tinythinker.paths import Paths

@@ -11,7 +11,7 @@ from tinythinker.cli import app
 from tinythinker.io import write_json
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.publish import KEY_PARAMS, PublishError, model_card, publish, push
+from tinythinker.results.publish import KEY_PARAMS, PublishError, model_card, publish, push
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = load(REPO / "params.yaml")  # params.yaml holds every value

@@ -7,7 +7,7 @@ import yaml
 from tinythinker.io import write_json, write_text
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.report import report
+from tinythinker.results.report import report
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS = load(REPO / "params.yaml").replace(**{"dpo.iterations": {"iter1": {"init": "models/sft"},

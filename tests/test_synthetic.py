@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tinythinker import synthetic as S
+from tinythinker.data import synthetic as S
 from tinythinker.params import load
 
 BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value

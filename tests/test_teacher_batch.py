@@ -27,13 +27,13 @@ import pytest
 
 from test_teacher_openai import (API_KEY, ERRORS, REPO, assert_key_never_written, closing_servers, completion_for,
                                  setup_root)
-from tinythinker import batch as batch_module
+from tinythinker.teacher import batch as batch_module
 from tinythinker.io import read_json, read_jsonl, write_jsonl
-from tinythinker.journal import ResponseStore, request_key
+from tinythinker.teacher.store import ResponseStore, request_key
 from tinythinker.params import ParamsError, load
 from tinythinker.paths import Paths
-from tinythinker.prompts import BATCH_DISCOUNT, PRICES
-from tinythinker.teacher import TeacherError, _usd, origin, request
+from tinythinker.teacher.prompts import BATCH_DISCOUNT, PRICES
+from tinythinker.teacher.request import TeacherError, _usd, origin, request
 
 BATCH = {"mode": "batch", "batch_poll_seconds": 0.02}
 

@@ -13,8 +13,8 @@ from test_teacher_openai import (API_KEY, assert_key_never_written, outage_after
                                  server_factory, setup_root)
 from tinythinker.io import read_json, read_jsonl
 from tinythinker.paths import Paths
-from tinythinker.prompts import build_requests, message_tokens
-from tinythinker.teacher import TeacherError, request
+from tinythinker.teacher.prompts import build_requests, message_tokens
+from tinythinker.teacher.request import TeacherError, request
 
 QUICK = {"max_retry_seconds": 1.0, "max_retries": 50, "max_concurrency": 1}
 

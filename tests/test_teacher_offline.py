@@ -5,14 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from tinythinker import synthetic
-from tinythinker.build import build
+from tinythinker.data import synthetic
+from tinythinker.teacher.build import build
 from tinythinker.io import DataError, read_jsonl, write_jsonl
-from tinythinker.journal import Journal, request_key
+from tinythinker.teacher.store import Journal, request_key
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.prompts import prompt
-from tinythinker.teacher import TeacherError, request
+from tinythinker.teacher.prompts import prompt
+from tinythinker.teacher.request import TeacherError, request
 
 BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
 

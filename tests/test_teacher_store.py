@@ -15,10 +15,10 @@ import yaml
 from test_teacher_offline import SMALL, make_root
 from test_teacher_openai import API_KEY, REPO, outage_after, server_factory, setup_root  # noqa: F401 (a fixture)
 from tinythinker.io import read_jsonl
-from tinythinker.journal import ResponseStore
+from tinythinker.teacher.store import ResponseStore
 from tinythinker.params import load
 from tinythinker.paths import STORE_ENV, Paths, store_dir
-from tinythinker.teacher import request
+from tinythinker.teacher.request import request
 
 BASE = load(REPO / "params.yaml")  # params.yaml holds every value
 
@@ -98,7 +98,7 @@ def test_another_server_is_not_served_the_same_server_is(tmp_path, server_factor
 
 WRITER = textwrap.dedent("""
     import json, sys
-    from tinythinker.journal import ResponseStore
+    from tinythinker.teacher.store import ResponseStore
     store, who = ResponseStore(sys.argv[1]), sys.argv[2]
     for i in range(200):
         kept = store.put({"key": f"{i:064x}", "body": {"i": i}, "response": {"by": who, "pad": "x" * 5000}})

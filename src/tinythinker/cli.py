@@ -52,49 +52,49 @@ def _fail(message: str) -> None:
 @app.command()
 def download(root: Path = ROOT) -> None:
     """Fetch the dataset named by `dataset.name` (Hub or `dataset.source`; synthetic is generated) into data/raw."""
-    from .download import download as run
+    from .data.download import download as run
     _run(lambda: run(*_ctx(root)))
 
 
 @app.command()
 def prepare(root: Path = ROOT) -> None:
     """Seeded train/valid/test splits with their ids saved, into data/prepared."""
-    from .prepare import prepare as run
+    from .data.prepare import prepare as run
     _run(lambda: run(*_ctx(root)))
 
 
 @app.command()
 def prompt(root: Path = ROOT) -> None:
     """One teacher chat request per training question, plus a cost estimate in metrics/teacher_cost.json."""
-    from .prompts import prompt as run
+    from .teacher.prompts import prompt as run
     _run(lambda: run(*_ctx(root)))
 
 
 @app.command()
 def request(root: Path = ROOT) -> None:
     """Ask the teacher (offline or OpenAI-compatible); every response is journaled, a rerun never pays twice."""
-    from .teacher import request as run
+    from .teacher.request import request as run
     _run(lambda: run(*_ctx(root)))
 
 
 @app.command()
 def build(root: Path = ROOT) -> None:
     """Parse and filter teacher completions into the recall/analyze/summarize stage datasets (and ablations)."""
-    from .build import build as run
+    from .teacher.build import build as run
     _run(lambda: run(*_ctx(root)))
 
 
 @app.command()
 def tokenizer(root: Path = ROOT) -> None:
     """Train the embedded student's tokenizer on the stage datasets, or save the pretrained one."""
-    from .student import tokenizer_stage as run
+    from .student.model import tokenizer_stage as run
     _run(lambda: run(*_ctx(root)))
 
 
 @app.command()
 def sft(root: Path = ROOT) -> None:
     """Phase 1: curriculum SFT over recall -> analyze -> summarize; the best checkpoint by validation chain accuracy."""
-    from .sft import sft as run
+    from .student.sft import sft as run
     _run(lambda: run(*_ctx(root)))
 
 
@@ -102,7 +102,7 @@ def sft(root: Path = ROOT) -> None:
 def dpo_sample(iteration: str = typer.Argument(..., help="Iteration key of dpo.iterations, e.g. iter1."),
                root: Path = ROOT) -> None:
     """Phase 2: sample the student's own chains on the training questions and build preference pairs."""
-    from .pairs import dpo_sample as run
+    from .reflect.pairs import dpo_sample as run
     _run(lambda: run(*_ctx(root), iteration))
 
 
@@ -110,7 +110,7 @@ def dpo_sample(iteration: str = typer.Argument(..., help="Iteration key of dpo.i
 def dpo_train(iteration: str = typer.Argument(..., help="Iteration key of dpo.iterations, e.g. iter1."),
               root: Path = ROOT) -> None:
     """Phase 2: DPO (+ NLL on chosen) from the iteration's starting model, which is also the reference."""
-    from .dpo import dpo_train as run
+    from .reflect.dpo import dpo_train as run
     _run(lambda: run(*_ctx(root), iteration))
 
 
@@ -119,14 +119,14 @@ def test(model: Path = typer.Option(..., help="Checkpoint directory to evaluate.
          name: str = typer.Option("test", help="Name of the metrics/predictions files written."),
          root: Path = ROOT) -> None:
     """Run the generation chain on the test split; accuracy (and majority vote) to metrics/<name>.json."""
-    from .evaluate import test as run
+    from .student.evaluate import test as run
     _run(lambda: run(*_ctx(root), model, name))
 
 
 @app.command()
 def report(root: Path = ROOT) -> None:
     """Headline metrics (metrics/summary.json), the per-model table and metrics/report.md with its pictures."""
-    from .report import report as run
+    from .results.report import report as run
     _run(lambda: run(*_ctx(root)))
 
 
@@ -136,7 +136,7 @@ def publish(push: str = typer.Option(None, "--push", metavar="REPO_ID",
             private: bool = typer.Option(False, "--private", help="Create the Hub repo as private."),
             root: Path = ROOT) -> None:
     """models/final = the final model + a Hugging Face model card (README.md); --push uploads it as it is."""
-    from .publish import publish as run, push as upload
+    from .results.publish import publish as run, push as upload
 
     if push:
         from .paths import Paths

@@ -95,7 +95,7 @@ class SyntheticParams:
     uniform_answers: bool  # answers drawn alike from their pool (every held-out fact tested equally), not by zipf
 
     def __post_init__(self):
-        from .synthetic import MAX_CATEGORIES, MAX_CLUES, MAX_ENTITIES  # the world's size lives with the world
+        from .data.synthetic import MAX_CATEGORIES, MAX_CLUES, MAX_ENTITIES  # the world's size lives with the world
 
         _check(self.num_categories >= self.num_options, "dataset.synthetic.num_categories",
                "must be >= num_options (every distractor comes from another category)")

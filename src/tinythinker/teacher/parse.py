@@ -13,7 +13,7 @@ import re
 from collections import Counter
 from typing import Optional
 
-from .protocol import close_sentence
+from ..protocol import close_sentence
 
 # Checked in this order; the first one present in a line splits it (spec 3.3).
 DELIMITERS = ("Because ", "Because, ", "Although ", "While ")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections import Counter
 
-from . import protocol as P
-from .io import DataError, atomic_path, read_jsonl, write_json, write_jsonl
-from .params import Params
+from .. import protocol as P
+from ..io import DataError, atomic_path, read_jsonl, write_json, write_jsonl
+from ..params import Params
 from .parse import (INCOMPLETE, INCONSISTENT, LENGTH, MALFORMED, NO_ANSWER, NO_KEY_INFO, analyses, filter_answer,
                     is_complete, majority)
-from .paths import Paths
-from .prepare import read_split
+from ..paths import Paths
+from ..data.prepare import read_split
 
 # The fields a reader of each file needs (DEVELOPERS.md "File formats"); a row without one is named by line.
 COMPLETION_FIELDS = ("id", "completions")  # data/teacher/completions.jsonl

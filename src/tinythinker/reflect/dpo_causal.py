@@ -14,9 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from . import protocol as P
+from .. import protocol as P
 from .dpo import STAGES
-from .params import Params
+from ..params import Params
 
 
 def arguments(params: Params):
@@ -46,10 +46,10 @@ def build_trainer(params: Params, model, tokenizer, pairs: Mapping[str, Sequence
     default to dpo.training_args with `arguments`. The reference log-probs are computed here, by the constructor."""
     from trl import DPOTrainer
 
-    from .causal import lora_config
-    from .curriculum import CurriculumBatchSampler
+    from ..student.causal import lora_config
+    from ..student.curriculum import CurriculumBatchSampler
     from .dpo import training_args
-    from .training import CurriculumChainMixin
+    from ..student.training import CurriculumChainMixin
 
     class CurriculumDPOTrainer(CurriculumChainMixin, DPOTrainer):
         pass

@@ -19,13 +19,13 @@ import random
 from collections import defaultdict
 from typing import Mapping, Sequence
 
-from . import distributed
-from . import protocol as P
-from .build import CHAIN_FIELDS, QUESTION_FIELDS
-from .chain import is_correct
-from .io import DataError, read_jsonl, write_json, write_jsonl
-from .params import Params, ParamsError
-from .paths import Paths
+from ..student import distributed
+from .. import protocol as P
+from ..teacher.build import CHAIN_FIELDS, QUESTION_FIELDS
+from ..student.chain import is_correct
+from ..io import DataError, read_jsonl, write_json, write_jsonl
+from ..params import Params, ParamsError
+from ..paths import Paths
 
 FIELDS = ("qid", "prompt", "chosen", "rejected")  # what a pair file holds (DEVELOPERS.md)
 
@@ -131,7 +131,7 @@ def analyze_pairs(groups: Sequence[Mapping], rng: random.Random) -> list[dict]:
 
 
 def _decodings(params: Params):
-    from .chain import Decoding
+    from ..student.chain import Decoding
 
     d, n = params.dpo, params.generation.max_new_tokens
     sampled = Decoding(do_sample=True, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, max_new_tokens=n)
@@ -164,7 +164,7 @@ def sample_pairs(params: Params, model, tokenizer, questions: list[dict], teache
     """The student's chains on `questions` -> (recall pairs, analyze pairs, the recall-sampling chains, the number of
     analysed recalls). Each process samples its share (`distributed.map_sharded`); `share_prompts=False` generates
     every repeated prompt on its own (bench/ measures against it)."""
-    from .chain import run_chain
+    from ..student.chain import run_chain
 
     sampled, greedy = _decodings(params)
     n, bs = params.dpo.samples, params.generation.batch_size
@@ -206,8 +206,8 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
     its share of the chains with its own copy of the model and its own seed; pairs are built from all of them."""
     from transformers import set_seed
 
-    from .chain import accuracy
-    from .student import load_student
+    from ..student.chain import accuracy
+    from ..student.model import load_student
 
     init = paths.root / iteration_init(params, iteration)
     procs = distributed.state()

@@ -26,8 +26,8 @@ from __future__ import annotations
 import random
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
-from . import protocol as P
-from .io import DataError
+from .. import protocol as P
+from ..io import DataError
 
 MEGABATCH = 50  # batches per length-sorted chunk, as in transformers' LengthGroupedSampler
 

@@ -25,13 +25,13 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from . import distributed
-from .build import QUESTION_FIELDS
-from .io import DataError, atomic_path, read_json, read_jsonl, write_json
+from ..student import distributed
+from ..teacher.build import QUESTION_FIELDS
+from ..io import DataError, atomic_path, read_json, read_jsonl, write_json
 from .pairs import FIELDS, iteration_init
-from .params import Params, to_dict
-from .paths import Paths
-from .training import SKIP_LOG, autocast, resolve_precision, trainer_kwargs
+from ..params import Params, to_dict
+from ..paths import Paths
+from ..student.training import SKIP_LOG, autocast, resolve_precision, trainer_kwargs
 
 STAGES = ("recall", "analyze")
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -164,7 +164,7 @@ def schedule_intervals(n_recall: int, n_analyze: int, batch_size: int) -> dict[s
 def _trainer_classes():
     from transformers import Trainer, TrainerCallback
 
-    from .training import CurriculumChainMixin
+    from ..student.training import CurriculumChainMixin
 
     class Seq2SeqDPOTrainer(CurriculumChainMixin, Trainer):
         # compute_loss returns a mean per micro-batch: the Trainer divides it by gradient_accumulation_steps
@@ -235,7 +235,7 @@ def training_args(params: Params, intervals: dict[str, int], ckpt_dir: Path, tra
                   arguments=None):
     """Evaluation and checkpoints once per schedule cycle (in optimizer steps), `dpo.passes` cycles in all.
     `train_kwargs`: the shared TrainingArguments fields (training.trainer_kwargs); `arguments`: what builds the
-    arguments from these fields (TrainingArguments; TRL's DPOConfig for a decoder-only student, dpo_trl.arguments)."""
+    arguments from these fields (TrainingArguments; TRL's DPOConfig for a decoder-only student, dpo_causal.arguments)."""
     import torch
     from transformers import TrainingArguments
 
@@ -260,7 +260,7 @@ def build_trainer(params: Params, model, tokenizer, features: list[dict], sizes:
                   callbacks: Sequence = (), args=None):
     """The DPO trainer over `features` (reference log-probs in them, or put there by a PrePass callback),
     stages concatenated in `sizes` order; `args` default to `training_args`."""
-    from .curriculum import CurriculumBatchSampler
+    from ..student.curriculum import CurriculumBatchSampler
 
     args = args or training_args(params, intervals, ckpt_dir)
     Trainer = _trainer_classes()[0]
@@ -297,9 +297,9 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     from dvclive import Live
     from transformers.trainer_utils import get_last_checkpoint
 
-    from . import dpo_trl
-    from .chain import Decoding
-    from .student import family, load_student
+    from . import dpo_causal
+    from ..student.chain import Decoding
+    from ..student.model import family, load_student
 
     d, g = params.dpo, params.generation
     init = paths.root / iteration_init(params, iteration)
@@ -346,7 +346,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
 
     # The model after the arguments (ZeRO-3 / FSDP memory-efficient loading, distributed.py); the Trainer puts it
     # on its device.
-    args = training_args(params, intervals, ckpt_dir, train_kwargs, dpo_trl.arguments(params) if trl else None)
+    args = training_args(params, intervals, ckpt_dir, train_kwargs, dpo_causal.arguments(params) if trl else None)
     model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
     features: list[dict] = []
     if not trl:  # TRL tokenises, disables dropout and precomputes the reference log-probs itself
@@ -402,7 +402,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
 
     callbacks = [PrePass(prepass), live_cb, Stop()]
     if trl:
-        trainer = dpo_trl.build_trainer(params, model, tokenizer, pairs, intervals, ckpt_dir, valid, chain_kwargs,
+        trainer = dpo_causal.build_trainer(params, model, tokenizer, pairs, intervals, ckpt_dir, valid, chain_kwargs,
                                         callbacks, args=args)
     else:
         trainer = build_trainer(params, model, tokenizer, features, {s: len(pairs[s]) for s in STAGES}, intervals,

@@ -13,7 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Optional
 
-from . import protocol as P
+from .. import protocol as P
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ def generate(model, tokenizer, prompts: list[str], decoding: Decoding, batch_siz
     import torch
     from tqdm.auto import tqdm
 
-    from .student import family_of
+    from .model import family_of
 
     if not prompts:
         return []

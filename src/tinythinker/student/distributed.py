@@ -24,7 +24,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from .io import atomic_path
+from ..io import atomic_path
 
 
 def state():

@@ -15,14 +15,14 @@ import shutil
 from pathlib import Path
 
 from . import distributed
-from . import protocol as P
-from .build import QUESTION_FIELDS, STAGE_FIELDS
+from .. import protocol as P
+from ..teacher.build import QUESTION_FIELDS, STAGE_FIELDS
 from .chain import Decoding
 from .curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
-from .io import DataError, read_jsonl, write_json
-from .params import Params, to_dict
-from .paths import Paths
-from .student import family, load_student
+from ..io import DataError, read_jsonl, write_json
+from ..params import Params, to_dict
+from ..paths import Paths
+from .model import family, load_student
 from .training import SKIP_LOG, trainer_kwargs
 
 

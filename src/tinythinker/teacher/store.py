@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .io import DataError
+from ..io import DataError
 
 
 def request_key(body: dict, salt: str = "", origin: str = "") -> str:

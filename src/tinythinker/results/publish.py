@@ -15,11 +15,11 @@ from pathlib import Path
 
 import yaml
 
-from . import protocol as P
-from .io import DataError, atomic_path
-from .params import Params, to_dict
-from .paths import Paths
-from .tasks import get_task
+from .. import protocol as P
+from ..io import DataError, atomic_path
+from ..params import Params, to_dict
+from ..paths import Paths
+from ..data.tasks import get_task
 
 # The params the card reports (dvc.yaml lists the same under the stage's params).
 KEY_PARAMS = ("seed", "dataset.name", "dataset.limit", "student.model", "student.revision", "teacher.backend",

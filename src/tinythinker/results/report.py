@@ -16,9 +16,9 @@ import csv
 import json
 from pathlib import Path
 
-from .io import atomic_path, read_json, write_json, write_text
-from .params import Params
-from .paths import Paths
+from ..io import atomic_path, read_json, write_json, write_text
+from ..params import Params
+from ..paths import Paths
 
 SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
 

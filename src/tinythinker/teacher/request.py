@@ -34,11 +34,11 @@ from collections import Counter
 from typing import Optional
 from urllib.parse import urlsplit, urlunsplit
 
-from .io import DataError, read_jsonl, write_json, write_jsonl
-from .journal import Journal, ResponseStore, request_key
-from .params import Params, TeacherParams
+from ..io import DataError, read_jsonl, write_json, write_jsonl
+from .store import Journal, ResponseStore, request_key
+from ..params import Params, TeacherParams
 from .parse import filter_answer, is_complete
-from .paths import Paths, store_dir
+from ..paths import Paths, store_dir
 from .prompts import BATCH_DISCOUNT, PRICES, approx_tokens, limit_key, message_tokens
 
 KEY_HEADER = "X-TinyThinker-Request-Key"  # lets a server (or a test) tell rounds and repeats apart
@@ -157,7 +157,7 @@ class OfflineBackend(Backend):
         self.records, self.seed, self.fault_rate, self.wrong_fact_rate = records, seed, fault_rate, wrong_fact_rate
 
     async def complete(self, body: dict, key: str, qid: str, salt: str) -> dict:
-        from .synthetic import FAULTS, offline_completion
+        from ..data.synthetic import FAULTS, offline_completion
 
         record = self.records.get(qid)
         if record is None or "meta" not in record:
@@ -398,7 +398,7 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
                         usd=f"{stats['usd_micro'] / 1e6:.2f}", refresh=False)
         return resp
 
-    from .tasks import get_task
+    from ..data.tasks import get_task
 
     rounds = t.rounds or get_task(params.dataset.name).teacher.rounds
     for rnd in range(1, rounds + 1):

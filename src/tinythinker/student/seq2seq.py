@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from .params import Params
+from ..params import Params
 
 KIND = "seq2seq"
 ENCODE: dict = {}  # tokenizer kwargs for a generation batch: right padding (the tokenizer's default)

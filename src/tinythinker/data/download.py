@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Optional
 
-from .io import DataError, atomic_path, iter_jsonl, read_text, write_jsonl
-from .params import Params, ParamsError
-from .paths import Paths
+from ..io import DataError, atomic_path, iter_jsonl, read_text, write_jsonl
+from ..params import Params, ParamsError
+from ..paths import Paths
 from .tasks import Fields, TaskSpec, get_task
 
 RECORD = Fields(id="id", question="question", answer="answer", choices="choices")  # the normalised layout

@@ -31,9 +31,9 @@ import time
 from collections import Counter
 from typing import Optional
 
-from .journal import ResponseStore
-from .params import Params
-from .teacher import Backend, OpenAIBackend, RequestFailed, TeacherError
+from .store import ResponseStore
+from ..params import Params
+from .request import Backend, OpenAIBackend, RequestFailed, TeacherError
 
 # The API's limits on one input file; module constants so that tests can lower them.
 MAX_REQUESTS = 50_000

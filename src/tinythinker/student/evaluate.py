@@ -11,12 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import distributed
-from .build import QUESTION_FIELDS
+from ..teacher.build import QUESTION_FIELDS
 from .chain import Decoding, accuracy, majority_vote, run_chain
-from .io import read_jsonl, write_json, write_jsonl
-from .params import GenerationParams, Params, check_name
-from .paths import Paths
-from .student import load_student
+from ..io import read_jsonl, write_json, write_jsonl
+from ..params import GenerationParams, Params, check_name
+from ..paths import Paths
+from .model import load_student
 
 
 def decodings(g: GenerationParams) -> tuple[Decoding, Decoding]:

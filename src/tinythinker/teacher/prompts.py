@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
-from .io import DataError, read_json, write_json, write_jsonl
-from .params import Params, ParamsError
-from .paths import Paths
-from .prepare import read_split
+from ..io import DataError, read_json, write_json, write_jsonl
+from ..params import Params, ParamsError
+from ..paths import Paths
+from ..data.prepare import read_split
 
 EXEMPLAR_DIR = Path(__file__).with_name("exemplars")
 
@@ -128,7 +128,7 @@ def pick_shots(exemplars: list[dict], num_shots: Optional[int], seed: int) -> li
 
 
 def build_requests(params: Params, train: list[dict]) -> list[dict]:
-    from .tasks import get_task
+    from ..data.tasks import get_task
 
     t = params.teacher
     task = get_task(params.dataset.name)

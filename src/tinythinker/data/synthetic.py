@@ -34,7 +34,7 @@ import functools
 import random
 from typing import Optional, Sequence
 
-from .params import SyntheticParams
+from ..params import SyntheticParams
 
 # Category names all start with a consonant ("a fruit", never "an ..."); every hand-written thing is one common word.
 WORLD: dict[str, tuple[str, ...]] = {

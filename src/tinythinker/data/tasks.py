@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Literal, Optional
 
 
-from .io import read_yaml
-from .params import Params, ParamsError, _build, _check
+from ..io import read_yaml
+from ..params import Params, ParamsError, _build, _check
 
 TASK_DIR = Path(__file__).with_name("tasks")
 GENERATED_SPLITS = ("train", "valid", "test")

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from . import protocol as P
-from .io import DataError
-from .params import Params, ParamsError
+from .. import protocol as P
+from ..io import DataError
+from ..params import Params, ParamsError
 
 KIND = "causal"
 ENCODE = {"padding_side": "left"}  # tokenizer kwargs for a generation batch

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 
-from .io import DataError
-from .params import Params, ParamsError
-from .paths import Paths
+from ..io import DataError
+from ..params import Params, ParamsError
+from ..paths import Paths
 
 # bookkeeping the trainers log that makes no useful curve (and wall-clock values would make the curves of two
 # identical runs differ)
