@@ -19,10 +19,10 @@ from tinythinker.paths import Paths
 from tinythinker.data.prepare import prepare
 from tinythinker.data.tasks import TASK_DIR, TaskError, available, get_task, load_task
 
-BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 # CI runs in a fresh clone with shared/ beside it: <clone>/../shared/datasets.
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 OUTPUTS = ("train.jsonl", "valid.jsonl", "test.jsonl", "split_ids.json")
 
 
@@ -290,7 +290,7 @@ def test_missing_source_files_and_prepare_before_download(tmp_path):
 
 
 def test_cli_reports_bad_data_in_one_line_exit_2(tmp_path):
-    text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
+    text = (Path(__file__).resolve().parents[2] / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text.replace("name: synthetic", "name: csqa").replace(
         "source: null", "source: nowhere"))
     res = CliRunner().invoke(app, ["download", "--root", str(tmp_path)])

@@ -13,7 +13,7 @@ from tinythinker.params import load
 from tinythinker.paths import Paths
 from tinythinker.results.publish import KEY_PARAMS, PublishError, model_card, publish, push
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASE = load(REPO / "params.yaml")  # params.yaml holds every value
 PARAMS = BASE.replace(**{
     "dataset.name": "csqa", "student.model": "google-t5/t5-small", "teacher.backend": "openai",

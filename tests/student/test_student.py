@@ -9,7 +9,7 @@ from tinythinker.params import load
 from tinythinker.paths import Paths
 from tinythinker.student.model import load_student, tokenizer_stage
 
-BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 BLOCK = P.question_block("Which is a metal?", [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron, cast"}])
 
@@ -133,7 +133,7 @@ def test_tokenizer_is_the_same_file_in_every_process(tmp_path):
         "from tinythinker.params import load\n"
         "from tinythinker.data.synthetic import generate\n"
         "from tinythinker.student.model import train_tokenizer\n"
-        f"p = load({str(Path(__file__).resolve().parents[1] / 'params.yaml')!r})\n"
+        f"p = load({str(Path(__file__).resolve().parents[2] / 'params.yaml')!r})\n"
         "rows = [r for split in generate(p.dataset.synthetic, int(sys.argv[1])).values() for r in split]\n"
         "texts = [r['question'] + ' ' + ' '.join(f\"({c['label']}) {c['text']}\" for c in r['choices']) for r in rows]\n"
         "tok = train_tokenizer(texts, 300)\n"

@@ -13,7 +13,7 @@ from tinythinker.io import read_json, write_jsonl
 from tinythinker.params import load
 from tinythinker.paths import Paths
 
-BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 BLOCK = P.question_block("Which is a metal?", [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron"}])
 VALID = [{"qid": "v1", "block": BLOCK, "options": ["A", "B"], "gt": "B"}]

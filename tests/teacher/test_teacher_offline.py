@@ -14,7 +14,7 @@ from tinythinker.paths import Paths
 from tinythinker.teacher.prompts import prompt
 from tinythinker.teacher.request import TeacherError, request
 
-BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 SMALL = {"dataset.synthetic.num_train": 30, "dataset.synthetic.num_valid": 5, "dataset.synthetic.num_test": 5,
          "teacher.offline_fault_rate": 0.3}

@@ -26,12 +26,11 @@ from tinythinker.io import read_jsonl, write_jsonl
 from tinythinker.params import load, to_dict
 from tinythinker.paths import Paths
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_sft import questions, write_task  # noqa: E402
+from tests.student.test_sft import questions, write_task  # noqa: E402
 
 HERE = Path(__file__).parent
 N_QUESTIONS = 17  # 17 recall rows in batches of 2 x 4: 8, 8 and a lone 1 that must join a batch, not vanish
-PARAMS = load(HERE.parent / "params.yaml").replace(**{
+PARAMS = load(HERE.parents[1] / "params.yaml").replace(**{
     "student.embedded.vocab_size": 200, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
     "student.embedded.d_kv": 8, "student.embedded.num_heads": 4, "student.embedded.num_layers": 1,
     "student.embedded.num_decoder_layers": 1, "student.embedded.dropout_rate": 0.0,

@@ -29,7 +29,7 @@ from tinythinker.teacher.request import KEY_HEADER, TeacherError, request
 
 # A fresh sentinel per run, so no key-shaped literal is tracked; the tests check it never reaches a file or log.
 API_KEY = f"test-key-{secrets.token_hex(8)}"
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BASE = load(REPO / "params.yaml")  # params.yaml holds every value
 
 

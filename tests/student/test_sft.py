@@ -13,7 +13,7 @@ from tinythinker.paths import Paths
 from tinythinker.student.sft import _fingerprint, sft
 from tinythinker.student.model import load_student, tokenizer_stage
 
-BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 KINDS = {"color": ["red", "blue", "green"], "animal": ["dog", "cat", "cow"], "fruit": ["apple", "pear", "plum"],
          "tool": ["saw", "hammer", "drill"]}

@@ -9,7 +9,7 @@ from tinythinker import protocol as P
 from tinythinker.reflect.pairs import analyze_pairs, iteration_init, recall_pairs
 from tinythinker.params import ParamsError, load
 
-BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 BLOCK = "Which is a metal?\n(A) wood (B) iron (C) glass"
 BLOCKS = {"q1": BLOCK, "q2": "Is ice cold?\n(A) yes (B) no"}

@@ -9,7 +9,7 @@ from tinythinker.io import DataError, read_json, read_jsonl, write_jsonl
 from tinythinker.params import ParamsError, load
 from tinythinker.paths import Paths
 
-BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 RECORD = {"id": "q1", "question": "Which is a metal?",
           "choices": [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron, cast"},

@@ -9,7 +9,7 @@ from tinythinker.params import load
 from tinythinker.paths import Paths
 from tinythinker.results.report import report
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PARAMS = load(REPO / "params.yaml").replace(**{"dpo.iterations": {"iter1": {"init": "models/sft"},
                                                                   "iter2": {"init": "models/dpo/iter1"}}})
 

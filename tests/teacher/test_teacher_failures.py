@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from test_teacher_openai import (API_KEY, assert_key_never_written, outage_after, records,  # noqa: F401 (fixture)
+from tests.teacher.test_teacher_openai import (API_KEY, assert_key_never_written, outage_after, records,  # noqa: F401 (fixture)
                                  server_factory, setup_root)
 from tinythinker.io import read_json, read_jsonl
 from tinythinker.paths import Paths

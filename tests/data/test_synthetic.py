@@ -9,7 +9,7 @@ import pytest
 from tinythinker.data import synthetic as S
 from tinythinker.params import load
 
-BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 # The hand-written world (the structure tests need no invented words), small enough to read
 CFG = replace(BASE.dataset.synthetic, num_train=400, num_valid=20, num_test=30, clues_per_category=6,

@@ -7,7 +7,7 @@ import pytest
 from tinythinker.student.chain import GREEDY, Decoding, accuracy, generate, majority_vote, run_chain
 from tinythinker.params import load
 
-BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 B1 = "Which is a metal?\n(A) wood (B) iron, cast (C) glass"
 B2 = "Is ice cold?\n(A) yes (B) no"

@@ -8,7 +8,7 @@ from tinythinker.io import read_json, read_jsonl, write_jsonl
 from tinythinker.params import load
 from tinythinker.paths import Paths
 
-BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 Q1 = {"id": "q1", "question": "Which is a metal?", "answer": "B",
       "choices": [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron, cast"}, {"label": "C", "text": "glass"}]}

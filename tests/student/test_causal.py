@@ -13,10 +13,10 @@ from tinythinker.params import load
 from tinythinker.paths import Paths
 from tinythinker.student.model import family, load_student, tokenizer_stage
 
-from test_dpo import ANALYZE, BLOCK, RECALL, VALID  # noqa: F401 - the same hand-made pairs as the T5 path
-from test_sft import one_thread, questions, write_task  # noqa: F401 - one_thread: an autouse fixture
+from tests.reflect.test_dpo import ANALYZE, BLOCK, RECALL, VALID  # noqa: F401 - the same hand-made pairs as the T5 path
+from tests.student.test_sft import one_thread, questions, write_task  # noqa: F401 - one_thread: an autouse fixture
 
-BASE = load(Path(__file__).resolve().parents[1] / "params.yaml")  # params.yaml holds every value
+BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 PARAMS = BASE.replace(**{
     "student.model": "embedded-causal",
     "student.embedded.vocab_size": 200, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_teacher_offline import SMALL, make_root
-from test_teacher_openai import API_KEY, REPO, outage_after, server_factory, setup_root  # noqa: F401 (a fixture)
+from tests.teacher.test_teacher_offline import SMALL, make_root
+from tests.teacher.test_teacher_openai import API_KEY, REPO, outage_after, server_factory, setup_root  # noqa: F401 (a fixture)
 from tinythinker.io import read_jsonl
 from tinythinker.teacher.store import ResponseStore
 from tinythinker.params import load

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from test_teacher_openai import (API_KEY, ERRORS, REPO, assert_key_never_written, closing_servers, completion_for,
+from tests.teacher.test_teacher_openai import (API_KEY, ERRORS, REPO, assert_key_never_written, closing_servers, completion_for,
                                  setup_root)
 from tinythinker.teacher import batch as batch_module
 from tinythinker.io import read_json, read_jsonl, write_jsonl
