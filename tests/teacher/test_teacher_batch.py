@@ -33,7 +33,8 @@ from tinythinker.teacher.store import ResponseStore, request_key
 from tinythinker.params import ParamsError, load
 from tinythinker.paths import Paths
 from tinythinker.teacher.prompts import BATCH_DISCOUNT, PRICES
-from tinythinker.teacher.request import TeacherError, _usd, origin, request
+from tinythinker.teacher.backend import TeacherError, origin
+from tinythinker.teacher.request import _usd, request
 
 BATCH = {"mode": "batch", "batch_poll_seconds": 0.02}
 

@@ -14,7 +14,8 @@ from tests.teacher.test_teacher_openai import (API_KEY, assert_key_never_written
 from tinythinker.io import read_json, read_jsonl
 from tinythinker.paths import Paths
 from tinythinker.teacher.prompts import build_requests, message_tokens
-from tinythinker.teacher.request import TeacherError, request
+from tinythinker.teacher.backend import TeacherError
+from tinythinker.teacher.request import request
 
 QUICK = {"max_retry_seconds": 1.0, "max_retries": 50, "max_concurrency": 1}
 

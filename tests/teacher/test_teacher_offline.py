@@ -12,7 +12,8 @@ from tinythinker.teacher.store import Journal, request_key
 from tinythinker.params import load
 from tinythinker.paths import Paths
 from tinythinker.teacher.prompts import prompt
-from tinythinker.teacher.request import TeacherError, request
+from tinythinker.teacher.backend import TeacherError
+from tinythinker.teacher.request import request
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 

@@ -33,7 +33,8 @@ from typing import Optional
 
 from .store import ResponseStore
 from ..params import Params
-from .request import Backend, OpenAIBackend, RequestFailed, TeacherError
+from .backend import Backend, RequestFailed, TeacherError
+from .live import OpenAIBackend
 
 # The API's limits on one input file; module constants so that tests can lower them.
 MAX_REQUESTS = 50_000

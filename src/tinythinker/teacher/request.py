@@ -1,12 +1,13 @@
 """Stage `request`: ask the teacher for rationales, in re-ask rounds, never paying twice (spec 2.7, 3.1).
 
-Backends: `openai` (the official SDK against api.openai.com or any OpenAI-compatible server) and `offline`
-(the synthetic task's teacher). Both go through the same journal, rounds and parser. Each request is keyed by
+Teachers (backend.py, one module per kind, picked in `open_backend`): `openai` (live.py: the official SDK
+against api.openai.com or any OpenAI-compatible server), `offline` (offline.py: the synthetic task's teacher)
+and `teacher.mode=batch` (batch.py). All go through the same journal, rounds and parser. Each request is keyed by
 a hash of who answers (backend and normalised server), its full body (model included) and its round; a
 rerun — after a crash, a SIGKILL, a failed or finished run — rebuilds the same rounds and sends only what
 neither the journal nor the response store holds. That works because each round's requests depend only on
 the answers of earlier rounds. A paid response goes to the machine's response store first, then to the
-journal (see journal.py); the offline teacher's free answers are journaled only. With `teacher.mode=batch`
+journal (see store.py); the offline teacher's free answers are journaled only. With `teacher.mode=batch`
 (batch.py) each round's missing requests go to the OpenAI Batch API first, under the same keys, and its
 answers take the same way into the store and the journal.
 
@@ -26,257 +27,19 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import random
 import sys
-import time
 from collections import Counter
 from typing import Optional
-from urllib.parse import urlsplit, urlunsplit
 
-from ..io import DataError, read_jsonl, write_json, write_jsonl
-from .store import Journal, ResponseStore, request_key
-from ..params import Params, TeacherParams
-from .parse import filter_answer, is_complete
+from ..io import read_jsonl, write_json, write_jsonl
+from ..params import Params
 from ..paths import Paths, store_dir
-from .prompts import BATCH_DISCOUNT, PRICES, approx_tokens, limit_key, message_tokens
+from .backend import Backend, RequestFailed, TeacherError, origin
+from .parse import filter_answer, is_complete
+from .prompts import BATCH_DISCOUNT, PRICES, limit_key
+from .store import Journal, ResponseStore, request_key
 
-KEY_HEADER = "X-TinyThinker-Request-Key"  # lets a server (or a test) tell rounds and repeats apart
-_FATAL_STATUS = (401, 403, 404)  # wrong key, no access, wrong model or URL: no request can succeed
 _LOGGED_FAILURES = 10  # unanswered requests reported one line each; the rest are only counted
-
-
-class TeacherError(DataError):
-    """The teacher cannot be used (no key, refused, out of quota, unreachable); the message says what to fix."""
-
-
-class RequestFailed(Exception):
-    """One request ended without an answer; str() is the server's own message. `transient`: it ran out of
-    retries (server errors, timeouts, no connection), as opposed to being refused as sent. `deferred`: no
-    verdict on the request at all (its batch expired or was cancelled first); asked again, never counted as
-    a sign that requests cannot succeed."""
-
-    def __init__(self, message: str, transient: bool, deferred: bool = False):
-        super().__init__(message)
-        self.transient, self.deferred = transient, deferred
-
-
-class Backend:
-    """What the rounds need of a teacher. `complete` answers one request; `prepare_round` lets a batch teacher
-    (batch.py) have a round's missing requests answered together first, which `complete` then hands out, and
-    `finish_round` tells it they are stored; `provenance` adds to a new journal entry what its price depends on."""
-
-    batched = False  # prepare_round wants the round's missing requests
-
-    async def prepare_round(self, missing: list[tuple[dict, str, str]], label: str) -> bool:
-        """Answer `missing` ((body, salt, key) each) ahead of `complete`; True if any answer came."""
-        return False
-
-    def finish_round(self) -> None:
-        """Every answer of the round is stored."""
-
-    def provenance(self, key: str) -> dict:
-        return {}
-
-    async def complete(self, body: dict, key: str, qid: str, salt: str) -> dict:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        pass
-
-
-def server_url(base_url: Optional[str]) -> str:
-    """The server the SDK talks to, normalised (case, default port, trailing slash) and without any
-    user:password part, which must never reach a key, the store or a log."""
-    url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
-    try:
-        u = urlsplit(url.strip())
-        scheme, host, port = u.scheme.lower(), (u.hostname or "").lower(), u.port
-    except ValueError as e:
-        raise TeacherError(f"teacher.base_url: not a URL ({e})") from None
-    if ":" in host:
-        host = f"[{host}]"
-    if port is not None and port != {"http": 80, "https": 443}.get(scheme):
-        host += f":{port}"
-    return urlunsplit((scheme, host, u.path.rstrip("/"), u.query, ""))
-
-
-def origin(params: Params) -> str:
-    """Who answers, as part of every request key: another backend or server never serves these answers."""
-    t = params.teacher
-    if t.backend == "offline":  # its answers are a function of the seed and the fault rates too
-        return (f"offline seed={params.seed} fault_rate={t.offline_fault_rate!r} "
-                f"wrong_fact_rate={t.offline_wrong_fact_rate!r}")
-    return f"{t.backend} {server_url(t.base_url)}"
-
-
-class RateLimiter:
-    """Token buckets for requests and tokens per minute, refilled continuously, at most one second of burst."""
-
-    def __init__(self, rpm: float, tpm: float):
-        self.rate = {"req": rpm / 60.0, "tok": tpm / 60.0}
-        self.cap = {"req": max(1.0, rpm / 60.0), "tok": max(1.0, tpm / 60.0)}
-        self.level = {"req": 1.0, "tok": self.cap["tok"]}
-        self.t = time.monotonic()
-        self.not_before = 0.0
-        self.lock = asyncio.Lock()
-
-    def pause(self, seconds: float) -> None:
-        """After a 429 every request waits, not just the refused one (the original paused all for 15 s)."""
-        self.not_before = max(self.not_before, time.monotonic() + seconds)
-
-    async def acquire(self, tokens: int) -> float:
-        """Wait for one request and `tokens`; return the tokens charged (for `refund`)."""
-        tokens = min(tokens, self.cap["tok"])  # a request above one second of budget waits for a full bucket
-        async with self.lock:  # first come, first served: large requests are not starved by small ones
-            while True:
-                now = time.monotonic()
-                if now < self.not_before:
-                    await asyncio.sleep(self.not_before - now)
-                    continue
-                for k in self.level:
-                    self.level[k] = min(self.cap[k], self.level[k] + (now - self.t) * self.rate[k])
-                self.t = now
-                if self.level["req"] >= 1 and self.level["tok"] >= tokens:
-                    self.level["req"] -= 1
-                    self.level["tok"] -= tokens
-                    return tokens
-                wait = max((1 - self.level["req"]) / self.rate["req"],
-                           (tokens - self.level["tok"]) / self.rate["tok"])
-                await asyncio.sleep(max(wait, 0.001))
-
-    def refund(self, tokens: float) -> None:
-        """A request the server refused or never received gives its tokens back: only answers spend them."""
-        self.level["tok"] = min(self.cap["tok"], self.level["tok"] + tokens)
-
-
-class OfflineBackend(Backend):
-    """The synthetic task's teacher: deterministic per request key, with a share of realistic faults."""
-
-    def __init__(self, records: dict[str, dict], seed: int, fault_rate: float, wrong_fact_rate: float):
-        self.records, self.seed, self.fault_rate, self.wrong_fact_rate = records, seed, fault_rate, wrong_fact_rate
-
-    async def complete(self, body: dict, key: str, qid: str, salt: str) -> dict:
-        from ..data.synthetic import FAULTS, offline_completion
-
-        record = self.records.get(qid)
-        if record is None or "meta" not in record:
-            raise DataError(f"question {qid}: not in data/prepared/train.jsonl with its synthetic meta; "
-                            "the offline teacher answers synthetic questions only")
-        rng = random.Random(f"{self.seed}:{request_key(body, salt)}")  # the origin-free key: answers as before
-        choices = []
-        for i in range(body["n"]):
-            fault = rng.choice(FAULTS) if rng.random() < self.fault_rate else None
-            content, finish = offline_completion(record, rng, fault, rng.random() < self.wrong_fact_rate)
-            choices.append({"index": i, "message": {"role": "assistant", "content": content},
-                            "finish_reason": finish})
-        prompt_tokens = message_tokens(body["messages"])
-        completion_tokens = sum(approx_tokens(c["message"]["content"]) for c in choices)
-        return {"object": "chat.completion", "model": "offline", "choices": choices,
-                "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                          "total_tokens": prompt_tokens + completion_tokens}}
-
-
-class OpenAIBackend(Backend):
-    """AsyncOpenAI with our own retries (429 honouring Retry-After, 5xx, timeouts, lost connections) under
-    request and token rate limits. The SDK's own retries are off so that every attempt is counted and paced."""
-
-    def __init__(self, t: TeacherParams, stats: Counter):
-        import openai
-
-        key = os.environ.get("OPENAI_API_KEY")
-        if not key:
-            raise TeacherError("teacher.backend=openai needs the OPENAI_API_KEY environment variable "
-                               "(any non-empty value for a local server without auth); nothing was sent")
-        self.openai, self.t, self.stats, self.key = openai, t, stats, key
-        self.server = server_url(t.base_url)
-        # base_url None lets the SDK read OPENAI_BASE_URL, else api.openai.com.
-        self.client = openai.AsyncOpenAI(api_key=key, base_url=t.base_url, max_retries=0, timeout=t.timeout)
-        self.limiter = RateLimiter(t.requests_per_minute, t.tokens_per_minute)
-
-    @staticmethod
-    def _delay(attempt: int, err: Optional[Exception]) -> float:
-        resp = getattr(err, "response", None)
-        headers = resp.headers if resp is not None else {}
-        for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
-            try:
-                return min(120.0, float(headers[name]) * scale)
-            except (KeyError, TypeError, ValueError):
-                pass
-        return min(60.0, 0.5 * 2.0 ** attempt) * (0.5 + random.random() / 2)  # backoff with jitter
-
-    def _message(self, err: Exception) -> str:
-        """The server's own words, on one line, with the API key masked should a server echo it."""
-        o = self.openai
-        if isinstance(err, o.APIStatusError):
-            body = err.body
-            text = body.get("message") if isinstance(body, dict) else body
-            code = body.get("code") or body.get("type") if isinstance(body, dict) else None
-            msg = f"HTTP {err.status_code}" + (f" {code}" if code else "") + (f": {text}" if text else "")
-        elif isinstance(err, o.APITimeoutError):
-            msg = f"no answer from {self.server} within teacher.timeout={self.t.timeout:g} s"
-        elif isinstance(err, o.APIConnectionError):
-            msg = f"no connection to {self.server}: {err.__cause__ or err}"
-        else:
-            msg = f"malformed response from {self.server}: {err}"
-        return " ".join(str(msg).replace(self.key, "<OPENAI_API_KEY>").split())[:500]
-
-    def refusal(self, err: Exception) -> Optional[TeacherError]:
-        """The TeacherError for an error after which no request can succeed (quota, key, access, model, URL)."""
-        o = self.openai
-        if not isinstance(err, o.APIStatusError):
-            return None
-        why = self._message(err)
-        if err.status_code == 429 and "insufficient_quota" in (err.code, err.type):
-            return TeacherError(f"teacher out of quota, not retried: {why}")
-        if err.status_code in _FATAL_STATUS:
-            return TeacherError(f"teacher request refused; check OPENAI_API_KEY, teacher.model and "
-                                f"teacher.base_url: {why}")
-        return None
-
-    async def complete(self, body: dict, key: str, qid: str, salt: str) -> dict:
-        """The response, or RequestFailed; TeacherError when no request can succeed (key, access, quota)."""
-        o = self.openai
-        cost = message_tokens(body["messages"]) + body["n"] * body[limit_key(body)]
-        start = time.monotonic()
-        for attempt in range(self.t.max_retries + 1):
-            charged = await self.limiter.acquire(cost)
-            try:
-                resp = await self.client.chat.completions.create(**body, extra_headers={KEY_HEADER: key})
-                return resp.model_dump(mode="json", exclude_none=True)
-            except o.APIStatusError as e:
-                self.limiter.refund(charged)
-                why = self._message(e)
-                if (fatal := self.refusal(e)) is not None:
-                    raise fatal from None
-                if e.status_code == 429:
-                    self.stats["rate_limited"] += 1
-                    delay = self._delay(attempt, e)
-                    self.limiter.pause(delay)
-                elif e.status_code < 500 and e.status_code not in (408, 409):
-                    self.stats["rejected_requests"] += 1  # this request as sent; retrying cannot help
-                    raise RequestFailed(why, transient=False) from None
-                else:
-                    self.stats["server_errors"] += 1
-                    delay = self._delay(attempt, e)
-            except (o.APITimeoutError, o.APIConnectionError) as e:
-                if not isinstance(e, o.APITimeoutError):
-                    self.limiter.refund(charged)  # never reached the server; a timed-out one may have
-                self.stats["timeouts_or_connection_errors"] += 1
-                why, delay = self._message(e), self._delay(attempt, e)
-            except o.APIResponseValidationError as e:
-                self.stats["malformed_responses"] += 1
-                why, delay = self._message(e), self._delay(attempt, None)
-            if attempt == self.t.max_retries or time.monotonic() - start + delay > self.t.max_retry_seconds:
-                break
-            self.stats["retries"] += 1
-            await asyncio.sleep(delay)
-        self.stats["failed_requests"] += 1
-        raise RequestFailed(f"{why} (gave up after {attempt + 1} attempts in {time.monotonic() - start:.1f} s)",
-                            transient=True)
-
-    async def close(self) -> None:
-        await self.client.close()
 
 
 class Breaker:
@@ -449,6 +212,28 @@ async def _run(params: Params, requests: list[dict], backend, journal: Journal, 
         await backend.close()
 
 
+def open_backend(params: Params, paths: Paths, stats: Counter) -> tuple[Backend, Optional[ResponseStore]]:
+    """The one place that picks the teacher's kind, and the response store that paid answers go to (none for the
+    free offline teacher). Raises TeacherError on a missing key before anything is sent."""
+    t = params.teacher
+    if t.mode == "batch":  # params refuse batch with the offline teacher
+        from .batch import BatchBackend
+
+        store = ResponseStore(store_dir())
+        return BatchBackend(params, stats, store, origin(params)), store
+    if t.backend == "offline":
+        from .offline import OfflineBackend
+
+        if params.dataset.name != "synthetic":
+            raise TeacherError(f"teacher.backend: offline answers only dataset.name=synthetic, not "
+                               f"{params.dataset.name!r}; use teacher.backend=openai")
+        return OfflineBackend({r["id"]: r for r in read_jsonl(paths.split("train"))}, params.seed,
+                              t.offline_fault_rate, t.offline_wrong_fact_rate), None
+    from .live import OpenAIBackend
+
+    return OpenAIBackend(t, stats), ResponseStore(store_dir())
+
+
 def request(params: Params, paths: Paths) -> dict:
     """Run the rounds; write completions.jsonl and metrics/teacher_request.json; return the metrics.
     Raises TeacherError (and writes neither) when the teacher fails or `teacher.min_coverage` is not met."""
@@ -456,21 +241,7 @@ def request(params: Params, paths: Paths) -> dict:
     requests = read_jsonl(paths.requests)
     stats: Counter = Counter()
     breaker = Breaker(t.max_failures_in_a_row)
-    store = None
-    if t.mode == "batch":  # params refuse batch with the offline teacher
-        from .batch import BatchBackend
-
-        store = ResponseStore(store_dir())
-        backend = BatchBackend(params, stats, store, origin(params))  # raises on a missing key
-    elif t.backend == "offline":
-        if params.dataset.name != "synthetic":
-            raise TeacherError(f"teacher.backend: offline answers only dataset.name=synthetic, not "
-                               f"{params.dataset.name!r}; use teacher.backend=openai")
-        backend = OfflineBackend({r["id"]: r for r in read_jsonl(paths.split("train"))}, params.seed,
-                                 t.offline_fault_rate, t.offline_wrong_fact_rate)
-    else:
-        backend = OpenAIBackend(t, stats)  # raises on a missing key before anything is sent
-        store = ResponseStore(store_dir())
+    backend, store = open_backend(params, paths, stats)
     with Journal(paths.journal) as journal:
         if store is not None:  # a pulled (or older) journal feeds the store: its answers serve every checkout
             for entry in journal:

@@ -1,0 +1,158 @@
+"""The live teacher: the official OpenAI SDK against api.openai.com or any OpenAI-compatible server, one request at a
+time under request and token rate limits, with retries the stage counts."""
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections import Counter
+from typing import Optional
+
+from ..params import TeacherParams
+from .backend import KEY_HEADER, Backend, RequestFailed, TeacherError, server_url
+from .prompts import limit_key, message_tokens
+
+_FATAL_STATUS = (401, 403, 404)  # wrong key, no access, wrong model or URL: no request can succeed
+
+
+class RateLimiter:
+    """Token buckets for requests and tokens per minute, refilled continuously, at most one second of burst."""
+
+    def __init__(self, rpm: float, tpm: float):
+        self.rate = {"req": rpm / 60.0, "tok": tpm / 60.0}
+        self.cap = {"req": max(1.0, rpm / 60.0), "tok": max(1.0, tpm / 60.0)}
+        self.level = {"req": 1.0, "tok": self.cap["tok"]}
+        self.t = time.monotonic()
+        self.not_before = 0.0
+        self.lock = asyncio.Lock()
+
+    def pause(self, seconds: float) -> None:
+        """After a 429 every request waits, not just the refused one (the original paused all for 15 s)."""
+        self.not_before = max(self.not_before, time.monotonic() + seconds)
+
+    async def acquire(self, tokens: int) -> float:
+        """Wait for one request and `tokens`; return the tokens charged (for `refund`)."""
+        tokens = min(tokens, self.cap["tok"])  # a request above one second of budget waits for a full bucket
+        async with self.lock:  # first come, first served: large requests are not starved by small ones
+            while True:
+                now = time.monotonic()
+                if now < self.not_before:
+                    await asyncio.sleep(self.not_before - now)
+                    continue
+                for k in self.level:
+                    self.level[k] = min(self.cap[k], self.level[k] + (now - self.t) * self.rate[k])
+                self.t = now
+                if self.level["req"] >= 1 and self.level["tok"] >= tokens:
+                    self.level["req"] -= 1
+                    self.level["tok"] -= tokens
+                    return tokens
+                wait = max((1 - self.level["req"]) / self.rate["req"],
+                           (tokens - self.level["tok"]) / self.rate["tok"])
+                await asyncio.sleep(max(wait, 0.001))
+
+    def refund(self, tokens: float) -> None:
+        """A request the server refused or never received gives its tokens back: only answers spend them."""
+        self.level["tok"] = min(self.cap["tok"], self.level["tok"] + tokens)
+
+
+class OpenAIBackend(Backend):
+    """AsyncOpenAI with our own retries (429 honouring Retry-After, 5xx, timeouts, lost connections) under
+    request and token rate limits. The SDK's own retries are off so that every attempt is counted and paced."""
+
+    def __init__(self, t: TeacherParams, stats: Counter):
+        import openai
+
+        key = os.environ.get("OPENAI_API_KEY")
+        if not key:
+            raise TeacherError("teacher.backend=openai needs the OPENAI_API_KEY environment variable "
+                               "(any non-empty value for a local server without auth); nothing was sent")
+        self.openai, self.t, self.stats, self.key = openai, t, stats, key
+        self.server = server_url(t.base_url)
+        # base_url None lets the SDK read OPENAI_BASE_URL, else api.openai.com.
+        self.client = openai.AsyncOpenAI(api_key=key, base_url=t.base_url, max_retries=0, timeout=t.timeout)
+        self.limiter = RateLimiter(t.requests_per_minute, t.tokens_per_minute)
+
+    @staticmethod
+    def _delay(attempt: int, err: Optional[Exception]) -> float:
+        resp = getattr(err, "response", None)
+        headers = resp.headers if resp is not None else {}
+        for name, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+            try:
+                return min(120.0, float(headers[name]) * scale)
+            except (KeyError, TypeError, ValueError):
+                pass
+        return min(60.0, 0.5 * 2.0 ** attempt) * (0.5 + random.random() / 2)  # backoff with jitter
+
+    def _message(self, err: Exception) -> str:
+        """The server's own words, on one line, with the API key masked should a server echo it."""
+        o = self.openai
+        if isinstance(err, o.APIStatusError):
+            body = err.body
+            text = body.get("message") if isinstance(body, dict) else body
+            code = body.get("code") or body.get("type") if isinstance(body, dict) else None
+            msg = f"HTTP {err.status_code}" + (f" {code}" if code else "") + (f": {text}" if text else "")
+        elif isinstance(err, o.APITimeoutError):
+            msg = f"no answer from {self.server} within teacher.timeout={self.t.timeout:g} s"
+        elif isinstance(err, o.APIConnectionError):
+            msg = f"no connection to {self.server}: {err.__cause__ or err}"
+        else:
+            msg = f"malformed response from {self.server}: {err}"
+        return " ".join(str(msg).replace(self.key, "<OPENAI_API_KEY>").split())[:500]
+
+    def refusal(self, err: Exception) -> Optional[TeacherError]:
+        """The TeacherError for an error after which no request can succeed (quota, key, access, model, URL)."""
+        o = self.openai
+        if not isinstance(err, o.APIStatusError):
+            return None
+        why = self._message(err)
+        if err.status_code == 429 and "insufficient_quota" in (err.code, err.type):
+            return TeacherError(f"teacher out of quota, not retried: {why}")
+        if err.status_code in _FATAL_STATUS:
+            return TeacherError(f"teacher request refused; check OPENAI_API_KEY, teacher.model and "
+                                f"teacher.base_url: {why}")
+        return None
+
+    async def complete(self, body: dict, key: str, qid: str, salt: str) -> dict:
+        """The response, or RequestFailed; TeacherError when no request can succeed (key, access, quota)."""
+        o = self.openai
+        cost = message_tokens(body["messages"]) + body["n"] * body[limit_key(body)]
+        start = time.monotonic()
+        for attempt in range(self.t.max_retries + 1):
+            charged = await self.limiter.acquire(cost)
+            try:
+                resp = await self.client.chat.completions.create(**body, extra_headers={KEY_HEADER: key})
+                return resp.model_dump(mode="json", exclude_none=True)
+            except o.APIStatusError as e:
+                self.limiter.refund(charged)
+                why = self._message(e)
+                if (fatal := self.refusal(e)) is not None:
+                    raise fatal from None
+                if e.status_code == 429:
+                    self.stats["rate_limited"] += 1
+                    delay = self._delay(attempt, e)
+                    self.limiter.pause(delay)
+                elif e.status_code < 500 and e.status_code not in (408, 409):
+                    self.stats["rejected_requests"] += 1  # this request as sent; retrying cannot help
+                    raise RequestFailed(why, transient=False) from None
+                else:
+                    self.stats["server_errors"] += 1
+                    delay = self._delay(attempt, e)
+            except (o.APITimeoutError, o.APIConnectionError) as e:
+                if not isinstance(e, o.APITimeoutError):
+                    self.limiter.refund(charged)  # never reached the server; a timed-out one may have
+                self.stats["timeouts_or_connection_errors"] += 1
+                why, delay = self._message(e), self._delay(attempt, e)
+            except o.APIResponseValidationError as e:
+                self.stats["malformed_responses"] += 1
+                why, delay = self._message(e), self._delay(attempt, None)
+            if attempt == self.t.max_retries or time.monotonic() - start + delay > self.t.max_retry_seconds:
+                break
+            self.stats["retries"] += 1
+            await asyncio.sleep(delay)
+        self.stats["failed_requests"] += 1
+        raise RequestFailed(f"{why} (gave up after {attempt + 1} attempts in {time.monotonic() - start:.1f} s)",
+                            transient=True)
+
+    async def close(self) -> None:
+        await self.client.close()
