@@ -80,9 +80,14 @@ def check_name(name: str, key: str, nested: bool = False) -> str:
     return name
 
 
+# The synthetic world's size, checked here and built to in data/synthetic.py: 8 hand-written categories, their
+# things and clues extended by invented words up to these counts (a bigger world only adds words).
+MAX_CATEGORIES, MAX_ENTITIES, MAX_CLUES = 8, 120, 40
+
+
 @dataclass(frozen=True)
 class SyntheticParams:
-    """The embedded offline task (see tinythinker.synthetic)."""
+    """The embedded offline task (see tinythinker.data.synthetic)."""
     num_train: Count
     num_valid: Count
     num_test: Count
@@ -95,8 +100,6 @@ class SyntheticParams:
     uniform_answers: bool  # answers drawn alike from their pool (every held-out fact tested equally), not by zipf
 
     def __post_init__(self):
-        from .data.synthetic import MAX_CATEGORIES, MAX_CLUES, MAX_ENTITIES  # the world's size lives with the world
-
         _check(self.num_categories >= self.num_options, "dataset.synthetic.num_categories",
                "must be >= num_options (every distractor comes from another category)")
         for key, most in (("num_categories", MAX_CATEGORIES), ("entities_per_category", MAX_ENTITIES),

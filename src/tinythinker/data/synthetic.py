@@ -34,7 +34,7 @@ import functools
 import random
 from typing import Optional, Sequence
 
-from ..params import SyntheticParams
+from ..params import MAX_CATEGORIES, MAX_CLUES, MAX_ENTITIES, SyntheticParams
 
 # Category names all start with a consonant ("a fruit", never "an ..."); every hand-written thing is one common word.
 WORLD: dict[str, tuple[str, ...]] = {
@@ -66,11 +66,9 @@ CLUES: dict[str, tuple[str, ...]] = {
     "fish": ("has fins and gills", "swims in a river", "lives in the sea", "is caught with a net",
              "lays eggs in a stream", "is kept in an aquarium"),
 }
-MAX_CATEGORIES = len(WORLD)
+assert len(WORLD) == MAX_CATEGORIES, "params.MAX_CATEGORIES counts the hand-written categories"
 NAMED_ENTITIES = min(len(v) for v in WORLD.values())
-MAX_ENTITIES = 120
 NAMED_CLUES = min(len(v) for v in CLUES.values())
-MAX_CLUES = 40
 
 QUESTIONS = ("Which one {k}?", "Which of these {k}?")
 NAMED = ("Which one is a {c}?", "Which of these is a {c}?", "Pick the {c}.")  # clues_per_category: 0
