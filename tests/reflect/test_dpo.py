@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from tinythinker import protocol as P
-from tinythinker.reflect.dpo import (collate, disable_dropout, dpo_loss, dpo_train, policy_logps, reference_logps,
-                             schedule_intervals, sequence_logps, tokenize_pairs)
+from tinythinker.reflect.dpo import dpo_train
+from tinythinker.reflect.dpo_seq2seq import (collate, disable_dropout, dpo_loss, policy_logps, reference_logps,
+                                             sequence_logps, tokenize_pairs)
+from tinythinker.reflect.schedule import schedule_intervals
 from tinythinker.io import read_json, write_jsonl
 from tinythinker.params import load
 from tinythinker.paths import Paths
@@ -111,7 +113,7 @@ def test_dropout_disabled(sft_model):
 
 def test_training_raises_margin_and_leaves_reference_alone(sft_model, tmp_path):
     from tinythinker.student.chain import Decoding
-    from tinythinker.reflect.dpo import build_trainer
+    from tinythinker.reflect.dpo_seq2seq import build_trainer
 
     short = Decoding(max_new_tokens=6)
     model, tok = load(sft_model)
@@ -240,7 +242,7 @@ def test_tf32_and_precision_are_set_before_the_first_forward_pass(tmp_path, sft_
     """TF32 is switched (off here) before the start validation and the reference log-probs (both inside the
     Trainer's pre-pass), which are computed in the training precision."""
     import tinythinker.student.distributed as distributed
-    import tinythinker.reflect.dpo as dpo
+    import tinythinker.reflect.dpo_seq2seq as dpo
     import tinythinker.student.training as training
 
     events = []
@@ -259,7 +261,7 @@ def test_tf32_and_precision_are_set_before_the_first_forward_pass(tmp_path, sft_
 def test_accumulation_is_the_same_optimizer_step(sft_model, tmp_path):
     """batch 1 x 2 micro-batches = batch 2: the same optimizer steps over the same pairs, the same weights."""
     from tinythinker.student.chain import Decoding
-    from tinythinker.reflect.dpo import build_trainer
+    from tinythinker.reflect.dpo_seq2seq import build_trainer
 
     recall = RECALL + [{**RECALL[0], "chosen": "Iron is a metal 9."}]  # 4 recall + 2 analyze pairs: no tails
     chain_kwargs = {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), Decoding(max_new_tokens=6))}

@@ -184,8 +184,9 @@ def seq_logps(model, tok, rows):
 def test_trl_dpo_step_raises_the_margin_over_a_precomputed_reference(causal_sft, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tinythinker.reflect import dpo_causal as dpo_trl
-    from tinythinker.reflect.dpo import REWARD_KEYS, schedule_intervals
+    from tinythinker.reflect import dpo_causal
+    from tinythinker.reflect.dpo import REWARD_KEYS
+    from tinythinker.reflect.schedule import schedule_intervals
 
     model, tok = AutoModelForCausalLM.from_pretrained(causal_sft), AutoTokenizer.from_pretrained(causal_sft)
     pairs = {"recall": RECALL, "analyze": ANALYZE}
@@ -193,8 +194,9 @@ def test_trl_dpo_step_raises_the_margin_over_a_precomputed_reference(causal_sft,
     rejected = seq_logps(model, tok, [(r["prompt"], r["rejected"]) for r in RECALL + ANALYZE])
     intervals = schedule_intervals(3, 2, 2)
     short = Decoding(max_new_tokens=6)
-    trainer = dpo_trl.build_trainer(DPO, model, tok, pairs, intervals, tmp_path / "ckpt", VALID,
-                                    {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), short)})
+    trainer = dpo_causal.build_trainer(DPO, model, tok, dpo_causal.train_data(DPO, model, tok, pairs),
+                                       {"recall": 3, "analyze": 2}, intervals, tmp_path / "ckpt", VALID,
+                                       {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), short)})
     # the reference is the starting model, scored once, before any step, recall pairs then analyze pairs
     data = trainer.train_dataset
     assert data["ref_chosen_logps"] == pytest.approx(chosen, abs=1e-4)
@@ -217,7 +219,8 @@ def test_dpo_train_stage_on_trl_reports_the_t5_metric_names(tmp_path, causal_sft
     import shutil
 
     import tinythinker.student.distributed as distributed
-    from tinythinker.reflect.dpo import REWARD_KEYS, dpo_train, schedule_intervals
+    from tinythinker.reflect.dpo import REWARD_KEYS, dpo_train
+    from tinythinker.reflect.schedule import schedule_intervals
     from tinythinker.io import read_json, write_jsonl
 
     scores = iter([50.0, 60.0, 55.0, 58.0, 52.0])  # start, then one per cycle: the first cycle is best

@@ -21,7 +21,7 @@ import yaml
 
 from tinythinker import protocol as P
 from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
-from tinythinker.reflect.dpo import schedule_intervals
+from tinythinker.reflect.schedule import schedule_intervals
 from tinythinker.io import read_jsonl, write_jsonl
 from tinythinker.params import load, to_dict
 from tinythinker.paths import Paths

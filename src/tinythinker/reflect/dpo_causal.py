@@ -1,6 +1,6 @@
 """Phase 2 for a decoder-only student: TRL's DPOTrainer on the project's curriculum schedule and chain validation.
 
-The T5 path keeps the project's own loss (dpo.py; TRL's DPOTrainer takes causal LMs only). Here TRL does the work
+The T5 path keeps the project's own loss (dpo_seq2seq.py; TRL's DPOTrainer takes causal LMs only). Here TRL does the work
 with the same knobs: `dpo.loss_type` / `dpo.loss_weights` / `dpo.beta` are DPOConfig's own (sigmoid + 0.5 x NLL on
 the chosen side by default), the reference is the iteration's starting model (no ref_model: TRL scores the pairs
 with the policy before its first step) and its log-probs are precomputed once, dropout off. The pairs come from
@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from .. import protocol as P
-from .dpo import STAGES
 from ..params import Params
+from .schedule import STAGES, training_args
+
+KIND = "causal"  # the student family (student/causal.py) this trainer serves
+OWN_REFERENCE = True  # TRL precomputes the reference log-probs in its constructor, from the starting model
 
 
 def arguments(params: Params):
-    """DPOConfig with the dpo.* loss knobs, as a factory of the shared fields (dpo.training_args)."""
+    """DPOConfig with the dpo.* loss knobs, as a factory of the shared fields (schedule.training_args)."""
     from trl import DPOConfig
 
     d = params.dpo
@@ -31,8 +34,9 @@ def arguments(params: Params):
     return lambda **fields: DPOConfig(**fields, **loss)
 
 
-def pairs_dataset(pairs: Mapping[str, Sequence[dict]]):
-    """TRL's preference dataset: the pairs of every stage in STAGES order (as the sampler counts them)."""
+def train_data(params: Params, model, tokenizer, pairs: Mapping[str, Sequence[dict]]):
+    """TRL's preference dataset: the pairs of every stage in STAGES order (as the sampler counts them); TRL
+    tokenises them and turns dropout off itself."""
     from datasets import Dataset
 
     rows = [{"prompt": p["prompt"], "chosen": P.completion(p["chosen"]), "rejected": P.completion(p["rejected"])}
@@ -40,15 +44,15 @@ def pairs_dataset(pairs: Mapping[str, Sequence[dict]]):
     return Dataset.from_list(rows)
 
 
-def build_trainer(params: Params, model, tokenizer, pairs: Mapping[str, Sequence[dict]], intervals: dict[str, int],
+def build_trainer(params: Params, model, tokenizer, dataset, sizes: dict[str, int], intervals: dict[str, int],
                   ckpt_dir: Path, valid: list[dict], chain_kwargs: dict, callbacks: Sequence = (), args=None):
-    """TRL's DPOTrainer over `pairs` ({stage: rows}) with the curriculum sampler and chain validation; `args`
-    default to dpo.training_args with `arguments`. The reference log-probs are computed here, by the constructor."""
+    """TRL's DPOTrainer over `dataset` (train_data: the stages concatenated in `sizes` order) with the curriculum
+    sampler and chain validation; `args` default to schedule.training_args with `arguments`. The reference
+    log-probs are computed here, by the constructor."""
     from trl import DPOTrainer
 
     from ..student.causal import lora_config
     from ..student.curriculum import CurriculumBatchSampler
-    from .dpo import training_args
     from ..student.training import CurriculumChainMixin
 
     class CurriculumDPOTrainer(CurriculumChainMixin, DPOTrainer):
@@ -56,10 +60,9 @@ def build_trainer(params: Params, model, tokenizer, pairs: Mapping[str, Sequence
 
     args = args or training_args(params, intervals, ckpt_dir, arguments=arguments(params))
     d = params.dpo
-    sampler = CurriculumBatchSampler({s: len(pairs.get(s, ())) for s in STAGES}, intervals, d.batch_size,
+    sampler = CurriculumBatchSampler(sizes, intervals, d.batch_size,
                                      params.seed, accumulation=d.gradient_accumulation_steps,
                                      num_replicas=args.world_size, rank=args.process_index)
-    dataset = pairs_dataset(pairs)
     # The Trainer wants an eval dataset when it evaluates by steps; evaluation is the chain on `valid` (the mixin's
     # evaluate), so one pair stands in.
     return CurriculumDPOTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset.select(range(1)),
