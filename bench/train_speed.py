@@ -1,7 +1,7 @@
 """Training throughput: curriculum SFT and DPO steps as the pipeline runs them vs a stock Trainer set-up.
 
 SFT. Ours: the curriculum batch sampler with length grouping inside each stage, dynamic padding (the sft stage's
-trainer, `seq2seq.sft_trainer`). Stock: Seq2SeqTrainer's default random sampler and DataCollatorForSeq2Seq padding
+trainer, `training.sft_trainer`). Stock: Seq2SeqTrainer's default random sampler and DataCollatorForSeq2Seq padding
 to the longest in the batch (the original code's set-up), and the same with the Trainer's own length grouping
 (`train_sampling_strategy="group_by_length"`), the standard option a user would reach for.
 DPO. Ours: reference log-probs computed once up front (timed too), chosen+rejected in one forward pass.
@@ -57,6 +57,7 @@ def sft_variant(params, paths, size: str, variant: str, steps: int) -> dict:
 
     import workspace
     from tinythinker.student import seq2seq
+    from tinythinker.student.training import sft_trainer
 
     s = params.sft
     model, tokenizer = workspace.student(params, paths, size)
@@ -65,8 +66,8 @@ def sft_variant(params, paths, size: str, variant: str, steps: int) -> dict:
     args = workspace.training_args(paths.root / "bench_ckpt", s.batch_size, steps, s.learning_rate, params.seed,
                                    **grouped)
     if variant == "ours":
-        trainer = seq2seq.sft_trainer(params, model, tokenizer, rows, [], args=args, batch_sampler=sampler,
-                                      chain_kwargs={})
+        trainer = sft_trainer(seq2seq, params, model, tokenizer, rows, [], args=args, batch_sampler=sampler,
+                              chain_kwargs={})
         collator = trainer.data_collator = Counting(trainer.data_collator)
     else:
         collator = Counting(DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100))

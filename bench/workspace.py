@@ -87,6 +87,7 @@ def trained(params, paths, size: str, steps: int):
     import torch
 
     from tinythinker.student import seq2seq
+    from tinythinker.student.training import sft_trainer
 
     torch.manual_seed(params.seed)
     model, tokenizer = student(params, paths, size)
@@ -95,8 +96,8 @@ def trained(params, paths, size: str, steps: int):
         rows, sampler = sft_rows(params, paths, tokenizer)
         args = training_args(paths.root / "bench_ckpt", s.batch_size, steps, s.learning_rate, params.seed,
                              lr_scheduler_type="cosine", warmup_steps=s.warmup_ratio)
-        seq2seq.sft_trainer(params, model, tokenizer, rows, [], args=args, batch_sampler=sampler,
-                            chain_kwargs={}).train()
+        sft_trainer(seq2seq, params, model, tokenizer, rows, [], args=args, batch_sampler=sampler,
+                    chain_kwargs={}).train()
     return model.eval(), tokenizer
 
 

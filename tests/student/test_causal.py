@@ -39,7 +39,7 @@ def _sft_trainer(params, paths, tmp_path):
     """The stage's SFT trainer on the causal family, as `sft.sft` builds it, with its sampler."""
     from tinythinker.io import read_jsonl
     from tinythinker.student.sft import _stage_data
-    from tinythinker.student.training import trainer_kwargs
+    from tinythinker.student.training import sft_trainer, trainer_kwargs
 
     kind = family(params)
     args = kind.sft_arguments(params, output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=8,
@@ -51,8 +51,8 @@ def _sft_trainer(params, paths, tmp_path):
     rows, _ = kind.sft_data(params, stages, tokenizer)
     sampler = CurriculumBatchSampler({s: len(r) for s, r in stages.items()}, sft_intervals(ST, 1, 3), 8, params.seed)
     valid = read_jsonl(paths.sft_data / "valid.jsonl")
-    trainer = kind.sft_trainer(params, model, tokenizer, rows, valid, args=args, batch_sampler=sampler,
-                               chain_kwargs={"batch_size": 64})
+    trainer = sft_trainer(kind, params, model, tokenizer, rows, valid, args=args, batch_sampler=sampler,
+                          chain_kwargs={"batch_size": 64})
     return trainer, sampler, tokenizer, stages
 
 

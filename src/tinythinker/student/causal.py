@@ -126,16 +126,11 @@ def sft_data(params: Params, stages: Mapping[str, Sequence[dict]], tokenizer):
     return Dataset.from_list(rows), lengths
 
 
-def sft_trainer(params: Params, model, tokenizer, rows, valid, **kwargs):
-    """TRL's SFTTrainer with the curriculum sampler and chain validation (`kwargs`: the Trainer's and the mixin's)."""
+def sft_trainer(params: Params, model, tokenizer, rows, valid):
+    """Phase 1's library Trainer, TRL's SFTTrainer, and its arguments (training.sft_trainer adds the curriculum)."""
     from trl import SFTTrainer
-
-    from .training import CurriculumChainMixin
-
-    class CurriculumSFTTrainer(CurriculumChainMixin, SFTTrainer):
-        pass
 
     # The Trainer wants an eval dataset when it evaluates by steps; evaluation is the chain on `valid` (the mixin's
     # evaluate), so one training row stands in.
-    return CurriculumSFTTrainer(model=model, train_dataset=rows, eval_dataset=rows.select(range(1)),
-                                processing_class=tokenizer, peft_config=lora_config(params), valid=valid, **kwargs)
+    return SFTTrainer, dict(model=model, train_dataset=rows, eval_dataset=rows.select(range(1)),
+                            processing_class=tokenizer, peft_config=lora_config(params))

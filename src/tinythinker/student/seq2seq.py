@@ -69,18 +69,13 @@ def sft_data(params: Params, stages: Mapping[str, Sequence[dict]],
     return rows, lengths
 
 
-def sft_trainer(params: Params, model, tokenizer, rows, valid, **kwargs):
-    """Seq2SeqTrainer with the curriculum sampler and chain validation (`kwargs`: the Trainer's and the mixin's)."""
+def sft_trainer(params: Params, model, tokenizer, rows, valid):
+    """Phase 1's library Trainer, Seq2SeqTrainer, and its arguments (training.sft_trainer adds the curriculum)."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
-    from .training import CurriculumChainMixin
-
-    class CurriculumTrainer(CurriculumChainMixin, Seq2SeqTrainer):
-        pass
-
-    return CurriculumTrainer(model=model, train_dataset=rows, eval_dataset=valid, processing_class=tokenizer,
-                             data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100),
-                             valid=valid, **kwargs)
+    return Seq2SeqTrainer, dict(
+        model=model, train_dataset=rows, eval_dataset=valid, processing_class=tokenizer,
+        data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100))
 
 
 def finish(trainer) -> None:

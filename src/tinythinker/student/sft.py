@@ -23,7 +23,7 @@ from ..io import DataError, read_jsonl, write_json
 from ..params import Params, to_dict
 from ..paths import Paths
 from .model import family, load_student
-from .training import SKIP_LOG, trainer_kwargs
+from .training import SKIP_LOG, sft_trainer, trainer_kwargs
 
 
 def _stage_data(params: Params, paths: Paths) -> dict[str, list[dict]]:
@@ -166,8 +166,8 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
                 if state.global_step >= max_steps:
                     control.should_training_stop = control.should_save = True
         callbacks.append(Stop())
-    trainer = kind.sft_trainer(params, model, tokenizer, rows, valid, args=args, callbacks=callbacks,
-                               batch_sampler=sampler, chain_kwargs=chain_kwargs)
+    trainer = sft_trainer(kind, params, model, tokenizer, rows, valid, args=args, callbacks=callbacks,
+                          batch_sampler=sampler, chain_kwargs=chain_kwargs)
     out = trainer.train(resume_from_checkpoint=resume)
     resumed = {"resumed_from_step": int(Path(resume).name.split("-")[-1]) if resume else 0}
     if max_steps is not None and trainer.state.global_step < trainer.state.max_steps:

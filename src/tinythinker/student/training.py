@@ -119,3 +119,17 @@ class CurriculumChainMixin:
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
+
+
+def curriculum_trainer(base, **kwargs):
+    """An instance of the library Trainer class `base` with CurriculumChainMixin first in its bases (`kwargs`: the
+    Trainer's and the mixin's)."""
+    return type(f"Curriculum{base.__name__}", (CurriculumChainMixin, base), {})(**kwargs)
+
+
+def sft_trainer(kind, params: Params, model, tokenizer, rows, valid, **kwargs):
+    """Phase 1's trainer for the student family `kind` (seq2seq.py or causal.py): the family's library Trainer
+    (`kind.sft_trainer`) with the curriculum sampler and chain validation."""
+    base, fields = kind.sft_trainer(params, model, tokenizer, rows, valid)
+    return curriculum_trainer(base, **fields, valid=valid, **kwargs)
+
