@@ -1,0 +1,123 @@
+"""The package's layout holds: no import circles and nothing imports upward, function-local imports included.
+
+Layers, lowest first: the ground modules every phase stands on, then one package per pipeline phase in pipeline
+order, then the command line. A module may import its own layer or any lower one, never a higher one; inside a
+layer the imports must not form a circle.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "src" / "tinythinker"
+LAYERS = ["ground", "data", "teacher", "student", "reflect", "results", "cli"]
+# Top-level modules above the phases: the command line and the paper presets (which read a task's description and
+# the student's curriculum to write params).
+APP = {"tinythinker.cli", "tinythinker.__main__", "tinythinker.presets"}
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for path in PKG.rglob("*.py"):
+        parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        found[".".join(parts)] = path
+    return found
+
+
+def imports(name: str, path: Path, known: set[str]) -> set[str]:
+    """The project modules `name` imports anywhere in its body (module level and inside functions)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join(up + ([node.module] if node.module else []))
+            # `from pkg import mod` imports the module; `from mod import name` the module itself
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        out |= {t for t in targets if t in known and t != name}
+    return out
+
+
+def layer(name: str) -> str:
+    if name in APP:
+        return "cli"
+    parts = name.split(".")
+    return parts[1] if len(parts) > 1 and parts[1] in LAYERS else "ground"
+
+
+def graph() -> dict[str, set[str]]:
+    found = modules()
+    # A package's __init__ holds nothing: importing a module of it is not importing the package.
+    return {name: {t for t in imports(name, path, set(found)) if found[t].name != "__init__.py" or t == "tinythinker"}
+            for name, path in found.items()}
+
+
+def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every strongly connected component of more than one module (Tarjan), each one circle or more."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    assert cycles(graph()) == []
+
+
+def test_nothing_imports_a_higher_layer():
+    upward = sorted(f"{a} ({layer(a)}) -> {b} ({layer(b)})" for a, targets in graph().items() for b in targets
+                    if LAYERS.index(layer(b)) > LAYERS.index(layer(a)))
+    assert upward == []
+
+
+def test_every_phase_is_a_package_of_the_layout():
+    phases = {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert phases == set(LAYERS) - {"ground", "cli"}
+
+
+@pytest.mark.parametrize("edges, expected", [
+    ({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}, [["a", "b", "c"]]),
+    ({"a": {"b"}, "b": set()}, []),
+])
+def test_the_circle_finder_finds_circles(edges, expected):
+    assert cycles(edges) == expected
+
+
+def test_the_walker_sees_function_local_and_relative_imports(tmp_path):
+    mod = tmp_path / "pkg" / "sub" / "m.py"
+    mod.parent.mkdir(parents=True)
+    mod.write_text("from .. import io\n\ndef f():\n    from ..data import tasks\n    from . import other\n")
+    known = {"pkg.io", "pkg.data.tasks", "pkg.sub.other", "pkg.sub.m"}
+    assert imports("pkg.sub.m", mod, known) == {"pkg.io", "pkg.data.tasks", "pkg.sub.other"}
