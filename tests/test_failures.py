@@ -223,7 +223,7 @@ def test_a_missing_field_is_named_by_file_line_and_field(repo, rel, field, cmd):
     del rows[1][field]
     write_jsonl(path, rows)
     if cmd is None:  # dpo-sample reads it after the model: check the reader directly
-        from tinythinker.teacher.build import QUESTION_FIELDS
+        from tinythinker.protocol import QUESTION_FIELDS
         from tinythinker.io import DataError
         with pytest.raises(DataError, match=re.escape(f"{path}:2: missing field '{field}'")):
             read_jsonl(path, QUESTION_FIELDS)

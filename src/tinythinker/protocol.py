@@ -17,6 +17,13 @@ from __future__ import annotations
 import re
 from typing import Iterable, Mapping, Optional, Sequence
 
+# The fields a reader of each file needs (DEVELOPERS.md "File formats"); a row without one is named by line.
+COMPLETION_FIELDS = ("id", "completions")  # data/teacher/completions.jsonl
+STAGE_FIELDS = ("qid", "input", "target")  # data/sft/<stage_type>/<stage>.jsonl, recall_single.jsonl
+QUESTION_FIELDS = ("qid", "block", "options", "gt")  # data/sft/{valid,test,train_questions}.jsonl
+CHAIN_FIELDS = ("qid", "recall", "analyses")  # data/sft/chains.jsonl
+PAIR_FIELDS = ("qid", "prompt", "chosen", "rejected")  # data/dpo/<iter>/{recall,analyze}_pairs.jsonl
+
 RECALL = "Recall:"
 ANALYZE = "Analyze:"
 SUMMARIZE = "Summarize:"

@@ -20,8 +20,8 @@ from ..params import Params, to_dict
 from ..paths import Paths
 from ..student import distributed
 from ..student.training import SKIP_LOG, autocast, resolve_precision, trainer_kwargs
-from ..teacher.build import QUESTION_FIELDS
-from .pairs import FIELDS, iteration_init
+from ..protocol import PAIR_FIELDS, QUESTION_FIELDS
+from .pairs import iteration_init
 from .schedule import STAGES, schedule_intervals, training_args
 
 REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
@@ -112,7 +112,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     kind = family(params, init, f"dpo.iterations.{iteration}.init")
     trainer_kind = trainer_for(kind)
     data_dir = paths.dpo_data(iteration)
-    pairs = {s: read_jsonl(data_dir / f"{s}_pairs.jsonl", FIELDS) for s in STAGES}
+    pairs = {s: read_jsonl(data_dir / f"{s}_pairs.jsonl", PAIR_FIELDS) for s in STAGES}
     valid = read_jsonl(paths.sft_data / "valid.jsonl", QUESTION_FIELDS)
     out_model, metrics_file = paths.dpo_model(iteration), paths.metric(f"dpo/{iteration}")
     ckpt_dir = paths.checkpoints / "dpo" / iteration

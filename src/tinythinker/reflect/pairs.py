@@ -21,13 +21,12 @@ from typing import Mapping, Sequence
 
 from ..student import distributed
 from .. import protocol as P
-from ..teacher.build import CHAIN_FIELDS, QUESTION_FIELDS
+from ..protocol import CHAIN_FIELDS, PAIR_FIELDS, QUESTION_FIELDS
 from ..student.chain import is_correct
 from ..io import DataError, read_jsonl, write_json, write_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
 
-FIELDS = ("qid", "prompt", "chosen", "rejected")  # what a pair file holds (DEVELOPERS.md)
 
 
 def _unique(items: Sequence, key) -> list:
@@ -238,7 +237,7 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
 
     out = paths.dpo_data(iteration)
     # Only the pairs this stage type trains on are written; dpo-train trains on whatever the files hold.
-    written = [{k: p[k] for k in FIELDS} for p in rpairs] if params.dpo.stage_type != "analyze" else []
+    written = [{k: p[k] for k in PAIR_FIELDS} for p in rpairs] if params.dpo.stage_type != "analyze" else []
     metrics = {
         "questions": len(questions),
         "questions_with_pairs": len({p["qid"] for p in written + apairs}),

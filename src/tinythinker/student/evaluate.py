@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import distributed
-from ..teacher.build import QUESTION_FIELDS
+from ..protocol import QUESTION_FIELDS
 from .chain import Decoding, accuracy, majority_vote, run_chain
 from ..io import read_jsonl, write_json, write_jsonl
 from ..params import GenerationParams, Params, check_name

@@ -14,7 +14,7 @@ import string
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from ..teacher.build import QUESTION_FIELDS, STAGE_FIELDS
+from ..protocol import QUESTION_FIELDS, STAGE_FIELDS
 from ..io import DataError, atomic_path, read_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths

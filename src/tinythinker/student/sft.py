@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import distributed
 from .. import protocol as P
-from ..teacher.build import QUESTION_FIELDS, STAGE_FIELDS
+from ..protocol import QUESTION_FIELDS, STAGE_FIELDS
 from .chain import Decoding
 from .curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
 from ..io import DataError, read_jsonl, write_json

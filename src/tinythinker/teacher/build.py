@@ -13,16 +13,11 @@ from collections import Counter
 from .. import protocol as P
 from ..io import DataError, atomic_path, read_jsonl, write_json, write_jsonl
 from ..params import Params
+from ..protocol import COMPLETION_FIELDS
 from .parse import (INCOMPLETE, INCONSISTENT, LENGTH, MALFORMED, NO_ANSWER, NO_KEY_INFO, analyses, filter_answer,
                     is_complete, majority)
 from ..paths import Paths
 from ..data.prepare import read_split
-
-# The fields a reader of each file needs (DEVELOPERS.md "File formats"); a row without one is named by line.
-COMPLETION_FIELDS = ("id", "completions")  # data/teacher/completions.jsonl
-STAGE_FIELDS = ("qid", "input", "target")  # data/sft/<stage_type>/<stage>.jsonl, recall_single.jsonl
-QUESTION_FIELDS = ("qid", "block", "options", "gt")  # data/sft/{valid,test,train_questions}.jsonl
-CHAIN_FIELDS = ("qid", "recall", "analyses")  # data/sft/chains.jsonl
 
 # Exact-duplicate keys per stage file (spec 3.6 and 4); None keeps every row (as the original did).
 DEDUP = {
