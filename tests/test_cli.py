@@ -26,6 +26,31 @@ def test_every_subcommand_explains_itself(cmd):
     assert "--root" in res.output
 
 
+def test_version_prints_the_package_version():
+    import tomllib
+
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    out = subprocess.run(["tinythinker", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == f"tinythinker {version}"
+
+
+def test_help_lists_the_stages_in_pipeline_order():
+    """`tinythinker --help` lists the commands in the order dvc.yaml runs their stages, then the helpers."""
+    import re
+
+    import yaml
+
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    in_dvc = []
+    for stage in stages.values():
+        cmd = (stage.get("do") or stage)["cmd"].split("tinythinker ", 1)[1].split()[0]
+        if cmd not in in_dvc:
+            in_dvc.append(cmd)
+    res = CliRunner().invoke(app, ["--help"], terminal_width=200)
+    listed = re.findall(r"^[│|] ([a-z][a-z-]*) ", res.output, flags=re.M)
+    assert listed[: len(in_dvc)] == in_dvc and listed[len(in_dvc):] == ["preset"], listed
+
+
 def test_bad_params_exit_2_naming_the_key(tmp_path):
     (tmp_path / "params.yaml").write_text(PARAMS_TEXT.replace("learning_rate: 0.002", "learning_rate: fast"))
     res = CliRunner().invoke(app, ["report", "--root", str(tmp_path)])

@@ -22,6 +22,19 @@ app = typer.Typer(
 ROOT = typer.Option(Path("."), "--root", help="Repository root holding params.yaml, data/, models/, metrics/.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+        typer.echo(f"tinythinker {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    pass
+
+
 def _ctx(root: Path):
     from .params import load
     from .paths import Paths
