@@ -121,3 +121,45 @@ def test_the_walker_sees_function_local_and_relative_imports(tmp_path):
     mod.write_text("from .. import io\n\ndef f():\n    from ..data import tasks\n    from . import other\n")
     known = {"pkg.io", "pkg.data.tasks", "pkg.sub.other", "pkg.sub.m"}
     assert imports("pkg.sub.m", mod, known) == {"pkg.io", "pkg.data.tasks", "pkg.sub.other"}
+
+
+def stage_modules() -> dict[str, str]:
+    """dvc.yaml stage -> the module its `tinythinker` command runs (the cli command's `from .X import ... as run`)."""
+    import re
+
+    import yaml
+
+    cli = (PKG / "cli.py").read_text()
+    runs = {}
+    for fn in re.split(r"\n@app\.command\([^)]*\)\n", cli)[1:]:
+        name = re.match(r"def (\w+)\(", fn).group(1).replace("_", "-")
+        found = re.search(r"from \.([\w.]+) import \w+ as run", fn)
+        if found:
+            runs[name] = "tinythinker." + found.group(1)
+    stages = yaml.safe_load((PKG.parents[1] / "dvc.yaml").read_text())["stages"]
+    return {stage: runs[(body.get("do") or body)["cmd"].split("tinythinker ", 1)[1].split()[0]]
+            for stage, body in stages.items()}
+
+
+def test_every_stage_depends_on_the_code_it_runs():
+    """A stage's code deps cover every phase module its command imports (transitively) and protocol.py, so a
+    change to that code reruns it; the ground (io, params, paths) checks and places, it writes no content."""
+    import yaml
+
+    g, found = graph(), modules()
+    stages = yaml.safe_load((PKG.parents[1] / "dvc.yaml").read_text())["stages"]
+    missing = {}
+    for stage, start in stage_modules().items():
+        deps = [d for d in (stages[stage].get("do") or stages[stage])["deps"] if d.startswith("src/")]
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            if m not in seen:
+                seen.add(m)
+                todo += g[m]
+        needed = {found[m].relative_to(PKG.parents[1]).as_posix() for m in seen
+                  if layer(m) != "ground" or m == "tinythinker.protocol"}
+        uncovered = sorted(f for f in needed if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+        if uncovered:
+            missing[stage] = uncovered
+    assert len(stage_modules()) == len(stages) and missing == {}

@@ -31,7 +31,7 @@ def test_launcher_reaches_every_model_stage():
     assert stages["test_sft"]["cmd"].startswith("${launcher} tinythinker test")
     assert stages["test"]["do"]["cmd"].startswith("${launcher} tinythinker test")
     for stage in (stages["sft"], stages["test_sft"], *(stages[s]["do"] for s in ("dpo_sample", "dpo_train", "test"))):
-        assert "src/tinythinker/student/distributed.py" in stage["deps"]
+        assert "src/tinythinker/student" in stage["deps"]  # distributed.py with the rest of the phase
 
 
 def test_single_process_map_sharded_is_the_plain_call():
