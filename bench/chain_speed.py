@@ -23,6 +23,7 @@ import time
 def per_question_loop(model, tokenizer, questions, max_new_tokens: int) -> int:
     """Greedy chain, one sequence per `generate` call; returns the number of sequences generated."""
     import torch
+
     from tinythinker import protocol as P
 
     def one(prompt: str) -> str:
@@ -109,8 +110,8 @@ def csqa_questions(params, paths, source, n: int) -> list[dict]:
     the embedded vocabulary, against the synthetic task's nearly equal ones), for the rows where padding matters."""
     from pathlib import Path
 
-    from tinythinker.teacher.build import question_row
     from tinythinker.data.download import load_official
+    from tinythinker.teacher.build import question_row
 
     csqa = params.replace(**{"dataset.name": "csqa", "dataset.source": str(Path(source).resolve())})
     return [question_row(r) for r in load_official(csqa, paths)["dev"][:n]]
@@ -118,8 +119,8 @@ def csqa_questions(params, paths, source, n: int) -> list[dict]:
 
 def run(params, paths, model, tokenizer, num_questions: int, batch_sizes=(16, 64, 256), repeats: int = 3,
         csqa: list[dict] | None = None, original_max_length: int = 200) -> list[dict]:
-    from tinythinker.student.chain import Decoding, run_chain
     from tinythinker.io import read_jsonl
+    from tinythinker.student.chain import Decoding, run_chain
 
     questions = read_jsonl(paths.sft_data / "test.jsonl")[:num_questions]
     max_new = params.generation.max_new_tokens
@@ -161,10 +162,10 @@ def sampling(params, paths, model, tokenizer, num_questions: int, test_runs: int
     prompt generated on its own vs encoded once."""
     import torch
 
-    from tinythinker.student.chain import run_chain
-    from tinythinker.student.evaluate import decodings
     from tinythinker.io import read_jsonl
     from tinythinker.reflect.pairs import sample_pairs, teacher_chains
+    from tinythinker.student.chain import run_chain
+    from tinythinker.student.evaluate import decodings
 
     train = read_jsonl(paths.sft_data / "train_questions.jsonl")[:num_questions]
     test = read_jsonl(paths.sft_data / "test.jsonl")[:num_questions]

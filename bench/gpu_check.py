@@ -144,17 +144,17 @@ def run(size: dict, source: Path, work: Path, precisions: list[str], save) -> di
     import torch
 
     from tinythinker import presets
-    from tinythinker.teacher.build import build
     from tinythinker.data.download import download
-    from tinythinker.reflect.dpo import dpo_train
-    from tinythinker.student.evaluate import test
-    from tinythinker.reflect.pairs import dpo_sample
+    from tinythinker.data.prepare import prepare
     from tinythinker.params import load, to_dict
     from tinythinker.paths import Paths
-    from tinythinker.data.prepare import prepare
-    from tinythinker.teacher.prompts import prompt
-    from tinythinker.student.sft import sft
+    from tinythinker.reflect.dpo import dpo_train
+    from tinythinker.reflect.pairs import dpo_sample
+    from tinythinker.student.evaluate import test
     from tinythinker.student.model import tokenizer_stage
+    from tinythinker.student.sft import sft
+    from tinythinker.teacher.build import build
+    from tinythinker.teacher.prompts import prompt
     from tinythinker.teacher.request import request
 
     _slice(source, work / "csqa", size["train"], size["test"])

@@ -16,7 +16,6 @@ from pathlib import Path
 import workspace
 from workspace import REPO
 
-
 BENCHMARKS = ("chain", "sampling", "train", "teacher", "overhead")
 
 

@@ -32,7 +32,6 @@ class Counting:
 
 def _measure(train, model, collator: Counting) -> dict:
     import torch
-
     from workspace import peak_rss_mib, reset_peak_rss, rss_mib
 
     cuda = torch.cuda.is_available()
@@ -53,9 +52,9 @@ def _measure(train, model, collator: Counting) -> dict:
 
 
 def sft_variant(params, paths, size: str, variant: str, steps: int) -> dict:
+    import workspace
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
-    import workspace
     from tinythinker.student import seq2seq
     from tinythinker.student.training import sft_trainer
 
@@ -89,9 +88,9 @@ def dpo_variant(params, paths, size: str, variant: str, num_pairs: int) -> dict:
     import copy
 
     import torch
+    import workspace
     from transformers import Trainer
 
-    import workspace
     from tinythinker.reflect import dpo as D
 
     d = params.dpo

@@ -17,13 +17,13 @@ sys.path.insert(0, str(REPO / "src"))  # runnable from a checkout before `pip in
 
 def make(root: Path, **overrides):
     """(params, paths) with data/ and models/tokenizer written under `root`, offline teacher."""
-    from tinythinker.teacher.build import build
     from tinythinker.data.download import download
+    from tinythinker.data.prepare import prepare
     from tinythinker.params import load
     from tinythinker.paths import Paths
-    from tinythinker.data.prepare import prepare
-    from tinythinker.teacher.prompts import prompt
     from tinythinker.student.model import tokenizer_stage
+    from tinythinker.teacher.build import build
+    from tinythinker.teacher.prompts import prompt
     from tinythinker.teacher.request import request
 
     params = load(REPO / "params.yaml").replace(**{"dataset.name": "synthetic", "teacher.backend": "offline",

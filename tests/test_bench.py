@@ -62,6 +62,7 @@ def test_gpu_check_teacher_answers_every_csqa_request_validly():
     """The GPU check's local teacher: every completion passes the spec 3.3 checks and backs the gold option."""
     sys.path.insert(0, str(REPO / "bench"))
     import gpu_check
+
     from tinythinker.teacher.parse import parse_completion
     from tinythinker.teacher.prompts import user_message
 

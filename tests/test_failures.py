@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tinythinker.data import synthetic
 from tinythinker.cli import app
+from tinythinker.data import synthetic
 from tinythinker.io import read_jsonl, write_jsonl
 from tinythinker.paths import Paths
 
@@ -223,8 +223,8 @@ def test_a_missing_field_is_named_by_file_line_and_field(repo, rel, field, cmd):
     del rows[1][field]
     write_jsonl(path, rows)
     if cmd is None:  # dpo-sample reads it after the model: check the reader directly
-        from tinythinker.protocol import QUESTION_FIELDS
         from tinythinker.io import DataError
+        from tinythinker.protocol import QUESTION_FIELDS
         with pytest.raises(DataError, match=re.escape(f"{path}:2: missing field '{field}'")):
             read_jsonl(path, QUESTION_FIELDS)
         return

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tinythinker.params import Params, ParamsError, Range, load, to_dict, from_dict
+from tinythinker.params import Params, ParamsError, Range, from_dict, load, to_dict
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = load(REPO / "params.yaml")  # params.yaml holds every value

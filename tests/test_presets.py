@@ -7,9 +7,9 @@ import yaml
 from typer.testing import CliRunner
 
 from tinythinker.cli import app
+from tinythinker.data.tasks import get_task
 from tinythinker.params import ParamsError, load, to_dict
 from tinythinker.presets import eval_cadence, preset, resolve
-from tinythinker.data.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = ("csqa", "obqa", "strategyqa")

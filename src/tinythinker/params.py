@@ -20,7 +20,6 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from .io import read_yaml
 
-
 DATASETS = ("synthetic", "csqa", "obqa", "strategyqa")
 STAGE_TYPES = ("recall_analyze_summarize", "summarize", "recall_summarize", "analyze_summarize")
 DPO_STAGE_TYPES = ("recall", "analyze", "recall_analyze")
@@ -144,7 +143,7 @@ class TeacherParams:
     timeout: Positive
     max_retries: Natural
     max_retry_seconds: Positive  # one request stops retrying after this long (plus one timeout)
-    max_failures_in_a_row: Count  # requests ending unanswered in a row that stop the stage (see teacher.py)
+    max_failures_in_a_row: Count  # requests ending unanswered in a row that stop the stage (see teacher/request.py)
     min_coverage: Annotated[float, Range(0, 1)]  # share of training questions that must end with a valid completion
     repeat_n: bool  # send n single-sample requests, for servers that ignore `n` (Ollama)
     offline_fault_rate: Share  # offline backend: share of deliberately faulty completions

@@ -17,7 +17,7 @@ import io
 from pathlib import Path
 
 from .io import read_text, write_text
-from .params import ParamsError, Params, from_dict, load
+from .params import Params, ParamsError, from_dict, load
 
 # Hub id and the commit read (public pins of these repositories; the weights have not changed since 2023).
 STUDENTS = {"t5-small": ("google-t5/t5-small", "df1b051c49625cf57a3d0d8d3863ed4d13564fe4"),
@@ -97,8 +97,8 @@ def preset(dataset: str, student: str) -> dict:
 
 def eval_cadence(params: Params) -> int:
     """Optimizer steps between SFT validations that `sft.eval_every` means for this dataset and stage type."""
-    from .student.curriculum import eval_steps
     from .data.tasks import get_task
+    from .student.curriculum import eval_steps
 
     s = params.sft
     return eval_steps(s.eval_every, s.stage_type, s.interval, get_task(params.dataset.name).num_options_for(params))

@@ -13,11 +13,11 @@ from typer.testing import CliRunner
 from tinythinker import protocol
 from tinythinker.cli import app
 from tinythinker.data.download import download
+from tinythinker.data.prepare import prepare
+from tinythinker.data.tasks import TASK_DIR, TaskError, available, get_task, load_task
 from tinythinker.io import DataError, read_json, read_jsonl
 from tinythinker.params import Params, ParamsError, load
 from tinythinker.paths import Paths
-from tinythinker.data.prepare import prepare
-from tinythinker.data.tasks import TASK_DIR, TaskError, available, get_task, load_task
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 

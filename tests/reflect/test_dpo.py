@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from tinythinker import protocol as P
+from tinythinker.io import read_json, write_jsonl
+from tinythinker.params import load
+from tinythinker.paths import Paths
 from tinythinker.reflect.dpo import dpo_train
 from tinythinker.reflect.dpo_seq2seq import (collate, disable_dropout, dpo_loss, policy_logps, reference_logps,
                                              sequence_logps, tokenize_pairs)
 from tinythinker.reflect.schedule import schedule_intervals
-from tinythinker.io import read_json, write_jsonl
-from tinythinker.params import load
-from tinythinker.paths import Paths
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
@@ -112,8 +112,8 @@ def test_dropout_disabled(sft_model):
 
 
 def test_training_raises_margin_and_leaves_reference_alone(sft_model, tmp_path):
-    from tinythinker.student.chain import Decoding
     from tinythinker.reflect.dpo_seq2seq import build_trainer
+    from tinythinker.student.chain import Decoding
 
     short = Decoding(max_new_tokens=6)
     model, tok = load(sft_model)
@@ -241,8 +241,8 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, sft_model, monkeypa
 def test_tf32_and_precision_are_set_before_the_first_forward_pass(tmp_path, sft_model, monkeypatch):
     """TF32 is switched (off here) before the start validation and the reference log-probs (both inside the
     Trainer's pre-pass), which are computed in the training precision."""
-    import tinythinker.student.distributed as distributed
     import tinythinker.reflect.dpo_seq2seq as dpo
+    import tinythinker.student.distributed as distributed
     import tinythinker.student.training as training
 
     events = []
@@ -260,8 +260,8 @@ def test_tf32_and_precision_are_set_before_the_first_forward_pass(tmp_path, sft_
 
 def test_accumulation_is_the_same_optimizer_step(sft_model, tmp_path):
     """batch 1 x 2 micro-batches = batch 2: the same optimizer steps over the same pairs, the same weights."""
-    from tinythinker.student.chain import Decoding
     from tinythinker.reflect.dpo_seq2seq import build_trainer
+    from tinythinker.student.chain import Decoding
 
     recall = RECALL + [{**RECALL[0], "chosen": "Iron is a metal 9."}]  # 4 recall + 2 analyze pairs: no tails
     chain_kwargs = {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), Decoding(max_new_tokens=6))}

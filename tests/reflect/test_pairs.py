@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from tinythinker import protocol as P
-from tinythinker.reflect.pairs import analyze_pairs, iteration_init, recall_pairs
 from tinythinker.params import ParamsError, load
+from tinythinker.reflect.pairs import analyze_pairs, iteration_init, recall_pairs
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
@@ -171,8 +171,8 @@ def test_dpo_sample_stage(tmp_path, monkeypatch, stage_type):
     import tinythinker.student.chain as chain
     import tinythinker.student.model as student
     from tinythinker.io import read_json, read_jsonl, write_jsonl
-    from tinythinker.reflect.pairs import dpo_sample
     from tinythinker.paths import Paths
+    from tinythinker.reflect.pairs import dpo_sample
 
     paths = Paths(tmp_path)
     (paths.sft_model).mkdir(parents=True)
@@ -218,8 +218,8 @@ def test_dpo_sample_stage(tmp_path, monkeypatch, stage_type):
 def test_ablated_student_gets_no_pairs(tmp_path):
     """A summarize-only student has no recall/analyze chain to reflect on: empty pairs, no model needed."""
     from tinythinker.io import read_json, read_jsonl
-    from tinythinker.reflect.pairs import dpo_sample
     from tinythinker.paths import Paths
+    from tinythinker.reflect.pairs import dpo_sample
 
     params = BASE.replace(**{"sft.stage_type": "summarize", "dpo.iterations": {"iter1": {"init": "models/sft"}}})
     paths = Paths(tmp_path)
@@ -233,8 +233,8 @@ def test_each_iteration_samples_with_its_own_seed(tmp_path, monkeypatch):
     import tinythinker.student.chain as chain
     import tinythinker.student.model as student
     from tinythinker.io import write_jsonl
-    from tinythinker.reflect.pairs import dpo_sample, iteration_seed
     from tinythinker.paths import Paths
+    from tinythinker.reflect.pairs import dpo_sample, iteration_seed
 
     paths = Paths(tmp_path)
     paths.sft_model.mkdir(parents=True)

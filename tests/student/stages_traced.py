@@ -19,11 +19,11 @@ import transformers
 import tinythinker.student.chain as chain
 import tinythinker.student.distributed as distributed
 import tinythinker.student.evaluate as evaluate
-from tinythinker.reflect.dpo import dpo_train
-from tinythinker.student.evaluate import test
-from tinythinker.reflect.pairs import dpo_sample
 from tinythinker.params import load
 from tinythinker.paths import Paths
+from tinythinker.reflect.dpo import dpo_train
+from tinythinker.reflect.pairs import dpo_sample
+from tinythinker.student.evaluate import test
 from tinythinker.student.sft import sft
 
 root, out = Path(sys.argv[1]), Path(sys.argv[2])

@@ -5,16 +5,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinythinker.student import causal
-from tinythinker import protocol as P
-from tinythinker.student.chain import Decoding, generate, run_chain
-from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
-from tinythinker.params import load
-from tinythinker.paths import Paths
-from tinythinker.student.model import family, load_student, tokenizer_stage
-
 from tests.reflect.test_dpo import ANALYZE, BLOCK, RECALL, VALID  # noqa: F401 - the same hand-made pairs as the T5 path
 from tests.student.test_sft import one_thread, questions, write_task  # noqa: F401 - one_thread: an autouse fixture
+
+from tinythinker import protocol as P
+from tinythinker.params import load
+from tinythinker.paths import Paths
+from tinythinker.student import causal
+from tinythinker.student.chain import Decoding, generate, run_chain
+from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
+from tinythinker.student.model import family, load_student, tokenizer_stage
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 PARAMS = BASE.replace(**{
@@ -219,9 +219,9 @@ def test_dpo_train_stage_on_trl_reports_the_t5_metric_names(tmp_path, causal_sft
     import shutil
 
     import tinythinker.student.distributed as distributed
+    from tinythinker.io import read_json, write_jsonl
     from tinythinker.reflect.dpo import REWARD_KEYS, dpo_train
     from tinythinker.reflect.schedule import schedule_intervals
-    from tinythinker.io import read_json, write_jsonl
 
     scores = iter([50.0, 60.0, 55.0, 58.0, 52.0])  # start, then one per cycle: the first cycle is best
     monkeypatch.setattr(distributed, "chain_accuracy", lambda *a, **k: next(scores))

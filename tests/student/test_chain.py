@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tinythinker.student.chain import GREEDY, Decoding, accuracy, generate, majority_vote, run_chain
 from tinythinker.params import load
+from tinythinker.student.chain import GREEDY, Decoding, accuracy, generate, majority_vote, run_chain
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
@@ -236,9 +236,9 @@ def test_evaluate_stage(tmp_path):
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from tinythinker.student import evaluate
     from tinythinker.io import read_json, read_jsonl, write_jsonl
     from tinythinker.paths import Paths
+    from tinythinker.student import evaluate
     from tinythinker.student.model import train_tokenizer
 
     paths = Paths(tmp_path)

@@ -3,8 +3,8 @@ from itertools import groupby
 
 import pytest
 
-from tinythinker.student.curriculum import CurriculumBatchSampler, schedule, sft_intervals
 from tinythinker.protocol import STAGES
+from tinythinker.student.curriculum import CurriculumBatchSampler, schedule, sft_intervals
 
 
 def blocks(batches):

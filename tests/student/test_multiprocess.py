@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.student.test_sft import questions, write_task  # noqa: E402
+
 from tinythinker import protocol as P
-from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
-from tinythinker.reflect.schedule import schedule_intervals
 from tinythinker.io import read_jsonl, write_jsonl
 from tinythinker.params import load, to_dict
 from tinythinker.paths import Paths
-
-from tests.student.test_sft import questions, write_task  # noqa: E402
+from tinythinker.reflect.schedule import schedule_intervals
+from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
 
 HERE = Path(__file__).parent
 N_QUESTIONS = 17  # 17 recall rows in batches of 2 x 4: 8, 8 and a lone 1 that must join a batch, not vanish

@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 
 from tinythinker import protocol as P
-from tinythinker.student.chain import accuracy, run_chain, Decoding
 from tinythinker.io import read_json, write_jsonl
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.student.sft import _fingerprint, sft
+from tinythinker.student.chain import Decoding, accuracy, run_chain
 from tinythinker.student.model import load_student, tokenizer_stage
+from tinythinker.student.sft import _fingerprint, sft
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 

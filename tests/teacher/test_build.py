@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 
-from tinythinker.teacher.build import build
 from tinythinker.io import read_json, read_jsonl, write_jsonl
 from tinythinker.params import load
 from tinythinker.paths import Paths
+from tinythinker.teacher.build import build
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 

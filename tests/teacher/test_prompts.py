@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from tinythinker.teacher import prompts
 from tinythinker.io import DataError, read_json, read_jsonl, write_jsonl
 from tinythinker.params import ParamsError, load
 from tinythinker.paths import Paths
+from tinythinker.teacher import prompts
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 

@@ -25,16 +25,17 @@ from urllib.parse import urlsplit
 import openai
 import pytest
 
-from tests.teacher.test_teacher_openai import (API_KEY, ERRORS, REPO, assert_key_never_written, closing_servers, completion_for,
-                                 setup_root)
-from tinythinker.teacher import batch as batch_module
+from tests.teacher.test_teacher_openai import (API_KEY, ERRORS, REPO, assert_key_never_written, closing_servers,
+                                               completion_for, setup_root)
+
 from tinythinker.io import read_json, read_jsonl, write_jsonl
-from tinythinker.teacher.store import ResponseStore, request_key
 from tinythinker.params import ParamsError, load
 from tinythinker.paths import Paths
-from tinythinker.teacher.prompts import BATCH_DISCOUNT, PRICES
+from tinythinker.teacher import batch as batch_module
 from tinythinker.teacher.backend import TeacherError, origin
+from tinythinker.teacher.prompts import BATCH_DISCOUNT, PRICES
 from tinythinker.teacher.request import _usd, request
+from tinythinker.teacher.store import ResponseStore, request_key
 
 BATCH = {"mode": "batch", "batch_poll_seconds": 0.02}
 

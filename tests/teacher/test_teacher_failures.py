@@ -9,12 +9,13 @@ import time
 
 import pytest
 
-from tests.teacher.test_teacher_openai import (API_KEY, assert_key_never_written, outage_after, records,  # noqa: F401 (fixture)
-                                 server_factory, setup_root)
+from tests.teacher.test_teacher_openai import (API_KEY, assert_key_never_written, outage_after,  # noqa: F401 (fixture)
+                                               records, server_factory, setup_root)
+
 from tinythinker.io import read_json, read_jsonl
 from tinythinker.paths import Paths
-from tinythinker.teacher.prompts import build_requests, message_tokens
 from tinythinker.teacher.backend import TeacherError
+from tinythinker.teacher.prompts import build_requests, message_tokens
 from tinythinker.teacher.request import request
 
 QUICK = {"max_retry_seconds": 1.0, "max_retries": 50, "max_concurrency": 1}

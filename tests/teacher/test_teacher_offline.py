@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 
 from tinythinker.data import synthetic
-from tinythinker.teacher.build import build
 from tinythinker.io import DataError, read_jsonl, write_jsonl
-from tinythinker.teacher.store import Journal, request_key
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.teacher.prompts import prompt
 from tinythinker.teacher.backend import TeacherError
+from tinythinker.teacher.build import build
+from tinythinker.teacher.prompts import prompt
 from tinythinker.teacher.request import request
+from tinythinker.teacher.store import Journal, request_key
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 

@@ -24,8 +24,8 @@ import yaml
 from tinythinker.io import read_json, read_jsonl, write_jsonl
 from tinythinker.params import Params, load, to_dict
 from tinythinker.paths import Paths
-from tinythinker.teacher.prompts import build_requests, message_tokens
 from tinythinker.teacher.backend import KEY_HEADER, TeacherError
+from tinythinker.teacher.prompts import build_requests, message_tokens
 from tinythinker.teacher.request import request
 
 # A fresh sentinel per run, so no key-shaped literal is tracked; the tests check it never reaches a file or log.

@@ -13,12 +13,14 @@ import pytest
 import yaml
 
 from tests.teacher.test_teacher_offline import SMALL, make_root
-from tests.teacher.test_teacher_openai import API_KEY, REPO, outage_after, server_factory, setup_root  # noqa: F401 (a fixture)
+from tests.teacher.test_teacher_openai import (API_KEY, REPO, outage_after, server_factory,  # noqa: F401 (a fixture)
+                                               setup_root)
+
 from tinythinker.io import read_jsonl
-from tinythinker.teacher.store import ResponseStore
 from tinythinker.params import load
 from tinythinker.paths import STORE_ENV, Paths, store_dir
 from tinythinker.teacher.request import request
+from tinythinker.teacher.store import ResponseStore
 
 BASE = load(REPO / "params.yaml")  # params.yaml holds every value
 

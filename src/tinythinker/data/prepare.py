@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import random
 
-from .download import RECORD, jsonl_rows, collect
 from ..io import DataError, atomic_path, write_json, write_jsonl
 from ..params import Params
 from ..paths import Paths
+from .download import RECORD, collect, jsonl_rows
 from .tasks import SplitRecipe, get_task
 
 SPLITS = ("train", "valid", "test")

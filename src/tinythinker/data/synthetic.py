@@ -26,7 +26,7 @@ Built so that every step of the chain carries knowledge the question does not st
 The answer-only student (`sft.stage_type=summarize`) has to do all of this in one step with no written
 intermediate; the full chain gets each piece as its own short, supervised step. `clues_per_category: 0` names
 the category in the question ("Which one is a bird?") and the recall only restates it. What a run of this task
-shows, over seeds, is in README "The embedded task".
+shows, over seeds, is in docs/embedded-task.md.
 """
 from __future__ import annotations
 

@@ -14,7 +14,6 @@ from functools import cache
 from pathlib import Path
 from typing import Literal, Optional
 
-
 from ..io import read_yaml
 from ..params import Params, ParamsError, _build, _check
 

@@ -18,9 +18,9 @@ from typing import Sequence
 from ..io import DataError, atomic_path, read_json, read_jsonl, write_json
 from ..params import Params, to_dict
 from ..paths import Paths
+from ..protocol import PAIR_FIELDS, QUESTION_FIELDS
 from ..student import distributed
 from ..student.training import SKIP_LOG, autocast, resolve_precision, trainer_kwargs
-from ..protocol import PAIR_FIELDS, QUESTION_FIELDS
 from .pairs import iteration_init
 from .schedule import STAGES, schedule_intervals, training_args
 
@@ -71,7 +71,7 @@ def _callback_classes():
 
 
 def trainer_for(family):
-    """The one place that picks the DPO trainer of a student family (student.family): its module answers
+    """The one place that picks the DPO trainer of a student family (student.model.family): its module answers
     `arguments`, `train_data`, `build_trainer`, and, unless OWN_REFERENCE, `reference_logps` / `set_reference`."""
     from . import dpo_causal, dpo_seq2seq
 

@@ -1,11 +1,11 @@
 """Phase 2 for a decoder-only student: TRL's DPOTrainer on the project's curriculum schedule and chain validation.
 
-The T5 path keeps the project's own loss (dpo_seq2seq.py; TRL's DPOTrainer takes causal LMs only). Here TRL does the work
-with the same knobs: `dpo.loss_type` / `dpo.loss_weights` / `dpo.beta` are DPOConfig's own (sigmoid + 0.5 x NLL on
-the chosen side by default), the reference is the iteration's starting model (no ref_model: TRL scores the pairs
-with the policy before its first step) and its log-probs are precomputed once, dropout off. The pairs come from
-the same files, recall pairs then analyze pairs, each response `protocol.completion(text)` closed by the EOS, and
-the same curriculum sampler interleaves them. TRL logs the metric names the T5 trainer logs (rewards/chosen,
+The T5 path keeps the project's own loss (dpo_seq2seq.py; TRL's DPOTrainer takes causal LMs only). Here TRL does
+the work with the same knobs: `dpo.loss_type` / `dpo.loss_weights` / `dpo.beta` are DPOConfig's own (sigmoid + 0.5
+x NLL on the chosen side by default), the reference is the iteration's starting model (no ref_model: TRL scores the
+pairs with the policy before its first step) and its log-probs are precomputed once, dropout off. The pairs come
+from the same files, recall pairs then analyze pairs, each response `protocol.completion(text)` closed by the EOS,
+and the same curriculum sampler interleaves them. TRL logs the metric names the T5 trainer logs (rewards/chosen,
 rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen, logps/rejected), so the stage's metrics and
 curves read the same for both families.
 """

@@ -1,14 +1,14 @@
 """Phase 2 for a T5 (encoder-decoder) student: the project's DPO loss on a plain transformers Trainer.
 
-TRL's DPOTrainer handles causal LMs only (dpo_causal.py), so the encoder-decoder loss lives here: per pair, the prompt is the encoder
-input and chosen / rejected are two label sequences run in one concatenated forward pass; a sequence's
-log-prob is the sum of its label-token log-probs. The loss is a weighted sum of TRL-named terms
-(`dpo.loss_type` / `dpo.loss_weights`): "sigmoid" = -log sigmoid(beta * policy-vs-reference margin),
-"sft" = token-mean NLL of the chosen responses. The reference is the iteration's starting model; its
-log-probs are computed once, before the first step, and carried in the dataset, so no second model is held.
-They are computed inside the Trainer once it has prepared the model (under FSDP / ZeRO-3 only the prepared
-model has usable weights on every process), each process its share, and saved beside the checkpoints so a
-resumed run reuses them (its model then holds trained weights, no longer the reference).
+TRL's DPOTrainer handles causal LMs only (dpo_causal.py), so the encoder-decoder loss lives here: per pair, the
+prompt is the encoder input and chosen / rejected are two label sequences run in one concatenated forward pass; a
+sequence's log-prob is the sum of its label-token log-probs. The loss is a weighted sum of TRL-named terms
+(`dpo.loss_type` / `dpo.loss_weights`): "sigmoid" = -log sigmoid(beta * policy-vs-reference margin), "sft" = token-
+mean NLL of the chosen responses. The reference is the iteration's starting model; its log-probs are computed once,
+before the first step, and carried in the dataset, so no second model is held. They are computed inside the Trainer
+once it has prepared the model (under FSDP / ZeRO-3 only the prepared model has usable weights on every process),
+each process its share, and saved beside the checkpoints so a resumed run reuses them (its model then holds trained
+weights, no longer the reference).
 """
 from __future__ import annotations
 

@@ -19,14 +19,13 @@ import random
 from collections import defaultdict
 from typing import Mapping, Sequence
 
-from ..student import distributed
 from .. import protocol as P
-from ..protocol import CHAIN_FIELDS, PAIR_FIELDS, QUESTION_FIELDS
-from ..student.chain import is_correct
 from ..io import DataError, read_jsonl, write_json, write_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
-
+from ..protocol import CHAIN_FIELDS, PAIR_FIELDS, QUESTION_FIELDS
+from ..student import distributed
+from ..student.chain import is_correct
 
 
 def _unique(items: Sequence, key) -> list:

@@ -31,7 +31,8 @@ def training_args(params: Params, intervals: dict[str, int], ckpt_dir: Path, tra
                   arguments=None):
     """Evaluation and checkpoints once per schedule cycle (in optimizer steps), `dpo.passes` cycles in all.
     `train_kwargs`: the shared TrainingArguments fields (training.trainer_kwargs); `arguments`: what builds the
-    arguments from these fields (TrainingArguments; TRL's DPOConfig for a decoder-only student, dpo_causal.arguments)."""
+    arguments from these fields (the trainer kind's `arguments`: TrainingArguments for T5, TRL's DPOConfig for a
+    decoder-only student)."""
     import torch
     from transformers import TrainingArguments
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import yaml
 
 from .. import protocol as P
+from ..data.tasks import get_task
 from ..io import DataError, atomic_path
 from ..params import Params, to_dict
 from ..paths import Paths
-from ..data.tasks import get_task
 
 # The params the card reports (dvc.yaml lists the same under the stage's params).
 KEY_PARAMS = ("seed", "dataset.name", "dataset.limit", "student.model", "student.revision", "teacher.backend",
@@ -62,7 +62,7 @@ def _pct(value) -> str:
 
 
 def _architecture(params: Params, paths: Paths) -> tuple[str, bool]:
-    """(model_type, decoder-only) of the final model, from its config as `student.family` reads it; before there
+    """(model_type, decoder-only) of the final model, from its config as `student.model.family` reads it; before there
     is one (or for a card of a bare run), from the embedded student's name."""
     try:
         config = json.loads((final_model(paths) / "config.json").read_text())

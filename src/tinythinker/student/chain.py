@@ -3,7 +3,7 @@
 Each step is one batched pass over all questions (analyze: over all (question, option) pairs), so a
 question's step k+1 prompt is built from its own step-k output. Prompts come only from `protocol`.
 Option letters come from each question's own `options` (fixes spec 9.12). One implementation for both student
-families: the family (`student.family_of`) says how a batch of prompts is padded (left for a decoder-only model, so
+families: the family (`model.family_of`) says how a batch of prompts is padded (left for a decoder-only model, so
 every prompt ends where generation starts) and which output tokens are new (a decoder-only model returns the prompt
 too).
 """

@@ -13,7 +13,7 @@ Only then can transformers load memory-efficiently: under FSDP with `fsdp_cpu_ra
 and the Trainer broadcasts them when it wraps the model; under ZeRO-3 the arguments register the DeepSpeed
 config that makes `from_pretrained` build the model partitioned (`zero.Init`). The other ranks' modules hold
 no usable weights before the Trainer has prepared the model, so everything the training stages compute with
-the model runs inside the Trainer (`dpo.py`'s pre-pass) or after it.
+the model runs inside the Trainer (the dpo stage's pre-pass, reflect/dpo.py) or after it.
 """
 from __future__ import annotations
 

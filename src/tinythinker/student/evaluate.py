@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import distributed
-from ..protocol import QUESTION_FIELDS
-from .chain import Decoding, accuracy, majority_vote, run_chain
 from ..io import read_jsonl, write_json, write_jsonl
 from ..params import GenerationParams, Params, check_name
 from ..paths import Paths
+from ..protocol import QUESTION_FIELDS
+from . import distributed
+from .chain import Decoding, accuracy, majority_vote, run_chain
 from .model import load_student
 
 

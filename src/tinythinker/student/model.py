@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import re
 import string
-
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from ..protocol import QUESTION_FIELDS, STAGE_FIELDS
 from ..io import DataError, atomic_path, read_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
+from ..protocol import QUESTION_FIELDS, STAGE_FIELDS
 
 SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5: pad doubles as the decoder start token
 # The students built from config (no download), and their family.

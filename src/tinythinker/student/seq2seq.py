@@ -1,6 +1,6 @@
 """The encoder-decoder student family (T5): the prompt is the encoder's input, the target the decoder's labels.
 
-One of two modules behind the same calls (`causal.py` is the other; `student.family` picks one from the model's
+One of two modules behind the same calls (`causal.py` is the other; `model.family` picks one from the model's
 config): the tokenizer around a trained vocabulary, the embedded model, how prompts are padded and outputs cut for
 generation, and phase 1's trainer, arguments and data.
 """

@@ -14,14 +14,14 @@ import json
 import shutil
 from pathlib import Path
 
-from . import distributed
 from .. import protocol as P
-from ..protocol import QUESTION_FIELDS, STAGE_FIELDS
-from .chain import Decoding
-from .curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
 from ..io import DataError, read_jsonl, write_json
 from ..params import Params, to_dict
 from ..paths import Paths
+from ..protocol import QUESTION_FIELDS, STAGE_FIELDS
+from . import distributed
+from .chain import Decoding
+from .curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
 from .model import family, load_student
 from .training import SKIP_LOG, sft_trainer, trainer_kwargs
 

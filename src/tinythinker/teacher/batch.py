@@ -8,7 +8,7 @@ requests, 200 MB, one model per file). Each file is uploaded (`files.create(purp
 and error files are then read back and matched by `custom_id`. An answered line becomes a journal entry like
 a live answer (same key, so either mode serves the other), marked ``"batch": <batch id>`` for its price.
 
-Never paying twice: a record of each batch is written to the response store (journal.py) after the upload
+Never paying twice: a record of each batch is written to the response store (store.py) after the upload
 and again once the batch exists, before it is polled. A stage killed while a batch runs finds the record on
 its next run and polls that batch instead of submitting the requests again; a record with no batch id yet
 (killed between `batches.create` and the record) is matched against the server's batches by the input
@@ -31,10 +31,10 @@ import time
 from collections import Counter
 from typing import Optional
 
-from .store import ResponseStore
 from ..params import Params
 from .backend import Backend, RequestFailed, TeacherError
 from .live import OpenAIBackend
+from .store import ResponseStore
 
 # The API's limits on one input file; module constants so that tests can lower them.
 MAX_REQUESTS = 50_000

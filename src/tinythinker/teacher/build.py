@@ -11,13 +11,13 @@ from __future__ import annotations
 from collections import Counter
 
 from .. import protocol as P
+from ..data.prepare import read_split
 from ..io import DataError, atomic_path, read_jsonl, write_json, write_jsonl
 from ..params import Params
+from ..paths import Paths
 from ..protocol import COMPLETION_FIELDS
 from .parse import (INCOMPLETE, INCONSISTENT, LENGTH, MALFORMED, NO_ANSWER, NO_KEY_INFO, analyses, filter_answer,
                     is_complete, majority)
-from ..paths import Paths
-from ..data.prepare import read_split
 
 # Exact-duplicate keys per stage file (spec 3.6 and 4); None keeps every row (as the original did).
 DEDUP = {

@@ -16,10 +16,10 @@ import tempfile
 from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
+from ..data.prepare import read_split
 from ..io import DataError, read_json, write_json, write_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
-from ..data.prepare import read_split
 
 EXEMPLAR_DIR = Path(__file__).with_name("exemplars")
 
