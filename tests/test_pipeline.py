@@ -62,12 +62,20 @@ def _copy_repo(dst: Path, overrides: dict | None = None) -> Path:
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    return _copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    """The shrunken pipeline, run once with `dvc repro` and shared by the tests of the `pipeline` xdist group
+    (one worker runs them all, so the run is made once)."""
+    repo = _copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    _sh("dvc repro", repo)
+    return repo
+
+
+# Tests that read the one shared run: kept on one xdist worker (`--dist loadgroup` in pyproject.toml).
+shared_run = pytest.mark.xdist_group("pipeline")
 
 
 @pytest.mark.slow
+@shared_run
 def test_dvc_repro_end_to_end(repo):
-    _sh("dvc repro", repo)
     for out in ["data/prepared/split_ids.json", "data/teacher/journal.jsonl", "data/sft/valid.jsonl",
                 "models/sft/config.json", "models/dpo/iter2/config.json", "metrics/test/iter2.json"]:
         assert (repo / out).exists(), out
@@ -153,11 +161,10 @@ def s3_server():
 
 
 @pytest.mark.slow
+@shared_run
 @pytest.mark.parametrize("remote", ["local", "s3"])
 def test_push_then_pull_into_fresh_clone(repo, tmp_path, remote, request):
     """Data, teacher journal and checkpoints travel through a remote; the fresh clone is up to date."""
-    if not (repo / "dvc.lock").exists():
-        _sh("dvc repro", repo)
     _sh("git add -A && git commit -qm 'pipeline run' || true", repo)
     if remote == "local":
         add = f"dvc remote add -f store {tmp_path / 'store'}"
@@ -187,10 +194,9 @@ def _metrics(repo: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slow
+@shared_run
 def test_same_params_same_machine_reproduce_exactly(repo, tmp_path):
     """A second clone run from scratch: identical hashes for data, teacher outputs and models; same metrics."""
-    if not (repo / "dvc.lock").exists():
-        _sh("dvc repro", repo)
     other = _copy_repo(tmp_path / "again")
     # Through the first DPO iteration and the SFT model's test (each later stage repeats one of these kinds)
     _sh("dvc repro dpo_train@iter1 test_sft", other)
@@ -205,7 +211,7 @@ def test_same_params_same_machine_reproduce_exactly(repo, tmp_path):
 
 
 @pytest.mark.slow
-def test_training_stages_under_accelerate_with_two_cpu_processes(repo, tmp_path):
+def test_training_stages_under_accelerate_with_two_cpu_processes(tmp_path):
     """`launcher` switches sft and dpo_train to `accelerate launch` (DDP over 2 CPU processes), no code change."""
     clone = _copy_repo(tmp_path / "ddp", {"dpo.iterations": {"iter1": {"init": "models/sft"}}})  # one is enough
     out = _sh("dvc exp run -S \"launcher='accelerate launch --multi_gpu --num_processes 2 -m'\"", clone)
@@ -218,10 +224,9 @@ def test_training_stages_under_accelerate_with_two_cpu_processes(repo, tmp_path)
 
 
 @pytest.mark.slow
+@shared_run
 def test_queued_ablation_runs_and_shows(repo):
     """`dvc exp run --queue` + `dvc queue start`: a queued variant runs and is compared."""
-    if not (repo / "dvc.lock").exists():
-        _sh("dvc repro", repo)
     _sh("git add -A && git commit -qm 'pipeline run' || true", repo)
     # A phase-2 variant: the queued run takes the SFT model from the cache and reruns the DPO stages only
     _sh("dvc exp run --queue -n beta-low -S dpo.beta=0.1", repo)

@@ -15,6 +15,9 @@ from tinythinker.reflect.dpo_seq2seq import (collate, disable_dropout, dpo_loss,
                                              sequence_logps, tokenize_pairs)
 from tinythinker.reflect.schedule import schedule_intervals
 
+# Its module fixture builds what every test here reads: one xdist worker runs them all (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("dpo")
+
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 BLOCK = P.question_block("Which is a metal?", [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron"}])

@@ -16,6 +16,9 @@ from tinythinker.student.chain import Decoding, generate, run_chain
 from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
 from tinythinker.student.model import family, load_student, tokenizer_stage
 
+# Its module fixture builds what every test here reads: one xdist worker runs them all (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("causal")
+
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 PARAMS = BASE.replace(**{
     "student.model": "embedded-causal",

@@ -28,6 +28,9 @@ from tinythinker.paths import Paths
 from tinythinker.reflect.schedule import schedule_intervals
 from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
 
+# Its module fixture builds what every test here reads: one xdist worker runs them all (`--dist loadgroup`).
+pytestmark = pytest.mark.xdist_group("multiprocess")
+
 HERE = Path(__file__).parent
 N_QUESTIONS = 17  # 17 recall rows in batches of 2 x 4: 8, 8 and a lone 1 that must join a batch, not vanish
 PARAMS = load(HERE.parents[1] / "params.yaml").replace(**{
