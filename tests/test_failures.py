@@ -334,3 +334,98 @@ def test_a_killed_build_leaves_no_partial_files_in_data_sft(repo, after):
     assert cli(repo, "build").exit_code == 0
     assert files_under(sft) != done and len(files_under(sft)) == 13
     assert sorted(p.name for p in (repo / "data").iterdir()) == ["prepared", "raw", "sft", "teacher"]
+
+
+# --- a directory output is swapped whole: a failure or a kill at any moment leaves the old one or the new one --
+SWAP_KILLED = """
+import os, signal, sys
+from pathlib import Path
+import tinythinker.io as io
+real, calls = os.replace, [0]
+def replace(src, dst):
+    real(src, dst)
+    calls[0] += 1
+    if calls[0] == 1:  # the old directory is aside, the new one not yet in
+        os.kill(os.getpid(), signal.SIGKILL)
+io.os.replace = replace
+with io.atomic_path(Path(sys.argv[1])) as tmp:
+    tmp.mkdir()
+    (tmp / "new.txt").write_text("new")
+"""
+
+
+def test_a_directory_swap_killed_between_its_renames_is_put_back(tmp_path):
+    out = tmp_path / "data" / "sft"
+    out.mkdir(parents=True)
+    (out / "old.txt").write_text("old")
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    done = subprocess.run([sys.executable, "-c", SWAP_KILLED, str(out)], env=env)
+    assert done.returncode == -signal.SIGKILL and not out.exists()  # the kill fell between the renames
+    stranded = [p.name for p in out.parent.iterdir()]
+    assert len(stranded) == 1 and stranded[0].startswith(".sft.tmp-")
+    assert subprocess.run(["git", "check-ignore", "-q", f"data/{stranded[0]}/old/old.txt"], cwd=REPO).returncode == 0
+
+    from tinythinker.io import atomic_path
+
+    with pytest.raises(RuntimeError), atomic_path(out) as tmp:  # the next write of it fails: the old one is back
+        tmp.mkdir()
+        raise RuntimeError("a failing build")
+    assert files_under(out) == {"old.txt": b"old"} and [p.name for p in out.parent.iterdir()] == ["sft"]
+
+
+def test_a_directory_that_cannot_be_moved_in_leaves_the_old_one(tmp_path, monkeypatch):
+    import tinythinker.io as io
+
+    out = tmp_path / "sft"
+    out.mkdir()
+    (out / "a.txt").write_text("old")
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:  # moving the new directory in
+            raise PermissionError(13, "Permission denied", str(dst))
+        real(src, dst)
+
+    monkeypatch.setattr(io.os, "replace", replace)
+    with pytest.raises(PermissionError) as e, io.atomic_path(out) as tmp:
+        tmp.mkdir()
+        (tmp / "b.txt").write_text("new")
+    assert e.value.filename == str(out)  # named by the output, not the temporary
+    assert files_under(out) == {"a.txt": b"old"} and [p.name for p in tmp_path.iterdir()] == ["sft"]
+
+
+# --- no silent empty input, and stage files checked as prepare checks a split ---------------------------------
+@pytest.mark.parametrize("split,cmd", [("train", "prompt"), ("valid", "build"), ("test", "build")])
+def test_an_empty_prepared_split_stops_the_first_stage_that_reads_it(repo, split, cmd):
+    path = repo / "data" / "prepared" / f"{split}.jsonl"
+    path.write_text("")
+    fails(cli(repo, cmd), f"{path}: no questions (an empty {split} split")
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda rows: rows.clear(), ": no questions (an empty split"),
+    (lambda rows: rows[2].update(gt="Z"), ":3: answer 'Z' is not one of the options ['A', 'B', 'C', 'D']"),
+    (lambda rows: rows[3].update(qid=rows[0]["qid"]), ":4: duplicate qid 'syn-test-"),
+    (lambda rows: rows[1].update(options=["A", "A"]), ":2: options must be distinct capital letters"),
+    (lambda rows: rows[0].update(block=7), ":1: field 'block' must be a JSON string, not 7"),
+])
+def test_a_bad_question_file_stops_the_stage_that_reads_it(repo, tiny_model, edit, needle):
+    assert cli(repo, "build").exit_code == 0
+    path = repo / "data" / "sft" / "test.jsonl"
+    edit_rows(path, edit)
+    fails(cli(repo, "test", "--model", str(tiny_model), "--name", "test/x"), f"{path}{needle}")
+    assert not (repo / "metrics" / "test").exists()
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda rows: rows.append(dict(rows[1])), ": duplicate id 'syn-train-"),
+    (lambda rows: rows[1].update(completions="text"), ":2: field 'completions' must be a JSON array, not \"text\""),
+    (lambda rows: rows[1].update(completions=["text"]), ":2: every completion must be an object with a string"),
+])
+def test_a_bad_completions_file_stops_build(repo, edit, needle):
+    path = repo / "data" / "teacher" / "completions.jsonl"
+    edit_rows(path, edit)
+    fails(cli(repo, "build"), f"{path}")
+    fails(cli(repo, "build"), needle)
+    assert not (repo / "data" / "sft").exists()

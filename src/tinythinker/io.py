@@ -8,7 +8,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
+
+# What a row must hold: the field names, or the names with their JSON types (str, list, dict, ...).
+Fields = Union[Sequence[str], Mapping[str, type]]
 
 
 class DataError(ValueError):
@@ -28,16 +31,20 @@ def _naming(path: Path, temporaries: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
-    """Yield a temporary sibling path; on success it replaces `path` (file or directory) in one rename.
+    """Yield a temporary sibling path; on success it replaces `path` (file or directory) whole.
 
-    What a killed earlier write of `path` left behind (its temporary directory) is removed first; an OSError
-    (permission denied, disk full) names `path`, not the temporary.
+    A directory is swapped in two renames: the old one aside into the temporary directory, the new one in, then
+    the old one deleted; a failure between them puts the old one back. What a killed earlier write of `path` left
+    behind is put right first: an old directory still aside (the kill fell between the renames) goes back into
+    place, temporaries are removed. An OSError (permission denied, disk full) names `path`, not the temporary.
     """
     path = Path(path)
     prefix = f".{path.name}.tmp-"
     with _naming(path, str(path.parent / prefix)):
         path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in path.parent.glob(glob.escape(prefix) + "*"):
+        for stale in sorted(path.parent.glob(glob.escape(prefix) + "*")):
+            if (stale / "old").exists() and not path.exists():
+                os.replace(stale / "old", path)
             shutil.rmtree(stale, ignore_errors=True)
         tmp_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     try:
@@ -45,10 +52,22 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
             tmp = tmp_dir / f"out{suffix}"
             yield tmp
             if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            os.replace(tmp, path)
+                os.replace(path, tmp_dir / "old")
+                try:
+                    os.replace(tmp, path)
+                except BaseException:
+                    os.replace(tmp_dir / "old", path)
+                    raise
+            else:
+                os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def replace_dir(src: Path, dest: Path) -> None:
+    """The directory `src` takes the place of `dest` whole (atomic_path's swap); `src` is gone after."""
+    with atomic_path(dest) as tmp:
+        shutil.move(str(src), tmp)
 
 
 def describe_os_error(e: OSError) -> str:
@@ -116,9 +135,10 @@ def read_json(path: str | Path) -> Any:
         raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
 
 
-def iter_jsonl(path: str | Path, fields: Sequence[str] = ()) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(path: str | Path, fields: Fields = ()) -> Iterator[tuple[int, Any]]:
     """(line number, object) for each non-blank line; a line that is not UTF-8, not JSON, or (with `fields`)
-    not an object holding every one of `fields` raises DataError naming the file, the line and the field."""
+    not an object holding every one of `fields` (of its type, when `fields` maps names to types) raises DataError
+    naming the file, the line and the field."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: no such file")
@@ -140,8 +160,15 @@ def iter_jsonl(path: str | Path, fields: Sequence[str] = ()) -> Iterator[tuple[i
                 missing = [k for k in fields if k not in obj]
                 if missing:
                     raise DataError(f"{path}:{lineno}: missing field {', '.join(map(repr, missing))}")
+                for k, kind in (fields.items() if isinstance(fields, Mapping) else ()):
+                    if not isinstance(obj[k], kind) or isinstance(obj[k], bool) and kind is not bool:
+                        raise DataError(f"{path}:{lineno}: field {k!r} must be a JSON {_JSON[kind]}, "
+                                        f"not {json.dumps(obj[k])[:40]}")
             yield lineno, obj
 
 
-def read_jsonl(path: str | Path, fields: Sequence[str] = ()) -> list[Any]:
+_JSON = {str: "string", list: "array", dict: "object", int: "integer", float: "number", bool: "boolean"}
+
+
+def read_jsonl(path: str | Path, fields: Fields = ()) -> list[Any]:
     return [obj for _, obj in iter_jsonl(path, fields)]

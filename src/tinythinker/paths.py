@@ -96,6 +96,13 @@ class Paths:
     def final_model(self) -> Path:  # the pipeline's result with its model card (publish), a DVC artifact
         return self.root / "models" / "final"
 
+    def curves(self, run: str) -> Path:  # dvclive curves of a training run, "sft" or "dpo/<iteration>"
+        stage, _, iteration = run.partition("/")
+        return self.metrics / f"{stage}_live" / (check_name(iteration, "iteration") if iteration else "")
+
+    def curves_work(self, run: str) -> Path:  # where a run writes its curves until its model is saved, git-ignored
+        return self.checkpoints / "live" / run
+
     def tracker_logs(self, run: str) -> Path:  # TensorBoard event files (report_to), git-ignored
         return self.root / "runs" / run
 

@@ -15,14 +15,18 @@ each stage as one sequence, prompt + `completion(target)`, closed by its tokeniz
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
-# The fields a reader of each file needs (DEVELOPERS.md "File formats"); a row without one is named by line.
-COMPLETION_FIELDS = ("id", "completions")  # data/teacher/completions.jsonl
-STAGE_FIELDS = ("qid", "input", "target")  # data/sft/<stage_type>/<stage>.jsonl, recall_single.jsonl
-QUESTION_FIELDS = ("qid", "block", "options", "gt")  # data/sft/{valid,test,train_questions}.jsonl
-CHAIN_FIELDS = ("qid", "recall", "analyses")  # data/sft/chains.jsonl
-PAIR_FIELDS = ("qid", "prompt", "chosen", "rejected")  # data/dpo/<iter>/{recall,analyze}_pairs.jsonl
+from .io import DataError, iter_jsonl
+
+# The fields a reader of each file needs and their JSON types (DEVELOPERS.md "File formats"); a row without one,
+# or with another type, is named by line (io.iter_jsonl).
+COMPLETION_FIELDS = {"id": str, "completions": list}  # data/teacher/completions.jsonl
+STAGE_FIELDS = {"qid": str, "input": str, "target": str}  # data/sft/<stage_type>/<stage>.jsonl, recall_single.jsonl
+QUESTION_FIELDS = {"qid": str, "block": str, "options": list, "gt": str}  # data/sft/{valid,test,train_questions}.jsonl
+CHAIN_FIELDS = {"qid": str, "recall": str, "analyses": dict}  # data/sft/chains.jsonl
+PAIR_FIELDS = {"qid": str, "prompt": str, "chosen": str, "rejected": str}  # data/dpo/<iter>/{recall,analyze}_pairs.jsonl
 
 RECALL = "Recall:"
 ANALYZE = "Analyze:"
@@ -107,3 +111,25 @@ def split_analyses(text: str) -> dict[str, str]:
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
         out.setdefault(m.group(1), text[m.end():end].strip())
     return out
+
+
+def read_questions(path: Path) -> list[dict]:
+    """A question file of data/sft (valid, test, train_questions), checked as `prepare` checks a split: a unique
+    qid per row, options distinct capital letters, the answer one of them, and at least one question (an empty
+    split would score 0 of 0). Errors name the file and line."""
+    rows, seen = [], {}
+    for lineno, q in iter_jsonl(path, QUESTION_FIELDS):
+        opts = q["options"]
+        if not opts or len(set(opts)) != len(opts) or not all(isinstance(o, str) and re.fullmatch("[A-Z]", o)
+                                                                for o in opts):
+            raise DataError(f"{path}:{lineno}: options must be distinct capital letters, not {opts!r}")
+        if q["gt"] not in opts:
+            raise DataError(f"{path}:{lineno}: answer {q['gt']!r} is not one of the options {opts}")
+        if q["qid"] in seen:
+            raise DataError(f"{path}:{lineno}: duplicate qid {q['qid']!r} (first at line {seen[q['qid']]})")
+        seen[q["qid"]] = lineno
+        rows.append(q)
+    if not rows:
+        raise DataError(f"{path}: no questions (an empty split; rebuild it with `dvc repro`)")
+    return rows
+

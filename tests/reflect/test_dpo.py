@@ -230,10 +230,16 @@ def test_interrupted_run_resumes_to_the_same_model(tmp_path, sft_model, monkeypa
         paths = repo(tmp_path / name, sft_model, RECALL, ANALYZE)
         for stop in stops:
             m = dpo_train(PARAMS, paths, "iter1", stop_after=stop)
-            if stop:  # interrupted: a checkpoint to resume from, no outputs yet
+            if stop:  # interrupted: a checkpoint to resume from, no outputs yet, the curves not in metrics/
                 assert m == {"steps": stop} and not paths.dpo_model("iter1").exists()
                 assert (paths.checkpoints / "dpo" / "iter1" / f"checkpoint-{stop}").exists()
+                assert not paths.curves("dpo/iter1").exists()
         runs[name] = m, load_file(paths.dpo_model("iter1") / "model.safetensors")
+        # the curves moved into metrics/ with the model, the resumed run's history replayed, no step twice
+        tsv = paths.curves("dpo/iter1") / "plots" / "metrics" / "eval" / "accuracy.tsv"
+        steps = [int(line.split("\t")[0]) for line in tsv.read_text().splitlines()[1:]]
+        assert steps == sorted(set(steps)) and steps[0] == 0 and steps[-1] == 2 * cycle
+        assert not paths.curves_work("dpo/iter1").exists()
     (m1, w1), (m2, w2) = runs["straight"], runs["resumed"]
     assert m1["steps"] == m2["steps"] == 2 * cycle and m2["best_step"] == 2 * cycle
     assert m1 == pytest.approx(m2, rel=1e-5)

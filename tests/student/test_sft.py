@@ -91,6 +91,7 @@ def test_learns_and_resumes(paths, tmp_path_factory):
     first = sft(PARAMS, paths, max_steps=50)
     assert first == {"train_steps": 50, "resumed_from_step": 0}
     assert (paths.checkpoints / "sft" / "checkpoint-50").is_dir() and not paths.sft_model.exists()
+    assert not paths.curves("sft").exists()  # the curves reach metrics/ with the model, not before
 
     m = sft(PARAMS, paths)  # picks up the interrupted run
     assert m["resumed_from_step"] == 50 and m["train_steps"] == 360
@@ -121,6 +122,11 @@ def test_learns_and_resumes(paths, tmp_path_factory):
     assert [s for s, _ in evals] == list(range(40, 361, 40))
     best = max(a for _, a in evals)
     assert m["best_step"] == next(s for s, a in evals if a == best)  # ties keep the earlier checkpoint
+
+    # a later run that is interrupted (killed, or stopped here) leaves these curves whole
+    curves = {f: f.read_bytes() for f in paths.curves("sft").rglob("*") if f.is_file()}
+    assert sft(PARAMS.replace(**{"sft.learning_rate": 1e-3}), paths, max_steps=3)["train_steps"] == 3
+    assert {f: f.read_bytes() for f in paths.curves("sft").rglob("*") if f.is_file()} == curves
 
 
 def test_fingerprint_changes_with_params_and_data(paths):
@@ -153,7 +159,8 @@ def test_accumulation_trains_the_same_optimizer_steps(paths, tmp_path_factory):
     runs = {}
     for name, params, p in (("plain", base, paths), ("accumulated", accumulated, other)):
         assert sft(params, p, max_steps=6) == {"train_steps": 6, "resumed_from_step": 0}
-        evals = csv.DictReader(open(p.metrics / "sft_live" / "plots" / "metrics" / "eval_accuracy.tsv"), delimiter="\t")
+        # interrupted: its curves are still beside, in the working copy
+        evals = csv.DictReader(open(p.curves_work("sft") / "plots" / "metrics" / "eval_accuracy.tsv"), delimiter="\t")
         assert [int(r["step"]) for r in evals] == [5], name
         runs[name] = load_file(p.checkpoints / "sft" / "checkpoint-6" / "model.safetensors")
     a, b = runs["plain"], runs["accumulated"]

@@ -53,7 +53,10 @@ def cap(rows: list[dict], limit: int, seed: str) -> list[dict]:
 def read_split(paths: Paths, split: str) -> list[dict]:
     """A prepared split with every record re-checked as `prepare` checked it (an error names file and line),
     since the file may have been edited since; the stages that read it send it to a paid teacher."""
-    return collect({split: jsonl_rows(paths.split(split))}, RECORD, None)[split]
+    rows = collect({split: jsonl_rows(paths.split(split))}, RECORD, None)[split]
+    if not rows:
+        raise DataError(f"{paths.split(split)}: no questions (an empty {split} split; rerun `dvc repro prepare`)")
+    return rows
 
 
 def prepare(params: Params, paths: Paths) -> None:

@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from ..io import DataError, atomic_path, read_json, read_jsonl, write_json
+from ..io import DataError, atomic_path, read_json, read_jsonl, replace_dir, write_json
 from ..params import Params, to_dict
 from ..paths import Paths
-from ..protocol import PAIR_FIELDS, QUESTION_FIELDS
+from ..protocol import PAIR_FIELDS, read_questions
 from ..student import distributed
 from ..student.training import SKIP_LOG, autocast, resolve_precision, trainer_kwargs
 from .pairs import iteration_init
@@ -113,7 +113,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     trainer_kind = trainer_for(kind)
     data_dir = paths.dpo_data(iteration)
     pairs = {s: read_jsonl(data_dir / f"{s}_pairs.jsonl", PAIR_FIELDS) for s in STAGES}
-    valid = read_jsonl(paths.sft_data / "valid.jsonl", QUESTION_FIELDS)
+    valid = read_questions(paths.sft_data / "valid.jsonl")
     out_model, metrics_file = paths.dpo_model(iteration), paths.metric(f"dpo/{iteration}")
     ckpt_dir = paths.checkpoints / "dpo" / iteration
     greedy = Decoding(max_new_tokens=g.max_new_tokens)
@@ -125,7 +125,9 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     # TF32 and precision settle before the first forward pass: start validation and reference log-probs included.
     train_kwargs = trainer_kwargs(params, paths, "dpo", f"dpo/{iteration}")
     precision = resolve_precision(d.precision, "dpo.precision")
-    live = Live(dir=str(paths.metrics / "dpo_live" / iteration), dvcyaml=False, save_dvc_exp=False) if main else None
+    # Curves are written beside and moved into metrics/ with the model: an interrupted run leaves the last ones whole.
+    run = f"dpo/{iteration}"
+    live = Live(dir=str(paths.curves_work(run)), dvcyaml=False, save_dvc_exp=False) if main else None
     counts = {f"{s}_pairs": len(pairs[s]) for s in STAGES}
     # spec 6.3: intervals count optimizer steps of batch x n_gpu pairs (x gradient_accumulation_steps)
     intervals = schedule_intervals(len(pairs["recall"]), len(pairs["analyze"]),
@@ -144,6 +146,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
             live.end()
             with atomic_path(out_model) as tmp:
                 shutil.copytree(init, tmp)
+            replace_dir(paths.curves_work(run), paths.curves(run))
             write_json(metrics_file, metrics)
             shutil.rmtree(ckpt_dir, ignore_errors=True)
         return metrics
@@ -221,6 +224,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
         with atomic_path(out_model) as tmp:
             shutil.copytree(init, tmp)
     if trainer.is_world_process_zero():
+        replace_dir(paths.curves_work(run), paths.curves(run))
         write_json(metrics_file, metrics)
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # done: nothing to resume, and a rerun must retrain
     return metrics

@@ -23,7 +23,7 @@ from .. import protocol as P
 from ..io import DataError, read_jsonl, write_json, write_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
-from ..protocol import CHAIN_FIELDS, PAIR_FIELDS, QUESTION_FIELDS
+from ..protocol import CHAIN_FIELDS, PAIR_FIELDS, read_questions
 from ..student import distributed
 from ..student.chain import is_correct
 
@@ -220,7 +220,7 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
         return metrics
     if not (init / "config.json").exists():
         raise DataError(f"{init}: no model (dpo.iterations.{iteration}.init)")
-    questions = read_jsonl(paths.sft_data / "train_questions.jsonl", QUESTION_FIELDS)
+    questions = read_questions(paths.sft_data / "train_questions.jsonl")
     k = params.dpo.max_questions
     if k is not None and k < len(questions):  # a fresh seeded subset each iteration, in file order
         keep = set(random.Random(f"{params.seed}/{iteration}/questions").sample(range(len(questions)), k))

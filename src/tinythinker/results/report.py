@@ -86,13 +86,13 @@ def charts(rows: list[dict], paths: Paths) -> dict[str, dict]:
            for r in rows for split in ("valid", "test") if r[f"{split}_accuracy"] is not None]
     specs = {"accuracy": _line("Chain accuracy by model", acc, "model", "accuracy", "split", "ordinal", percent=True)}
     specs["accuracy"]["encoding"]["x"]["sort"] = [r["model"] for r in rows]
-    sft = _curves(paths.metrics / "sft_live")
+    sft = _curves(paths.curves("sft"))
     for name, title in (("train_loss", "SFT training loss"), ("eval_accuracy", "SFT validation accuracy")):
         if sft.get(name):
             specs[f"sft_{name}"] = _line(title, sft[name], "step", "value", percent="accuracy" in name)
     dpo: dict[str, list[dict]] = {}
     for key in [r["model"] for r in rows[1:]]:
-        for name, series in _curves(paths.metrics / "dpo_live" / key).items():
+        for name, series in _curves(paths.curves(f"dpo/{key}")).items():
             dpo.setdefault(name, []).extend({**v, "iteration": key} for v in series)
     for name in ("loss", "rewards/margins", "eval/accuracy"):  # per logging step (train_loss is one final value)
         series = dpo.get(name, [])

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..io import read_jsonl, write_json, write_jsonl
+from ..io import write_json, write_jsonl
 from ..params import GenerationParams, Params, check_name
 from ..paths import Paths
-from ..protocol import QUESTION_FIELDS
+from ..protocol import read_questions
 from . import distributed
 from .chain import Decoding, accuracy, majority_vote, run_chain
 from .model import load_student
@@ -32,7 +32,7 @@ def decodings(g: GenerationParams) -> tuple[Decoding, Decoding]:
 def test(params: Params, paths: Paths, model_dir: Path, name: str) -> dict:
     check_name(name, "--name", nested=True)  # before minutes of generation: it becomes two output paths
     g = params.generation
-    questions = read_jsonl(paths.sft_data / "test.jsonl", QUESTION_FIELDS)
+    questions = read_questions(paths.sft_data / "test.jsonl")
     with distributed.replicas():  # load_student checks the directory before torch's import: fails in a second
         model, tokenizer = load_student(params, paths, Path(model_dir), "--model")
     import torch

@@ -15,10 +15,10 @@ import shutil
 from pathlib import Path
 
 from .. import protocol as P
-from ..io import DataError, read_jsonl, write_json
+from ..io import DataError, read_jsonl, replace_dir, write_json
 from ..params import Params, to_dict
 from ..paths import Paths
-from ..protocol import QUESTION_FIELDS, STAGE_FIELDS
+from ..protocol import STAGE_FIELDS, read_questions
 from . import distributed
 from .chain import Decoding
 from .curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
@@ -114,7 +114,7 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
 
     s = params.sft
     procs = distributed.state()  # the process group before anything else (see distributed.py)
-    valid = read_jsonl(paths.sft_data / "valid.jsonl", QUESTION_FIELDS)
+    valid = read_questions(paths.sft_data / "valid.jsonl")
     num_options = max(len(q["options"]) for q in valid)
     intervals = sft_intervals(s.stage_type, s.interval, num_options)
     eval_every = eval_steps(s.eval_every, s.stage_type, s.interval, num_options)
@@ -159,7 +159,9 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     greedy = Decoding(max_new_tokens=params.generation.max_new_tokens)
     chain_kwargs |= {"recall": greedy, "analyze": greedy, "summarize": greedy}
     EvaluateAtEnd, LiveCallback = _trainer_classes()
-    callbacks: list[TrainerCallback] = [EvaluateAtEnd(), LiveCallback(paths.metrics / "sft_live")]
+    # The curves are written beside and moved into metrics/ with the model: an interrupted run leaves the last
+    # run's curves whole (a resumed one replays its checkpoint's history into a fresh copy).
+    callbacks: list[TrainerCallback] = [EvaluateAtEnd(), LiveCallback(paths.curves_work("sft"))]
     if max_steps is not None:
         class Stop(TrainerCallback):
             def on_step_end(self, args, state, control, **kwargs):
@@ -179,6 +181,7 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
                "train_steps": trainer.state.global_step, "train_loss": out.training_loss,
                "processes": trainer.accelerator.num_processes}
     if trainer.is_world_process_zero():
+        replace_dir(paths.curves_work("sft"), paths.curves("sft"))
         write_json(paths.metric("sft"), metrics)
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # done: nothing to resume, and a rerun must retrain
     return metrics | resumed

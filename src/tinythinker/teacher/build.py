@@ -12,7 +12,7 @@ from collections import Counter
 
 from .. import protocol as P
 from ..data.prepare import read_split
-from ..io import DataError, atomic_path, read_jsonl, write_json, write_jsonl
+from ..io import DataError, atomic_path, iter_jsonl, write_json, write_jsonl
 from ..params import Params
 from ..paths import Paths
 from ..protocol import COMPLETION_FIELDS
@@ -103,11 +103,24 @@ def dedup(rows: list[dict], key: tuple[str, ...] | None) -> list[dict]:
     return out
 
 
+def read_completions(path) -> list[dict]:
+    """completions.jsonl, each question once, each completion an object with its text (errors name the line)."""
+    rows, seen = [], {}
+    for lineno, row in iter_jsonl(path, COMPLETION_FIELDS):
+        if row["id"] in seen:
+            raise DataError(f"{path}:{lineno}: duplicate id {row['id']!r} (first at line {seen[row['id']]})")
+        if not all(isinstance(c, dict) and isinstance(c.get("content"), str) for c in row["completions"]):
+            raise DataError(f"{path}:{lineno}: every completion must be an object with a string 'content'")
+        seen[row["id"]] = lineno
+        rows.append(row)
+    return rows
+
+
 def build(params: Params, paths: Paths) -> dict:
     stats: Counter = Counter()
     train = {r["id"]: r for r in read_split(paths, "train")}
     held_out = {split: read_split(paths, split) for split in ("valid", "test")}
-    completions = read_jsonl(paths.completions, COMPLETION_FIELDS)
+    completions = read_completions(paths.completions)
     chains, labels = teacher_chains(completions, train, params.teacher.override_label, stats)
     metrics = {"questions": len(completions), "accepted_chains": len(chains)}
     first: dict[str, dict] = {}
