@@ -54,7 +54,7 @@ def test_report_headline_table_and_pictures(tmp_path):
     assert json.loads(paths.metric("summary").read_text()) == {
         "test": {"sft": 58.33, "iter1": 63.0, "iter2": 63.0}, "valid": {"sft": 61.25, "iter1": 66.0, "iter2": 66.0},
         "pairs": {"iter1": 65, "iter2": 0}, "steps": {"sft": 400, "iter1": 30, "iter2": 0}, "chains": 31,
-        "teacher": {"requests": 12, "usd": 0.5}}
+        "teacher": {"requests": 16, "usd": 0.5}}  # every answer the data used: sent, journal, store
     assert json.loads(paths.metric("iterations").read_text())[1] == {
         "model": "iter1", "step": 1, "valid_accuracy": 66.0, "test_accuracy": 63.0, "recall_pairs": 40,
         "analyze_pairs": 25, "train_steps": 30}
@@ -109,3 +109,15 @@ def test_only_the_headline_is_a_declared_metric():
     assert "html_template = plots.html" in config
     template = (REPO / ".dvc" / "plots.html").read_text()
     assert "{plot_divs}" in template and '<script src="../metrics/vega/vega.js">' in template
+
+
+def test_the_teacher_headline_is_what_the_data_cost_not_what_this_run_sent():
+    """A killed and resumed request stage sends fewer requests than an uninterrupted one for the same data: the
+    headline counts every answer the data used, so `dvc metrics diff` shows no difference that is not one."""
+    from tinythinker.results.report import headline
+
+    straight = {"requests_sent": 140, "requests_from_journal": 0, "requests_from_store": 0, "usd": 1.25}
+    resumed = {"requests_sent": 99, "requests_from_journal": 41, "requests_from_store": 0, "usd": 1.25}
+    other_machine = {"requests_sent": 0, "requests_from_journal": 0, "requests_from_store": 140, "usd": 1.25}
+    heads = [headline([], t, {})["teacher"] for t in (straight, resumed, other_machine)]
+    assert heads == [{"requests": 140, "usd": 1.25}] * 3

@@ -53,7 +53,13 @@ def headline(rows: list[dict], teacher: dict, build: dict) -> dict:
             "valid": {r["model"]: r["valid_accuracy"] for r in rows},
             "pairs": pairs, "steps": {r["model"]: r["train_steps"] for r in rows},
             "chains": build.get("accepted_chains"),
-            "teacher": {"requests": teacher.get("requests_sent"), "usd": teacher.get("usd")}}
+            # what the data cost, however many runs bought it: answers sent now or found in the journal or store
+            "teacher": {"requests": _answered(teacher), "usd": teacher.get("usd")}}
+
+
+def _answered(teacher: dict) -> int | None:
+    parts = [teacher.get(k) for k in ("requests_sent", "requests_from_journal", "requests_from_store")]
+    return None if parts[0] is None else sum(n or 0 for n in parts)
 
 
 # --- pictures ------------------------------------------------------------------------------------------------
