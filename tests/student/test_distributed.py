@@ -68,3 +68,40 @@ def test_single_process_chain_accuracy_matches_plain_accuracy(monkeypatch):
     monkeypatch.setattr(chain, "run_chain", fake_chain)
     acc = D.chain_accuracy(Accelerator(cpu=True), None, None, [{}] * 9)
     assert calls == [9] and acc == pytest.approx(100 * 6 / 9)
+
+
+@pytest.mark.parametrize("raised,message", [
+    # what safetensors raises on a full disk: its own error class, the OS error inside its text
+    ("safetensors", "No space left on device"),
+    (OSError(28, "No space left on device"), "No space left on device"),
+    (RuntimeError("weights on a meta device"), "cannot save the model: RuntimeError: weights on a meta device"),
+])
+def test_a_model_that_cannot_be_saved_is_an_oserror_naming_the_output(tmp_path, raised, message):
+    from safetensors import SafetensorError
+
+    import tinythinker.student.distributed as D
+
+    if raised == "safetensors":
+        raised = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '
+                                 'message: "No space left on device" })')
+
+    class Accelerator:
+        is_main_process = True
+
+        def wait_for_everyone(self):
+            pass
+
+    class Trainer:
+        accelerator = Accelerator()
+
+        def save_model(self, where):
+            Path(where).mkdir()
+            (Path(where) / "model.safetensors").write_bytes(b"half")
+            raise raised
+
+    out = tmp_path / "models" / "sft"
+    out.parent.mkdir()
+    with pytest.raises(OSError) as e:
+        D.save_model(Trainer(), out)
+    assert e.value.filename == str(out) and message in str(e.value)
+    assert not out.exists() and list(out.parent.iterdir()) == []  # no half-written model, no .sft.saving

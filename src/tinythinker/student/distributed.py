@@ -140,9 +140,26 @@ def save_model(trainer, out: Path) -> None:
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     acc.wait_for_everyone()
-    trainer.save_model(str(tmp))  # writes on the main process only
+    try:
+        trainer.save_model(str(tmp))  # writes on the main process only
+    except Exception as e:  # safetensors reports a full disk as its own SafetensorError, not an OSError
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise _save_error(e, out) from None
     acc.wait_for_everyone()
     if acc.is_main_process:
         with atomic_path(out) as final:
             os.replace(tmp, final)
     acc.wait_for_everyone()
+
+
+def _save_error(e: Exception, out: Path) -> OSError:
+    """An OSError naming `out` for what failed while saving a model there (the stage prints it as one line)."""
+    import errno
+    import re
+
+    if isinstance(e, OSError):
+        return OSError(e.errno, e.strerror or str(e), str(out))
+    code = re.search(r"(?:code: |os error )(\d+)", str(e))
+    if code and int(code.group(1)) in errno.errorcode:
+        return OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(out))
+    return OSError(errno.EIO, f"cannot save the model: {type(e).__name__}: {' '.join(str(e).split())[:300]}", str(out))
