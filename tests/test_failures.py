@@ -179,6 +179,24 @@ def test_nonexistent_model_in_a_real_process(repo):
     assert res.stderr.strip().splitlines()[-1] == "error: /nonexistent: no such model directory (--model)"
 
 
+@pytest.mark.parametrize("cmd", ["dpo-sample", "dpo-train"])
+def test_an_unreadable_model_directory_is_not_reported_missing(repo, tiny_model, tmp_path, cmd):
+    assert cli(repo, "build").exit_code == 0
+    locked = tmp_path / "locked"
+    shutil.copytree(tiny_model, locked)
+    write_params(repo, ("      init: models/sft", f"      init: {locked}"))
+    locked.chmod(0o000)
+    try:
+        res = subprocess.run(_as_user([sys.executable, "-m", "tinythinker", cmd, "iter1", "--root", str(repo)]),
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    finally:
+        locked.chmod(0o755)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == f"error: {locked}: Permission denied"
+    shutil.rmtree(locked)
+    fails(cli(repo, cmd, "iter1"), f"{locked}: no such model directory (dpo.iterations.iter1.init)")
+
+
 # --- tracebacks: input files ----------------------------------------------------------------------------------
 def put_byte(path: Path, line: int, byte: bytes = b"\xff") -> None:
     lines = path.read_bytes().splitlines(keepends=True)

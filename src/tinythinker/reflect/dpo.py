@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from ..io import DataError, atomic_path, read_json, read_jsonl, replace_dir, write_json
+from ..io import atomic_path, read_json, read_jsonl, replace_dir, write_json
 from ..params import Params, to_dict
 from ..paths import Paths
 from ..protocol import PAIR_FIELDS, read_questions
@@ -103,12 +103,11 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     from transformers.trainer_utils import get_last_checkpoint
 
     from ..student.chain import Decoding
-    from ..student.model import family, load_student
+    from ..student.model import check_checkpoint, family, load_student
 
     d, g = params.dpo, params.generation
     init = paths.root / iteration_init(params, iteration)
-    if not (init / "config.json").exists():
-        raise DataError(f"{init}: no model (dpo.iterations.{iteration}.init)")
+    check_checkpoint(init, f"dpo.iterations.{iteration}.init", tokenizer=False)  # missing or unreadable: one line
     kind = family(params, init, f"dpo.iterations.{iteration}.init")
     trainer_kind = trainer_for(kind)
     data_dir = paths.dpo_data(iteration)

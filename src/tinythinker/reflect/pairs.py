@@ -20,7 +20,7 @@ from collections import defaultdict
 from typing import Mapping, Sequence
 
 from .. import protocol as P
-from ..io import DataError, read_jsonl, write_json, write_jsonl
+from ..io import read_jsonl, write_json, write_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
 from ..protocol import CHAIN_FIELDS, PAIR_FIELDS, read_questions
@@ -205,7 +205,7 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
     from transformers import set_seed
 
     from ..student.chain import accuracy
-    from ..student.model import load_student
+    from ..student.model import check_checkpoint, load_student
 
     init = paths.root / iteration_init(params, iteration)
     procs = distributed.state()
@@ -218,8 +218,7 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
                 write_jsonl(paths.dpo_data(iteration) / f"{name}.jsonl", [])
             write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
         return metrics
-    if not (init / "config.json").exists():
-        raise DataError(f"{init}: no model (dpo.iterations.{iteration}.init)")
+    check_checkpoint(init, f"dpo.iterations.{iteration}.init", tokenizer=False)  # missing or unreadable: one line
     questions = read_questions(paths.sft_data / "train_questions.jsonl")
     k = params.dpo.max_questions
     if k is not None and k < len(questions):  # a fresh seeded subset each iteration, in file order

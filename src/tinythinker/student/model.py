@@ -122,13 +122,18 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind=None):
 TOKENIZER_FILES = ("tokenizer.json", "spiece.model")
 
 
-def check_checkpoint(path: Path, what: str, model: bool = True) -> None:
+def check_checkpoint(path: Path, what: str, model: bool = True, tokenizer: bool = True) -> None:
     """A DataError naming `path` and `what` it was meant to be unless it is a directory holding a tokenizer
-    (and, with `model`, a model config); cheap, so callers run it before importing torch."""
-    if not path.is_dir():
-        raise DataError(f"{path}: no such model directory ({what})")
-    needs = [TOKENIZER_FILES] + ([("config.json",)] if model else [])
-    missing = [" or ".join(names) for names in needs if not any((path / n).is_file() for n in names)]
+    (and, with `model`, a model config; without `tokenizer`, the config alone), an OSError if it cannot be read;
+    cheap, so callers run it before importing torch."""
+    try:
+        present = {p.name for p in path.iterdir() if p.is_file()}
+    except (FileNotFoundError, NotADirectoryError):
+        raise DataError(f"{path}: no such model directory ({what})") from None
+    except PermissionError as e:  # there, but unreadable: not "missing"
+        raise OSError(e.errno, e.strerror, str(path)) from None
+    needs = ([TOKENIZER_FILES] if tokenizer else []) + ([("config.json",)] if model else [])
+    missing = [" or ".join(names) for names in needs if not present & set(names)]
     if missing:
         raise DataError(f"{path}: not a complete checkpoint ({what}): no {', no '.join(missing)}")
 
