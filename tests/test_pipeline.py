@@ -99,6 +99,7 @@ def test_dvc_repro_end_to_end(repo):
     _sh("dvc plots show", repo)
     page = (repo / "dvc_plots/index.html").read_text()
     assert '<script src="../metrics/vega/vega.js">' in page and "vegaEmbed(" in page
+    assert '<meta charset="utf-8">' in page  # or a browser draws the axes' minus signs as mojibake
     assert (repo / "dvc_plots/../metrics/vega/vega.js").stat().st_size > 100_000
 
     # A second repro is a no-op that only checks hashes.

@@ -120,6 +120,7 @@ def test_learns_and_resumes(paths, tmp_path_factory):
     evals = [(int(r["step"]), float(r["eval_accuracy"]))
              for r in csv.DictReader(open(plots / "eval_accuracy.tsv"), delimiter="\t")]
     assert [s for s, _ in evals] == list(range(40, 361, 40))
+    assert not (plots / "train_train_loss.tsv").exists()  # the end-of-training summary is no one-point curve
     best = max(a for _, a in evals)
     assert m["best_step"] == next(s for s, a in evals if a == best)  # ties keep the earlier checkpoint
 

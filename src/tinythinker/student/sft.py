@@ -76,8 +76,8 @@ def _trainer_classes():
             self.live_dir, self.live = live_dir, None
 
         def _log(self, step: int, logs: dict) -> None:
-            if self.live is None:  # not the main process
-                return
+            if self.live is None or "train_runtime" in logs:  # not the main process; the end-of-training summary
+                return  # (its train_loss is one point, no curve: metrics/sft.json has it)
             self.live.step = step
             for k, v in logs.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SKIP_LOG:
