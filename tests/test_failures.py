@@ -421,6 +421,14 @@ def test_an_empty_prepared_split_stops_the_first_stage_that_reads_it(repo, split
     fails(cli(repo, cmd), f"{path}: no questions (an empty {split} split")
 
 
+def test_an_empty_request_file_stops_the_request_stage(repo):
+    assert cli(repo, "prompt").exit_code == 0
+    path = repo / "data" / "teacher" / "requests.jsonl"
+    path.write_text("")
+    fails(cli(repo, "request"), f"{path}: no requests (an empty training split?)")
+    assert not (repo / "metrics" / "teacher_request.json").exists()
+
+
 @pytest.mark.parametrize("edit,needle", [
     (lambda rows: rows.clear(), ": no questions (an empty split"),
     (lambda rows: rows[2].update(gt="Z"), ":3: answer 'Z' is not one of the options ['A', 'B', 'C', 'D']"),

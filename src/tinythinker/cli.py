@@ -46,7 +46,7 @@ def _ctx(root: Path):
 def _run(fn, *args) -> None:
     """Expected failures end with one clear line and exit code 2, never a traceback: bad params or data
     (the message names key, file, line) and what the system refuses (permission denied, disk full), named by path."""
-    from .io import DataError, describe_os_error
+    from .io import DataError, Interrupted, describe_os_error
     from .params import ParamsError
 
     try:
@@ -55,11 +55,13 @@ def _run(fn, *args) -> None:
         _fail(str(e))
     except OSError as e:
         _fail(describe_os_error(e))
+    except Interrupted as e:  # Ctrl-C / SIGTERM: 130 / 143, as the shell reports a process the signal ended
+        _fail(str(e), e.code)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str, code: int = 2) -> None:
     typer.secho(f"error: {' '.join(message.splitlines())}", fg="red", err=True)
-    sys.exit(2)
+    sys.exit(code)
 
 
 @app.command()
@@ -84,8 +86,15 @@ def prompt(root: Path = ROOT) -> None:
 
 
 @app.command()
-def request(root: Path = ROOT) -> None:
+def request(root: Path = ROOT,
+            dry_run: bool = typer.Option(False, "--dry-run", help="Print what round 1 would send now, its worst-case "
+                                         "and expected cost, what this request set has paid and the cap (teacher."
+                                         "max_usd); send and write nothing.")) -> None:
     """Ask the teacher (offline or OpenAI-compatible); every response is journaled, a rerun never pays twice."""
+    if dry_run:
+        from .teacher.request import describe, dry_run as plan
+        _run(lambda: typer.echo(describe(plan(*_ctx(root)))))
+        return
     from .teacher.request import request as run
     _run(lambda: run(*_ctx(root)))
 
@@ -185,6 +194,15 @@ def preset(dataset: str = typer.Argument(..., help="csqa, obqa or strategyqa."),
         typer.echo(f"sft.eval_every={p.sft.eval_every}: validation every {eval_cadence(p)} SFT steps; "
                    f"dpo.max_questions={json.dumps(p.dpo.max_questions)}: every training question", err=True)
     _run(run)
+
+
+
+@app.command("forget-answers")
+def forget_answers(dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be forgotten; change nothing."),
+                   root: Path = ROOT) -> None:
+    """Forget the teacher answers of this request set that gave no valid completion, so the next run asks anew."""
+    from .teacher.forget import describe, forget_rejected
+    _run(lambda: typer.echo(describe(forget_rejected(*_ctx(root), dry_run))))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,14 @@ class DataError(ValueError):
     """Bad input data; the message names the file and, where there is one, the line."""
 
 
+class Interrupted(Exception):
+    """A stage stopped on a signal after putting what it had away; exits with `code` (128 + the signal)."""
+
+    def __init__(self, message: str, code: int):
+        super().__init__(message)
+        self.code = code
+
+
 @contextlib.contextmanager
 def _naming(path: Path, temporaries: str) -> Iterator[None]:
     """An OSError that names no file (disk full does not) or a temporary of `path` is re-raised naming `path`."""

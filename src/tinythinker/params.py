@@ -118,6 +118,17 @@ class DatasetParams:
 
 
 @dataclass(frozen=True)
+class PriceParams:
+    """`teacher.price`: what the teacher costs, in USD per 1M tokens, when the price table (teacher/prompts.py)
+    does not know the model or should not be used. The two optional keys default to no cached-input price and
+    the Batch API's half price."""
+    input: NonNegative
+    output: NonNegative
+    cached_input: Optional[NonNegative] = None  # prompt tokens read from the server's cache; None: the input price
+    batch_discount: Annotated[float, Range(0, 1)] = 0.5  # share of the live price a Batch API answer costs
+
+
+@dataclass(frozen=True)
 class TeacherParams:
     backend: Literal["offline", "openai"]
     # live: one chat request at a time as rounds need them; batch: each round's requests through the Batch API
@@ -150,6 +161,9 @@ class TeacherParams:
     offline_wrong_fact_rate: Annotated[float, Range(0, 1)]  # offline backend: well-formed but with a wrong fact
     override_label: bool  # spec 9.4: the teacher's majority answer replaces the dataset label
     summarize_order: Literal["alphabetical", "teacher"]  # spec 9.6
+    # Spend cap of the request stage in USD, for this request set across rounds and reruns; None: no cap.
+    max_usd: Optional[Positive]
+    price: Optional[PriceParams]  # None: the price table's, by model (needed for a cap on a model it lacks)
 
     def __post_init__(self):
         _check(self.mode == "live" or self.backend == "openai", "teacher.mode",

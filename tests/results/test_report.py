@@ -76,6 +76,20 @@ def test_report_headline_table_and_pictures(tmp_path):
     assert "vegaEmbed" in (paths.metrics / "vega" / "vega.js").read_text()  # what .dvc/plots.html loads
 
 
+def test_the_teacher_line_shows_spend_against_the_cap(tmp_path):
+    from tinythinker.results.report import markdown
+
+    row = {"model": "sft", "valid_accuracy": 61.0, "test_accuracy": 58.0, "recall_pairs": None,
+           "analyze_pairs": None, "train_steps": 400}
+    teacher = {"questions": 10, "questions_covered": 10, "requests_sent": 2, "usd": 0.5, "usd_this_run": 0.25,
+               "max_usd": 25.0, "usd_paid_for_request_set": 0.6}
+    md = markdown([row], teacher, {}, Paths(tmp_path), [])
+    assert ("spend $0.50 ($0.25 this run); $0.60 of the $25.00 cap (teacher.max_usd) paid for this request set."
+            in md)
+    md = markdown([row], {**teacher, "max_usd": None}, {}, Paths(tmp_path), [])
+    assert "spend $0.50 ($0.25 this run)." in md and "cap" not in md
+
+
 def test_report_before_dpo_has_sft_only(tmp_path):
     paths = Paths(tmp_path)
     run_metrics(paths)

@@ -152,7 +152,7 @@ def _dvc(cmd: str, repo: Path) -> subprocess.CompletedProcess:
 def test_failed_temp_experiment_keeps_its_answers(tmp_path, server_factory, response_store):
     """`dvc exp run --temp` (what queued runs do) whose request stage fails after 5 answers: the answers are
     in the store, a failed stage locks nothing, and the rerun pays only for the rest. About 40 s of dvc."""
-    from test_pipeline import _copy_repo
+    from tests.test_pipeline import _copy_repo
 
     script, up = outage_after(5)
 

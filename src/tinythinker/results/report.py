@@ -120,6 +120,15 @@ def _cell(x) -> str:
     return "–" if x is None else f"{x:g}" if isinstance(x, float) else str(x)
 
 
+def _spend(teacher: dict) -> str:
+    """The teacher's spend, and with a spend cap (teacher.max_usd) what this request set has cost against it."""
+    text = f"spend ${teacher.get('usd', 0):.2f} (${teacher.get('usd_this_run', 0):.2f} this run)"
+    if teacher.get("max_usd") is not None:
+        text += (f"; ${teacher.get('usd_paid_for_request_set', 0):.2f} of the ${teacher['max_usd']:.2f} cap "
+                 "(teacher.max_usd) paid for this request set")
+    return text
+
+
 def markdown(rows: list[dict], teacher: dict, build: dict, paths: Paths, pictures: list[str]) -> str:
     pairs = {r["model"]: _read(paths.metric(f"dpo/{r['model']}_pairs")) for r in rows[1:]}
     out = ["# Run report", "",
@@ -132,8 +141,7 @@ def markdown(rows: list[dict], teacher: dict, build: dict, paths: Paths, picture
             f"- {_cell(teacher.get('questions_covered'))} of {_cell(teacher.get('questions'))} training questions "
             f"answered; {_cell(teacher.get('requests_sent'))} requests sent, "
             f"{_cell(teacher.get('requests_from_journal', 0) + teacher.get('requests_from_store', 0))} "
-            f"served from the journal or store; spend ${teacher.get('usd', 0):.2f} "
-            f"(${teacher.get('usd_this_run', 0):.2f} this run).",
+            f"served from the journal or store; {_spend(teacher)}.",
             f"- {_cell(build.get('accepted_chains'))} chains accepted for {_cell(build.get('questions_with_chain'))} "
             "questions; rejected: " + (", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(rejected.items()))
                                        or "none") + "."]

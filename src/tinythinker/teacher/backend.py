@@ -36,6 +36,7 @@ class Backend:
     `finish_round` tells it they are stored; `provenance` adds to a new journal entry what its price depends on."""
 
     batched = False  # prepare_round wants the round's missing requests
+    stopping = None  # an asyncio.Event the stage sets on Ctrl-C / SIGTERM: no new attempt is sent after it
 
     async def prepare_round(self, missing: list[tuple[dict, str, str]], label: str) -> bool:
         """Answer `missing` ((body, salt, key) each) ahead of `complete`; True if any answer came."""

@@ -15,6 +15,12 @@ its next run and polls that batch instead of submitting the requests again; a re
 file's hash in the batch metadata. Answers go to the store before the record is retired, so a rerun after
 completion finds them there and downloads nothing.
 
+The spend cap (`teacher.max_usd`, cost.py): before an input file is uploaded each of its requests is reserved at
+its worst case at the batch price; when the round's requests do not all fit, only the prefix that fits is
+uploaded, and the rest is not sent (the stage then stops at the cap). A batch an earlier run submitted is paid
+either way, so its requests are reserved whatever the cap. Read back, an answer settles its reservation at its
+usage and a line without an answer gives it back.
+
 Error-file lines and the requests an expired or cancelled batch left unanswered go to the next round, or with
 `teacher.batch_fallback: live` straight to live requests in the same round. Loud failures, exit 2 with the
 server's words: a batch that fails validation; 401/403/404 and `insufficient_quota` (on any call, or on a
@@ -33,6 +39,7 @@ from typing import Optional
 
 from ..params import Params
 from .backend import Backend, RequestFailed, TeacherError
+from .cost import CapReached, SpendCap
 from .live import OpenAIBackend
 from .store import ResponseStore
 
@@ -89,9 +96,12 @@ class BatchBackend(Backend):
 
     batched = True
 
-    def __init__(self, params: Params, stats: Counter, store: ResponseStore, origin: str):
+    def __init__(self, params: Params, stats: Counter, store: ResponseStore, origin: str,
+                 cap: Optional[SpendCap] = None):
         self.t, self.stats, self.store, self.origin = params.teacher, stats, store, origin
-        self.live = OpenAIBackend(self.t, stats)  # the key check, the error wording, the live fallback
+        self.cap = cap if cap is not None else SpendCap(None)
+        # the key check, the error wording, the live fallback (under the same cap)
+        self.live = OpenAIBackend(self.t, stats, self.cap)
         self.openai = self.live.openai
         # Retries are ours (`_call`), as in live mode: the SDK's would retry a 429 insufficient_quota and could
         # submit a batch twice. Room for a 200 MB upload.
@@ -101,10 +111,13 @@ class BatchBackend(Backend):
         self.read: list[dict] = []  # records of the round's batches, retired once the teacher stored their answers
         self.quota = ""  # an error-file line's insufficient_quota: the stage stops once the round's answers are kept
         self.warned: set[str] = set()
+        self.held: dict[str, float] = {}  # key -> its worst case, reserved against the spend cap until read back
+        self.capped: set[str] = set()  # the round's requests left out of its input files by the spend cap
 
     # --- the teacher's interface ------------------------------------------------------------------------
     async def prepare_round(self, missing: list[tuple[dict, str, str]], label: str) -> bool:
         self.answers, self.failures, self.read, self.quota = {}, {}, [], ""
+        self.held, self.capped = {}, set()
         want = {key: (body, salt) for body, salt, key in missing}
         # Two questions with the same text and options make the same request, but a custom_id must be unique.
         missing = [(body, salt, key) for key, (body, salt) in want.items()]
@@ -121,6 +134,8 @@ class BatchBackend(Backend):
                 records.append(record)
                 covered |= ids
                 self.stats["batches_resumed"] += 1
+                for key in ids & want.keys() - self.held.keys():  # submitted before: paid, cap or no cap
+                    self.held[key] = self.cap.hold(want[key][0], batch=True, force=True)
             elif record["name"] not in self.warned:  # another run's (other params): paid, so never forgotten
                 self.warned.add(record["name"])
                 print(f"teacher: batch {record.get('batch_id') or record['input_file_id']} (submitted "
@@ -129,15 +144,33 @@ class BatchBackend(Backend):
                       file=sys.stderr)
         if not missing:
             return False
+        todo = [(b, s, k) for b, s, k in missing if k not in covered]
+        fits = 0
+        for body, _salt, key in todo:  # the prefix whose worst case fits under the spend cap
+            try:
+                self.held[key] = self.cap.hold(body, batch=True)
+            except CapReached:
+                self.capped = {k for _, _, k in todo[fits:]}
+                break
+            fits += 1
         fresh = set()  # uploaded now: no batch can exist for them yet
-        for model, keys, data in input_files([(b, s, k) for b, s, k in missing if k not in covered]):
+        for model, keys, data in input_files(todo[:fits]):
             records.append(await self._upload(model, keys, data))
             fresh.add(records[-1]["name"])
+        if not records:
+            return False
         for i, record in enumerate(records):
             if not record.get("batch_id"):
                 records[i] = await self._create(record, search=record["name"] not in fresh)
         batches = await self._wait(records, label)
         self.read = [await self._read_back(record, batch, want) for record, batch in zip(records, batches)]
+        for key, reserved in self.held.items():
+            if key in self.answers:
+                resp, batch_id = self.answers[key]
+                self.cap.settle(reserved, {"body": want[key][0], "response": resp, "batch": batch_id})
+            else:  # an error-file line, or never run: not billed
+                self.cap.release(reserved)
+        self.held = {}
         return bool(self.answers)
 
     def finish_round(self) -> None:
@@ -153,6 +186,8 @@ class BatchBackend(Backend):
     async def complete(self, body: dict, key: str, qid: str, salt: str) -> dict:
         if key in self.answers:
             return self.answers[key][0]
+        if key in self.capped:
+            raise CapReached()
         if self.t.batch_fallback == "live":
             return await self.live.complete(body, key, qid, salt)
         raise self.failures.get(key) or RequestFailed("in no batch of this round", transient=False, deferred=True)

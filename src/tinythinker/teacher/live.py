@@ -11,9 +11,12 @@ from typing import Optional
 
 from ..params import TeacherParams
 from .backend import KEY_HEADER, Backend, RequestFailed, TeacherError, server_url
+from .cost import SpendCap
 from .prompts import limit_key, message_tokens
 
 _FATAL_STATUS = (401, 403, 404)  # wrong key, no access, wrong model or URL: no request can succeed
+# What the SDK's APIConnectionError / APITimeoutError wrap when the request never left: nothing can be billed.
+_NEVER_SENT = ("ConnectError", "ConnectTimeout", "PoolTimeout")
 
 
 class RateLimiter:
@@ -58,9 +61,10 @@ class RateLimiter:
 
 class OpenAIBackend(Backend):
     """AsyncOpenAI with our own retries (429 honouring Retry-After, 5xx, timeouts, lost connections) under
-    request and token rate limits. The SDK's own retries are off so that every attempt is counted and paced."""
+    request and token rate limits. The SDK's own retries are off so that every attempt is counted and paced.
+    Every attempt is reserved against the spend cap (`cost.SpendCap`) before it is sent."""
 
-    def __init__(self, t: TeacherParams, stats: Counter):
+    def __init__(self, t: TeacherParams, stats: Counter, cap: Optional[SpendCap] = None):
         import openai
 
         key = os.environ.get("OPENAI_API_KEY")
@@ -68,6 +72,7 @@ class OpenAIBackend(Backend):
             raise TeacherError("teacher.backend=openai needs the OPENAI_API_KEY environment variable "
                                "(any non-empty value for a local server without auth); nothing was sent")
         self.openai, self.t, self.stats, self.key = openai, t, stats, key
+        self.cap = cap if cap is not None else SpendCap(None)
         self.server = server_url(t.base_url)
         # base_url None lets the SDK read OPENAI_BASE_URL, else api.openai.com.
         self.client = openai.AsyncOpenAI(api_key=key, base_url=t.base_url, max_retries=0, timeout=t.timeout)
@@ -114,42 +119,61 @@ class OpenAIBackend(Backend):
         return None
 
     async def complete(self, body: dict, key: str, qid: str, salt: str) -> dict:
-        """The response, or RequestFailed; TeacherError when no request can succeed (key, access, quota)."""
+        """The response, or RequestFailed; TeacherError when no request can succeed (key, access, quota);
+        CapReached when an attempt's worst case does not fit under the spend cap (that attempt is not sent)."""
         o = self.openai
         cost = message_tokens(body["messages"]) + body["n"] * body[limit_key(body)]
         start = time.monotonic()
-        for attempt in range(self.t.max_retries + 1):
-            charged = await self.limiter.acquire(cost)
-            try:
-                resp = await self.client.chat.completions.create(**body, extra_headers={KEY_HEADER: key})
-                return resp.model_dump(mode="json", exclude_none=True)
-            except o.APIStatusError as e:
-                self.limiter.refund(charged)
-                why = self._message(e)
-                if (fatal := self.refusal(e)) is not None:
-                    raise fatal from None
-                if e.status_code == 429:
-                    self.stats["rate_limited"] += 1
-                    delay = self._delay(attempt, e)
-                    self.limiter.pause(delay)
-                elif e.status_code < 500 and e.status_code not in (408, 409):
-                    self.stats["rejected_requests"] += 1  # this request as sent; retrying cannot help
-                    raise RequestFailed(why, transient=False) from None
+        reserved: Optional[float] = None  # the attempt's worst case, held against the spend cap until it settles
+        try:
+            for attempt in range(self.t.max_retries + 1):
+                if self.stopping is not None and self.stopping.is_set():  # a retry after Ctrl-C: not sent
+                    raise RequestFailed("not sent: the stage is stopping", transient=False, deferred=True)
+                if reserved is None:
+                    reserved = self.cap.hold(body)  # CapReached: not sent
+                charged = await self.limiter.acquire(cost)
+                try:
+                    resp = await self.client.chat.completions.create(**body, extra_headers={KEY_HEADER: key})
+                    answer = resp.model_dump(mode="json", exclude_none=True)
+                except o.APIStatusError as e:  # an error status: nothing billed, the reservation stays for a retry
+                    self.limiter.refund(charged)
+                    why = self._message(e)
+                    if (fatal := self.refusal(e)) is not None:
+                        raise fatal from None
+                    if e.status_code == 429:
+                        self.stats["rate_limited"] += 1
+                        delay = self._delay(attempt, e)
+                        self.limiter.pause(delay)
+                    elif e.status_code < 500 and e.status_code not in (408, 409):
+                        self.stats["rejected_requests"] += 1  # this request as sent; retrying cannot help
+                        raise RequestFailed(why, transient=False) from None
+                    else:
+                        self.stats["server_errors"] += 1
+                        delay = self._delay(attempt, e)
+                except (o.APITimeoutError, o.APIConnectionError) as e:
+                    if not isinstance(e, o.APITimeoutError):
+                        self.limiter.refund(charged)  # never reached the server; a timed-out one may have
+                    if type(e.__cause__).__name__ not in _NEVER_SENT:  # the server may have answered and billed it
+                        self.cap.maybe_billed(reserved)
+                        reserved = None
+                    self.stats["timeouts_or_connection_errors"] += 1
+                    why, delay = self._message(e), self._delay(attempt, e)
+                except o.APIResponseValidationError as e:
+                    self.cap.maybe_billed(reserved)  # answered, so billed, but its usage cannot be read
+                    reserved = None
+                    self.stats["malformed_responses"] += 1
+                    why, delay = self._message(e), self._delay(attempt, None)
                 else:
-                    self.stats["server_errors"] += 1
-                    delay = self._delay(attempt, e)
-            except (o.APITimeoutError, o.APIConnectionError) as e:
-                if not isinstance(e, o.APITimeoutError):
-                    self.limiter.refund(charged)  # never reached the server; a timed-out one may have
-                self.stats["timeouts_or_connection_errors"] += 1
-                why, delay = self._message(e), self._delay(attempt, e)
-            except o.APIResponseValidationError as e:
-                self.stats["malformed_responses"] += 1
-                why, delay = self._message(e), self._delay(attempt, None)
-            if attempt == self.t.max_retries or time.monotonic() - start + delay > self.t.max_retry_seconds:
-                break
-            self.stats["retries"] += 1
-            await asyncio.sleep(delay)
+                    self.cap.settle(reserved, {"body": body, "response": answer})
+                    reserved = None
+                    return answer
+                if attempt == self.t.max_retries or time.monotonic() - start + delay > self.t.max_retry_seconds:
+                    break
+                self.stats["retries"] += 1
+                await asyncio.sleep(delay)
+        finally:
+            if reserved is not None:  # refused, out of retries, or cancelled: nothing billed for it
+                self.cap.release(reserved)
         self.stats["failed_requests"] += 1
         raise RequestFailed(f"{why} (gave up after {attempt + 1} attempts in {time.monotonic() - start:.1f} s)",
                             transient=True)

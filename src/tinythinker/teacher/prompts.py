@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple, Optional
 
 from ..data.prepare import read_split
-from ..io import DataError, read_json, write_json, write_jsonl
+from ..io import DataError, read_json, read_jsonl, write_json, write_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
 
@@ -197,3 +197,15 @@ def prompt(params: Params, paths: Paths) -> None:
     requests = build_requests(params, read_split(paths, "train"))  # re-checked: it goes to a paid teacher
     write_jsonl(paths.requests, requests)
     write_json(paths.metric("teacher_cost"), estimate(requests, _tiktoken_counter(params.teacher.model)))
+
+
+REQUEST_FIELDS = ("id", "gt", "options", "body")
+
+
+def read_requests(paths: Paths) -> list[dict]:
+    """data/teacher/requests.jsonl, at least one request (an empty one would pass every later check with nothing)."""
+    requests = read_jsonl(paths.requests, REQUEST_FIELDS)
+    if not requests:
+        raise DataError(f"{paths.requests}: no requests (an empty training split?); rerun `dvc repro prompt`")
+    return requests
+

@@ -18,7 +18,11 @@ The stage stops (exit 2, the server's message on the last line, nothing written 
   connections;
 - when requests cannot succeed as sent: nothing of this run has an answer yet (sent now, or found in the
   journal or store) and `teacher.max_failures_in_a_row` requests, or every request of the first round, ended
-  unanswered, refused (other 4xx) or out of retries.
+  unanswered, refused (other 4xx) or out of retries;
+- at the spend cap `teacher.max_usd` (cost.py): a request whose worst case does not fit under the cap, beside
+  what this request set has paid (in this run and, by the response store, before it) and what is in flight, is
+  not sent, nor is any after it; the requests in flight finish and are stored, and the stage stops at the end of
+  the round with one line: spent, cap, questions left. Requests not sent for the cap are no failures.
 After any answer a refused request is that request's problem (a content filter, one over-long prompt):
 logged, counted and asked again in the next round; whether the run is good enough is then decided by
 `teacher.min_coverage`, the share of training questions that must end with a valid completion.
@@ -27,19 +31,25 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
+import signal
 import sys
 from collections import Counter
 from typing import Optional
 
-from ..io import read_jsonl, write_json, write_jsonl
+from ..io import Interrupted, read_jsonl, write_json, write_jsonl
 from ..params import Params
 from ..paths import Paths, store_dir
 from .backend import Backend, RequestFailed, TeacherError, origin
+from .claims import Claims
+from .cost import (CapReached, SpendCap, SpendCapReached, _usd, batch_share, cached_tokens, check_prices, paid_for,
+                   price_of)
 from .parse import filter_answer, is_complete
-from .prompts import BATCH_DISCOUNT, PRICES, limit_key
-from .store import Journal, ResponseStore, request_key
+from .prompts import _tiktoken_counter, approx_tokens, limit_key, message_tokens, read_requests
+from .store import Journal, ResponseStore, read_journal, request_key
 
 _LOGGED_FAILURES = 10  # unanswered requests reported one line each; the rest are only counted
+_CLAIM_POLL = 0.2  # seconds between two looks for the answer to a request another process is buying
 
 
 class Breaker:
@@ -76,30 +86,6 @@ class Breaker:
                                f"answered; last: {self.last}")
 
 
-def cached_tokens(usage: dict) -> int:
-    """Prompt tokens the server read from its prompt cache (a part of `prompt_tokens`)."""
-    return min((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0, usage.get("prompt_tokens") or 0)
-
-
-def _usd(entry: dict) -> float:
-    """Spend by the answering model's price (the body's model when the server names an alias): cached prompt
-    tokens at the cached-input price where the model has one, and half of it all for a Batch API answer
-    (`batch` in the entry). The offline teacher and models without a price cost nothing."""
-    resp = entry["response"]
-    model = resp.get("model")
-    if model != "offline" and model not in PRICES:
-        model = entry["body"]["model"]
-    price = PRICES.get(model)
-    if price is None:
-        return 0.0
-    usage = resp.get("usage") or {}
-    cached = cached_tokens(usage)
-    usd = (((usage.get("prompt_tokens") or 0) - cached) * price.input
-           + cached * (price.input if price.cached_input is None else price.cached_input)
-           + (usage.get("completion_tokens") or 0) * price.output)
-    return usd * BATCH_DISCOUNT if entry.get("batch") else usd
-
-
 async def _all(coros) -> list:
     """gather, but the first error cancels the other requests instead of leaving them running."""
     tasks = [asyncio.ensure_future(c) for c in coros]
@@ -111,8 +97,17 @@ async def _all(coros) -> list:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+def _round_requests(body: dict, rnd: int, repeat_n: bool) -> list[tuple[dict, str]]:
+    """(body, salt) of a question's requests in round `rnd`: one for its n samples, or n single-sample repeats.
+    Round (and repeat index) salt the key: the same body asked again later is a new request."""
+    if repeat_n:
+        return [({**body, "n": 1}, f"round{rnd}/repeat{i}") for i in range(body["n"])]
+    return [(body, f"round{rnd}")]
+
+
 async def _gather(params: Params, requests: list[dict], backend, journal: Journal,
-                  store: Optional[ResponseStore], stats: Counter, breaker: Breaker) -> dict:
+                  store: Optional[ResponseStore], stats: Counter, breaker: Breaker, cap: SpendCap,
+                  stopping: asyncio.Event) -> dict:
     from tqdm import tqdm
 
     t = params.teacher
@@ -120,41 +115,96 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
     state = {r["id"]: {"req": r, "needed": r["body"]["n"], "max_tokens": r["body"][limit_key(r["body"])],
                        "completions": [], "rounds": 0, "valid": 0} for r in requests}
     sem = asyncio.Semaphore(t.max_concurrency)
+    # Another process sharing the store (a parallel experiment) may be buying a request this run needs: the first
+    # to send it owns it, the others wait for its answer (claims.py).
+    claims = Claims(store.root, t.timeout * (t.max_retries + 1) + t.max_retry_seconds) if store is not None else None
 
-    async def ask(body: dict, salt: str, key: str, qid: str, bar) -> Optional[dict]:
+    def found(key: str) -> Optional[dict]:
         entry = journal.get(key)
         if entry is not None:
             stats["from_journal"] += 1
         elif store is not None and (entry := store.get(key)) is not None:
             journal.put(entry)  # paid in another run, experiment or checkout: the journal records it too
             stats["from_store"] += 1
-        else:
+        return entry
+
+    def keep(entry: dict) -> dict:
+        """The store first (it outlives the workspace), then the journal; an answer one of them cannot take (a
+        full disk) still reaches the other, and the error names the one that failed."""
+        failed = None
+        if store is not None:
             try:
-                async with sem:
-                    resp = await backend.complete(body, key, qid, salt)
-            except RequestFailed as e:
-                if breaker.failed < _LOGGED_FAILURES:
-                    tqdm.write(f"teacher: no answer for {qid} ({salt}): {e}", file=sys.stderr)
-                elif breaker.failed == _LOGGED_FAILURES:
-                    tqdm.write("teacher: further unanswered requests are only counted "
-                               "(metrics/teacher_request.json)", file=sys.stderr)
-                breaker.fail(e)
+                entry = store.put(entry)
+            except OSError as e:
+                failed = _named(e, store.root)
+        try:
+            journal.put(entry)  # a kill after this line loses nothing paid for
+        except OSError as e:
+            raise _named(e, journal.path) from None
+        if failed is not None:
+            raise failed
+        return entry
+
+    async def claim(key: str) -> Optional[dict]:
+        """Wait until this process owns `key`, or another's answer to it is stored (returned)."""
+        while not claims.take(key):
+            if stopping.is_set():
+                return None
+            await asyncio.sleep(_CLAIM_POLL)
+            if store.get(key) is not None:
+                return found(key)
+        if store.get(key) is not None:  # the owner stored it and let go just before this claim
+            claims.release(key)
+            return found(key)
+        return None
+
+    async def send(body: dict, salt: str, key: str, qid: str) -> Optional[dict]:
+        """The answer, stored; None when none came (a failure, the spend cap, a signal)."""
+        try:
+            async with sem:
+                if stopping.is_set():  # a signal came: nothing new is sent
+                    raise Stopped()
+                resp = await backend.complete(body, key, qid, salt)
+        except Stopped:
+            stats["requests_not_sent_interrupted"] += 1
+            return None
+        except CapReached:  # not sent: the round ends with what is in flight, then the stage stops
+            stats["requests_capped"] += 1
+            return None
+        except RequestFailed as e:
+            if breaker.failed < _LOGGED_FAILURES:
+                tqdm.write(f"teacher: no answer for {qid} ({salt}): {e}", file=sys.stderr)
+            elif breaker.failed == _LOGGED_FAILURES:
+                tqdm.write("teacher: further unanswered requests are only counted "
+                           "(metrics/teacher_request.json)", file=sys.stderr)
+            breaker.fail(e)
+            return None
+        entry = keep({"key": key, "origin": who, "round": salt, "body": body, "response": resp,
+                      **backend.provenance(key)})
+        stats["sent"] += 1
+        stats["usd_micro_sent"] += round(1e6 * _usd(entry, t.price))
+        return entry
+
+    async def ask(body: dict, salt: str, key: str, qid: str, bar) -> Optional[dict]:
+        entry = found(key)
+        if entry is None and claims is not None:
+            entry = await claim(key)
+        if entry is None:
+            try:
+                entry = await send(body, salt, key, qid)
+            finally:  # answered and stored, or failed: a waiting process may go on
+                if claims is not None:
+                    claims.release(key)
+            if entry is None:
                 bar.update(1)
                 return None
-            entry = {"key": key, "origin": who, "round": salt, "body": body, "response": resp,
-                     **backend.provenance(key)}
-            if store is not None:
-                entry = store.put(entry)  # first: outlives the workspace, whatever happens to it next
-            journal.put(entry)  # a kill after this line loses nothing paid for
-            stats["sent"] += 1
-            stats["usd_micro_sent"] += round(1e6 * _usd(entry))
         breaker.ok()
         resp = entry["response"]
         usage = resp.get("usage") or {}
         stats["prompt_tokens"] += usage.get("prompt_tokens") or 0
         stats["cached_prompt_tokens"] += cached_tokens(usage)
         stats["completion_tokens"] += usage.get("completion_tokens") or 0
-        stats["usd_micro"] += round(1e6 * _usd(entry))
+        stats["usd_micro"] += round(1e6 * _usd(entry, t.price))
         bar.update(1)
         bar.set_postfix(sent=stats["sent"], cached=stats["from_journal"] + stats["from_store"],
                         tokens=stats["prompt_tokens"] + stats["completion_tokens"],
@@ -171,10 +221,7 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
         jobs = []
         for s in todo:
             body = {**s["req"]["body"], "n": s["needed"], limit_key(s["req"]["body"]): s["max_tokens"]}
-            # Round (and repeat index) salt the key: the same body asked again later is a new request.
-            parts = ([({**body, "n": 1}, f"round{rnd}/repeat{i}") for i in range(s["needed"])] if t.repeat_n
-                     else [(body, f"round{rnd}")])
-            jobs += [(s, b, salt, request_key(b, salt, who)) for b, salt in parts]
+            jobs += [(s, b, salt, request_key(b, salt, who)) for b, salt in _round_requests(body, rnd, t.repeat_n)]
         label = f"teacher round {rnd}/{rounds}"
         if backend.batched:
             missing = [(b, salt, k) for _, b, salt, k in jobs
@@ -184,6 +231,8 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
         with tqdm(total=len(jobs), desc=label, unit="req", mininterval=1.0) as bar:
             responses = await _all(ask(b, salt, k, s["req"]["id"], bar) for s, b, salt, k in jobs)
         backend.finish_round()
+        if stopping.is_set():  # what was in flight is stored: stop before the round's verdicts
+            raise Stopped()
         breaker.end_round()
         got: dict[str, list[dict]] = {}
         for (s, *_), resp in zip(jobs, responses):
@@ -201,26 +250,84 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
             s["needed"] = max(0, s["needed"] - valid)
             if double:
                 s["max_tokens"] *= 2  # spec 3.2 step 3: a completion cut off by length gets twice the room
+        if cap.reached:
+            raise SpendCapReached(_cap_message(cap, state))
     return state
 
 
+def _cap_message(cap: SpendCap, state: dict) -> str:
+    done = sum(s["needed"] == 0 for s in state.values())
+    unsure = (f", ${cap.unsure:.4f} of it attempts that timed out, counted at their worst case" if cap.unsure
+              else "")
+    return (f"teacher spend cap reached: ${cap.spent:.4f} spent of teacher.max_usd={cap.max_usd:g} "
+            f"(${cap.spent_now:.4f} of it in this run{unsure}); {done} of {len(state)} training questions have "
+            f"their valid completions, {len(state) - done} left; raise teacher.max_usd and rerun: the answers "
+            "bought are kept and not bought again")
+
+
+class Stopped(Exception):
+    """A signal stopped the rounds: nothing new was sent, what was in flight is stored."""
+
+
 async def _run(params: Params, requests: list[dict], backend, journal: Journal, store: Optional[ResponseStore],
-               stats: Counter, breaker: Breaker) -> dict:
+               stats: Counter, breaker: Breaker, cap: SpendCap, signals: list[int]) -> dict:
+    """The rounds under Ctrl-C / SIGTERM handling: the first signal stops sending, waits up to `teacher.timeout`
+    for the requests in flight and keeps their answers (paid for), then stops the stage; a second one exits at
+    once (what was stored stays stored: every answer is fsync'd as it arrives)."""
+    loop = asyncio.get_running_loop()
+    stopping, main = asyncio.Event(), asyncio.current_task()
+
+    def on_signal(signum: int) -> None:
+        if stopping.is_set():
+            print(f"\nteacher: {signal.Signals(signum).name} again: exiting now", file=sys.stderr, flush=True)
+            os._exit(128 + signum)
+        signals.append(signum)
+        stopping.set()
+        print(f"\nteacher: {signal.Signals(signum).name}: no new requests; waiting up to teacher.timeout="
+              f"{params.teacher.timeout:g} s for those in flight to store their answers (again to exit now)",
+              file=sys.stderr, flush=True)
+        loop.call_later(params.teacher.timeout, main.cancel)
+
+    backend.stopping = stopping
+    handled = [s for s in (signal.SIGINT, signal.SIGTERM) if _can_handle(loop, s, on_signal)]
     try:
-        return await _gather(params, requests, backend, journal, store, stats, breaker)
+        return await _gather(params, requests, backend, journal, store, stats, breaker, cap, stopping)
+    except asyncio.CancelledError:
+        if not stopping.is_set():
+            raise
+        raise Stopped() from None  # in flight past teacher.timeout: given up, unpaid or never answered
     finally:
+        for s in handled:
+            loop.remove_signal_handler(s)
         await backend.close()
 
 
-def open_backend(params: Params, paths: Paths, stats: Counter) -> tuple[Backend, Optional[ResponseStore]]:
+def _can_handle(loop, signum: int, handler) -> bool:
+    try:  # only the main thread of a process may install signal handlers (tests call the stage in threads too)
+        loop.add_signal_handler(signum, handler, signum)
+        return True
+    except (RuntimeError, ValueError):
+        return False
+
+
+def _named(e: OSError, path) -> OSError:
+    """`e` naming `path` where it names no file or a temporary (a full disk reports no file name)."""
+    if e.filename is not None and str(e.filename) == str(path):
+        return e
+    return OSError(e.errno, e.strerror or str(e), str(path))
+
+
+def open_backend(params: Params, paths: Paths, stats: Counter,
+                 cap: Optional[SpendCap] = None) -> tuple[Backend, Optional[ResponseStore]]:
     """The one place that picks the teacher's kind, and the response store that paid answers go to (none for the
-    free offline teacher). Raises TeacherError on a missing key before anything is sent."""
+    free offline teacher); a paid teacher reserves every request against `cap`. Raises TeacherError on a missing
+    key before anything is sent."""
     t = params.teacher
     if t.mode == "batch":  # params refuse batch with the offline teacher
         from .batch import BatchBackend
 
         store = ResponseStore(store_dir())
-        return BatchBackend(params, stats, store, origin(params)), store
+        return BatchBackend(params, stats, store, origin(params), cap), store
     if t.backend == "offline":
         from .offline import OfflineBackend
 
@@ -231,27 +338,38 @@ def open_backend(params: Params, paths: Paths, stats: Counter) -> tuple[Backend,
                               t.offline_fault_rate, t.offline_wrong_fact_rate), None
     from .live import OpenAIBackend
 
-    return OpenAIBackend(t, stats), ResponseStore(store_dir())
+    return OpenAIBackend(t, stats, cap), ResponseStore(store_dir())
 
 
 def request(params: Params, paths: Paths) -> dict:
     """Run the rounds; write completions.jsonl and metrics/teacher_request.json; return the metrics.
-    Raises TeacherError (and writes neither) when the teacher fails or `teacher.min_coverage` is not met."""
+    Raises TeacherError (and writes neither) when the teacher fails, the spend cap is reached or
+    `teacher.min_coverage` is not met."""
     t = params.teacher
-    requests = read_jsonl(paths.requests)
+    requests = read_requests(paths)
+    check_prices(params, requests)  # a cap on a model of unknown price: refused before anything is opened
     stats: Counter = Counter()
     breaker = Breaker(t.max_failures_in_a_row)
-    backend, store = open_backend(params, paths, stats)
+    cap = SpendCap(t.max_usd, t.price)
+    backend, store = open_backend(params, paths, stats, cap)
     with Journal(paths.journal) as journal:
         if store is not None:  # a pulled (or older) journal feeds the store: its answers serve every checkout
             for entry in journal:
                 if "origin" in entry and entry["key"] not in store:
                     store.put(entry)
                     stats["journal_entries_stored"] += 1
+            # What this request set has cost before this run, in any round, run, experiment or workspace.
+            cap.paid_before = paid_for(store.entries(), origin(params), requests, t.price)
+        signals: list[int] = []
         try:
-            state = asyncio.run(_run(params, requests, backend, journal, store, stats, breaker))
+            state = asyncio.run(_run(params, requests, backend, journal, store, stats, breaker, cap, signals))
+        except SpendCapReached:
+            raise
         except TeacherError as e:
             raise TeacherError(f"{str(e).rstrip('.')}. {_kept(stats, store)}") from None
+        except Stopped:
+            name = signal.Signals(signals[0]).name
+            raise Interrupted(f"teacher: stopped by {name}. {_kept(stats, store)}", 128 + signals[0]) from None
     covered = sum(s["valid"] > 0 for s in state.values())
     need = math.ceil(t.min_coverage * len(state) - 1e-9)
     if covered < need:
@@ -260,7 +378,7 @@ def request(params: Params, paths: Paths) -> dict:
             f"{t.min_coverage:g} needs {need}"
             + (f"; {breaker.failed + breaker.deferred} requests unanswered, last: {breaker.last.rstrip('.')}"
                if breaker.failed or breaker.deferred else "")
-            + f". {_kept(stats, store)}")
+            + f". {_kept(stats, store, unusable=True)}")
     write_jsonl(paths.completions, ({"id": qid, "gt": s["req"]["gt"], "options": s["req"]["options"],
                                      "user": s["req"]["body"]["messages"][-1]["content"],
                                      "completions": s["completions"], "rounds": s["rounds"]}
@@ -274,6 +392,9 @@ def request(params: Params, paths: Paths) -> dict:
         "requests_from_store": stats["from_store"], "journal_entries_stored": stats["journal_entries_stored"],
         "usd": round(stats["usd_micro"] / 1e6, 4),  # of every response used, sent now or stored before
         "usd_this_run": round(stats["usd_micro_sent"] / 1e6, 4),
+        "max_usd": t.max_usd,  # the spend cap (teacher.max_usd), null: none
+        # every answer of this request set the response store holds, bought in this run or before it
+        "usd_paid_for_request_set": round(cap.paid_before + stats["usd_micro_sent"] / 1e6, 4),
         **{k: stats[k] for k in ("retries", "rate_limited", "server_errors", "timeouts_or_connection_errors",
                                  "malformed_responses", "rejected_requests", "failed_requests",
                                  "prompt_tokens", "cached_prompt_tokens", "completion_tokens",
@@ -285,10 +406,100 @@ def request(params: Params, paths: Paths) -> dict:
     return metrics
 
 
-def _kept(stats: Counter, store: Optional[ResponseStore]) -> str:
-    if not stats["sent"]:
-        return "No answer arrived in this run"
+def _kept(stats: Counter, store: Optional[ResponseStore], unusable: bool = False) -> str:
+    """What became of the answers, and what a rerun does. `unusable`: the answers came but too few were valid, so a
+    rerun would be served the same ones: say how to have them asked anew."""
     where = f"the response store {store.root} and the journal" if store is not None else "the journal"
     n = stats["sent"]
-    return (f"The {n} answer{'s' * (n != 1)} received in this run {'is' if n == 1 else 'are'} kept in {where}; "
-            "a rerun sends only the rest")
+    kept = ("No answer arrived in this run" if not n else
+            f"The {n} answer{'s' * (n != 1)} received in this run {'is' if n == 1 else 'are'} kept in {where}")
+    if not unusable:
+        return kept + ("; a rerun sends only the rest" if n else "")
+    return (f"{kept}, and a rerun uses every stored answer again: to ask anew, raise teacher.rounds, or forget the "
+            "answers that gave no valid completion with `tinythinker forget-answers` (try --dry-run first)")
+
+
+def dry_run(params: Params, paths: Paths) -> dict:
+    """What `request` would send now for round 1, after the journal and the response store answer what they
+    can (and a batch an earlier run submitted, in batch mode), with its worst-case and expected cost, what this
+    request set has paid, and the cap. Sends nothing, writes nothing (the journal is only read). Later rounds
+    re-ask only what round 1 leaves without valid completions, so they are not counted."""
+    t = params.teacher
+    requests = read_requests(paths)
+    check_prices(params, requests)  # as the run would refuse
+    who = origin(params)
+    journal = read_journal(paths.journal)
+    store = ResponseStore(store_dir()) if t.backend == "openai" else None
+    batch = t.mode == "batch"
+    jobs = {request_key(b, salt, who): b for r in requests for b, salt in _round_requests(r["body"], 1, t.repeat_n)}
+    answered = {k for k in jobs if k in journal or (store is not None and k in store)}
+    running: set[str] = set()
+    if batch and store is not None:
+        for record in store.pending_batches():
+            if record["origin"] == who:
+                running |= set(record["custom_ids"]) & (jobs.keys() - answered)
+    send = [b for k, b in jobs.items() if k not in answered and k not in running]
+    plan = {"backend": t.backend, "mode": t.mode, "round_requests": len(jobs), "answered": len(answered),
+            "in_submitted_batch": len(running), "requests": len(send), "max_usd": t.max_usd,
+            "usd_worst": None, "usd_expected": None, "usd_paid": 0.0, "fit_under_cap": None,
+            "tokens_counted_by": None, "unpriced_model": None}
+    if t.backend == "offline":  # free
+        plan.update(usd_worst=0.0, usd_expected=0.0, fit_under_cap=len(send) if t.max_usd is not None else None)
+        return plan
+    stored = list(store.entries()) if store is not None else []
+    have = {e["key"] for e in stored}
+    plan["usd_paid"] = paid_for(stored + [e for k, e in journal.items() if k not in have], who, requests, t.price)
+    unpriced = sorted({b["model"] for b in send if price_of(b["model"], t.price) is None})
+    if unpriced:
+        plan["unpriced_model"] = unpriced[0]
+        return plan
+    cap = SpendCap(t.max_usd, t.price)
+    share = batch_share(t.price) if batch else 1.0
+    count = _tiktoken_counter(t.model)
+    plan["tokens_counted_by"] = "tiktoken" if count is not None else "characters/4"
+    count = count or approx_tokens
+    worst = [cap.worst(b, batch) for b in send]
+    expected = 0.0
+    for b in send:
+        price = price_of(b["model"], t.price)
+        expected += share * (message_tokens(b["messages"], count) * price.input
+                             + b["n"] * b[limit_key(b)] * price.output)
+    plan.update(usd_worst=sum(worst), usd_expected=expected)
+    if t.max_usd is not None:
+        room, fit = t.max_usd - plan["usd_paid"], 0
+        for w in worst:  # the prefix the run would send before the cap stops it (nothing in flight settled)
+            if w > room:
+                break
+            room -= w
+            fit += 1
+        plan["fit_under_cap"] = fit
+    return plan
+
+
+def describe(plan: dict) -> str:
+    """`tinythinker request --dry-run`'s few lines."""
+    n = plan["requests"]
+    lines = [f"teacher round 1 would send {n} request{'s' * (n != 1)} ({plan['mode']}): {plan['answered']} of "
+             f"{plan['round_requests']} are answered by the journal or the response store"
+             + (f", {plan['in_submitted_batch']} are in a submitted batch (resumed, not sent again)"
+                if plan["in_submitted_batch"] else "")]
+    if plan["backend"] == "offline":
+        lines.append("cost: $0 (the offline teacher is free)")
+    elif plan["unpriced_model"] is not None:
+        lines.append(f"cost: unknown, no price for teacher.model={plan['unpriced_model']!r} "
+                     "(set teacher.price to see it)")
+    else:
+        price = " at the batch price" if plan["mode"] == "batch" else ""
+        lines.append(f"cost of those{price}: at most ${plan['usd_worst']:.4f} (prompts counted as UTF-8 bytes, every "
+                     f"sample at the max-tokens limit), expected ${plan['usd_expected']:.4f} (prompt tokens counted "
+                     f"by {plan['tokens_counted_by']}, every sample at the max-tokens limit)")
+    lines.append(f"already paid for this request set: ${plan['usd_paid']:.4f}")
+    if plan["max_usd"] is None:
+        lines.append("cap: none (teacher.max_usd=null)")
+    else:
+        left = plan["max_usd"] - plan["usd_paid"]
+        fit = plan["fit_under_cap"]
+        lines.append(f"cap: teacher.max_usd={plan['max_usd']:g}, ${max(left, 0.0):.4f} left"
+                     + ("" if fit is None else f"; {fit} of the {n} fit under it at their worst case"))
+    lines.append("nothing was sent or written; later rounds re-ask only what round 1 leaves without valid completions")
+    return "\n".join(lines)

@@ -63,6 +63,18 @@ class ResponseStore:
         ok = isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("response"), dict)
         return entry if ok else None
 
+    def entries(self) -> Iterator[dict]:
+        """Every readable response in the store, in no particular order: a read of every file, for what a request
+        set has cost in all (cost.paid_for), once per run."""
+        for path in self.root.glob("??/*.json"):
+            entry = self.get(path.stem)
+            if entry is not None:
+                yield entry
+
+    def forget(self, key: str) -> None:
+        """Remove the answer to `key` (forget.py: an answer that gave no valid completion)."""
+        self._path(key).unlink(missing_ok=True)
+
     def put(self, entry: dict) -> dict:
         """Store `entry` unless the key already holds an answer; return the entry the store keeps."""
         path = self._path(entry["key"])
@@ -138,6 +150,23 @@ def _durable(path: Path, data: bytes, replace: bool = True) -> bool:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     return True
+
+
+def read_journal(path: str | Path) -> dict[str, dict]:
+    """The journal's entries by key, read only (a torn or unreadable line is skipped, nothing is repaired or
+    written): for `tinythinker request --dry-run`."""
+    entries: dict[str, dict] = {}
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        return entries
+    for line in raw.split(b"\n"):
+        try:
+            entry = json.loads(line)
+            entries[entry["key"]] = entry
+        except (ValueError, KeyError, TypeError):
+            pass
+    return entries
 
 
 class Journal:
