@@ -10,6 +10,8 @@ import json
 import os
 import secrets
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -59,8 +61,8 @@ ERRORS = {
 
 class Teacher:
     """A scripted chat-completions server. `script(question, attempt, body)` picks a behaviour per request:
-    ok | hang | length | malformed | garbage (no choice parses) | a key of ERRORS; `attempt` counts the
-    requests for the same key."""
+    ok | hang | reset | notjson | length | malformed | garbage (no choice parses) | a key of ERRORS; `attempt`
+    counts the requests for the same key."""
 
     def __init__(self, script=lambda q, a, b: "ok", delay: float = 0.0, hang: float = 2.5):
         self.script, self.delay, self.hang = script, delay, hang
@@ -100,6 +102,18 @@ class Teacher:
             self.events.append(event)
         if behaviour == "hang":
             time.sleep(self.hang)  # the client has timed out and gone; no answer counts
+            return
+        if behaviour == "reset":  # the connection reset after the request arrived (RST, no answer)
+            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            h.connection.close()
+            return
+        if behaviour == "notjson":  # a 200 from a proxy in the way: an HTML page
+            payload = b"<html><body>502 Bad Gateway</body></html>"
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
             return
         if behaviour in ERRORS:
             status, error = ERRORS[behaviour]

@@ -16,6 +16,7 @@ import pytest
 from tests.teacher.test_teacher_openai import API_KEY, REPO, server_factory, setup_root  # noqa: F401 (a fixture)
 from tinythinker.io import read_jsonl
 from tinythinker.paths import STORE_ENV, Paths
+from tinythinker.teacher.backend import TeacherError
 from tinythinker.teacher.claims import Claims
 from tinythinker.teacher.store import ResponseStore
 
@@ -168,3 +169,25 @@ def test_a_store_of_unusable_answers_is_forgotten_on_request(tmp_path, server_fa
     assert "5 answers of this request set" in res.output and "0 gave no valid completion" in res.output
     assert len(_journal_keys(journal)) == 5  # the good answers stay
 
+
+
+@pytest.mark.parametrize("fault,needle,counter", [
+    ("notjson", "malformed response from http://127.0.0.1:{port}/v1: not JSON", "malformed_responses"),
+    ("reset", "connection to http://127.0.0.1:{port}/v1 lost before an answer", "timeouts_or_connection_errors"),
+])
+def test_a_reply_that_is_no_answer_is_retried_and_named(tmp_path, server_factory, monkeypatch, fault, needle, counter):
+    """A 200 whose body is not JSON (a proxy's page) and a connection reset after the request: each counted as
+    what it is, retried, and named so in the log; the retry's answer is kept."""
+    from tinythinker.teacher.request import request
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    server = server_factory(lambda q, attempt, b: fault if q == "Question 1?" and attempt == 0 else "ok")
+    params = setup_root(tmp_path, server, 3, samples=2, rounds=1, max_retry_seconds=30.0)
+    m = request(params, Paths(tmp_path))
+    assert m[counter] == 1 and m["retries"] == 1 and m["failed_requests"] == 0 and m["questions_complete"] == 3
+    params = setup_root(tmp_path / "give-up", server_factory(lambda q, a, b: fault), 1, samples=2, rounds=1,
+                        max_retries=0, max_failures_in_a_row=1)
+    with pytest.raises(TeacherError) as e:  # a server that only ever does this: the stage stops, naming it
+        request(params, Paths(tmp_path / "give-up"))
+    port = str(e.value).split("127.0.0.1:")[1].split("/")[0]
+    assert needle.format(port=port) in str(e.value) and "within teacher.timeout" not in str(e.value)

@@ -100,7 +100,14 @@ class OpenAIBackend(Backend):
         elif isinstance(err, o.APITimeoutError):
             msg = f"no answer from {self.server} within teacher.timeout={self.t.timeout:g} s"
         elif isinstance(err, o.APIConnectionError):
-            msg = f"no connection to {self.server}: {err.__cause__ or err}"
+            cause = err.__cause__
+            if type(cause).__name__ in _NEVER_SENT:
+                msg = f"no connection to {self.server}: {cause or err}"
+            else:  # sent, then the connection was reset or closed before an answer came
+                msg = (f"connection to {self.server} lost before an answer ("
+                       f"{type(cause).__name__ if cause is not None else 'closed'}{f': {cause}' if str(cause or '') else ''})")
+        elif isinstance(err, ValueError):  # a 200 whose body is not JSON
+            msg = f"malformed response from {self.server}: not JSON ({err})"
         else:
             msg = f"malformed response from {self.server}: {err}"
         return " ".join(str(msg).replace(self.key, "<OPENAI_API_KEY>").split())[:500]
@@ -158,7 +165,7 @@ class OpenAIBackend(Backend):
                         reserved = None
                     self.stats["timeouts_or_connection_errors"] += 1
                     why, delay = self._message(e), self._delay(attempt, e)
-                except o.APIResponseValidationError as e:
+                except (o.APIResponseValidationError, ValueError) as e:  # a 200 the SDK cannot read, or not JSON
                     self.cap.maybe_billed(reserved)  # answered, so billed, but its usage cannot be read
                     reserved = None
                     self.stats["malformed_responses"] += 1
