@@ -91,7 +91,8 @@ def dpo_variant(params, paths, size: str, variant: str, num_pairs: int) -> dict:
     import workspace
     from transformers import Trainer
 
-    from tinythinker.reflect import dpo as D
+    from tinythinker.reflect import dpo_seq2seq as D
+    from tinythinker.reflect.schedule import schedule_intervals
 
     d = params.dpo
     model, tokenizer = workspace.student(params, paths, size)
@@ -107,8 +108,8 @@ def dpo_variant(params, paths, size: str, variant: str, num_pairs: int) -> dict:
     if variant == "ours":
         from tinythinker.student.curriculum import CurriculumBatchSampler
 
-        intervals = D.schedule_intervals(len(features), 0, d.batch_size)
-        trainer = D._trainer_classes()[0](
+        intervals = schedule_intervals(len(features), 0, d.batch_size)
+        trainer = D._trainer_class()(
             model=model, args=args, train_dataset=features, processing_class=tokenizer, data_collator=collator,
             batch_sampler=CurriculumBatchSampler({"recall": len(features)}, intervals, d.batch_size, params.seed),
             valid=[], chain_kwargs={}, dpo=d)

@@ -12,7 +12,7 @@ import pytest
 
 from tests.teacher.test_teacher_batch import BATCH, BatchAPI
 from tests.teacher.test_teacher_openai import (API_KEY, BASE, REPO, Teacher, closing_servers, completion_for,
-                                               records, setup_root)
+                                               records, send_json, setup_root)
 
 from tinythinker.io import read_jsonl
 from tinythinker.params import ParamsError, load
@@ -70,12 +70,7 @@ class PricedTeacher(Teacher):
         with self.lock:
             self.paid += 100 * IN + usage["completion_tokens"] * OUT
             del self.holding[id(event)]
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
-        h.wfile.flush()
+        send_json(h, payload)
         with self.lock:
             event["answered"] = True
 

@@ -59,6 +59,18 @@ ERRORS = {
 }
 
 
+def send_json(h, payload: bytes, status: int = 200, headers: dict | None = None) -> None:
+    """One HTTP answer of a test server: `payload` (bytes) as application/json, with `headers`."""
+    h.send_response(status)
+    h.send_header("Content-Type", "application/json")
+    h.send_header("Content-Length", str(len(payload)))
+    for name, value in (headers or {}).items():
+        h.send_header(name, value)
+    h.end_headers()
+    h.wfile.write(payload)
+    h.wfile.flush()
+
+
 class Teacher:
     """A scripted chat-completions server. `script(question, attempt, body)` picks a behaviour per request:
     ok | hang | reset | notjson | length | malformed | garbage (no choice parses) | a key of ERRORS; `attempt`
@@ -108,24 +120,13 @@ class Teacher:
             h.connection.close()
             return
         if behaviour == "notjson":  # a 200 from a proxy in the way: an HTML page
-            payload = b"<html><body>502 Bad Gateway</body></html>"
-            h.send_response(200)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(payload)))
-            h.end_headers()
-            h.wfile.write(payload)
+            send_json(h, b"<html><body>502 Bad Gateway</body></html>")
             return
         if behaviour in ERRORS:
             status, error = ERRORS[behaviour]
             error = {**error, "message": error["message"].format(auth=h.headers.get("Authorization"))}
-            payload = json.dumps({"error": error}).encode()
-            h.send_response(status)
-            h.send_header("Content-Type", "application/json")
-            h.send_header("Content-Length", str(len(payload)))
-            if behaviour == "429":
-                h.send_header("Retry-After", "1")
-            h.end_headers()
-            h.wfile.write(payload)
+            send_json(h, json.dumps({"error": error}).encode(), status,
+                      {"Retry-After": "1"} if behaviour == "429" else None)
             return
         time.sleep(self.delay)
         choices = []
@@ -141,12 +142,7 @@ class Teacher:
                               "created": int(time.time()), "model": body["model"], "choices": choices,
                               "usage": {"prompt_tokens": 100, "completion_tokens": 20 * body["n"],
                                         "total_tokens": 100 + 20 * body["n"]}}).encode()
-        h.send_response(200)
-        h.send_header("Content-Type", "application/json")
-        h.send_header("Content-Length", str(len(payload)))
-        h.end_headers()
-        h.wfile.write(payload)
-        h.wfile.flush()
+        send_json(h, payload)
         with self.lock:
             event["answered"] = True
 
