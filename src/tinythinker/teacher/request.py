@@ -49,7 +49,7 @@ from .prompts import _tiktoken_counter, approx_tokens, limit_key, message_tokens
 from .store import Journal, ResponseStore, read_journal, request_key
 
 _LOGGED_FAILURES = 10  # unanswered requests reported one line each; the rest are only counted
-_CLAIM_POLL = 0.2  # seconds between two looks for the answer to a request another process is buying
+_CLAIM_POLL = 0.5  # seconds between two looks for the answer to a request another process is buying
 
 
 class Breaker:
