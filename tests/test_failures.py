@@ -302,6 +302,23 @@ def test_permission_denied_is_one_line_naming_the_path(repo):
     assert files_under(data) == before
 
 
+def test_a_directory_output_that_cannot_be_moved_is_named_and_kept_whole(repo):
+    """data/sft read-only: the swap cannot move it aside. One line naming data/sft (not the temporary), and the
+    previous build whole, no temporary left."""
+    assert cli(repo, "build").exit_code == 0
+    sft = repo / "data" / "sft"
+    before = files_under(sft)
+    sft.chmod(0o555)
+    try:
+        res = subprocess.run(_as_user([sys.executable, "-m", "tinythinker", "build", "--root", str(repo)]),
+                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    finally:
+        sft.chmod(0o755)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == f"error: {sft}: Permission denied"
+    assert files_under(sft) == before
+    assert sorted(p.name for p in (repo / "data").iterdir()) == ["prepared", "raw", "sft", "teacher"]
+
+
 def test_a_full_disk_is_one_line_naming_the_output(repo):
     """The kernel refuses a write past RLIMIT_FSIZE as it refuses one on a full disk: an OSError with no file
     name, raised from inside a write; the stage must still name its output and leave nothing half-written."""

@@ -32,7 +32,8 @@ def _naming(path: Path, temporaries: str) -> Iterator[None]:
     try:
         yield
     except OSError as e:
-        if e.filename is None or str(e.filename).startswith(temporaries):
+        if (e.filename is None or str(e.filename).startswith(temporaries)
+                or str(e.filename2 or "").startswith(temporaries)):  # a rename from or into a temporary
             raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
