@@ -185,12 +185,7 @@ def test_an_unreadable_model_directory_is_not_reported_missing(repo, tiny_model,
     locked = tmp_path / "locked"
     shutil.copytree(tiny_model, locked)
     write_params(repo, ("      init: models/sft", f"      init: {locked}"))
-    locked.chmod(0o000)
-    try:
-        res = subprocess.run(_as_user([sys.executable, "-m", "tinythinker", cmd, "iter1", "--root", str(repo)]),
-                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
-    finally:
-        locked.chmod(0o755)
+    res = _run_locked(locked, 0o000, cmd, "iter1", "--root", str(repo))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines()[-1] == f"error: {locked}: Permission denied"
     shutil.rmtree(locked)
@@ -288,15 +283,20 @@ def _as_user(cmd: list[str]) -> list[str]:
     return ["setpriv", "--bounding-set", "-dac_override,-dac_read_search", *cmd]
 
 
+def _run_locked(locked: Path, mode: int, *args: str) -> subprocess.CompletedProcess:
+    """`python -m tinythinker *args` as a user held to file modes, `locked` at `mode` meanwhile (then 0o755)."""
+    locked.chmod(mode)
+    try:
+        return subprocess.run(_as_user([sys.executable, "-m", "tinythinker", *args]), capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
+    finally:
+        locked.chmod(0o755)
+
+
 def test_permission_denied_is_one_line_naming_the_path(repo):
     data = repo / "data"
     before = files_under(data)
-    data.chmod(0o555)
-    try:
-        res = subprocess.run(_as_user([sys.executable, "-m", "tinythinker", "prepare", "--root", str(repo)]),
-                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
-    finally:
-        data.chmod(0o755)
+    res = _run_locked(data, 0o555, "prepare", "--root", str(repo))
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines()[-1] == f"error: {data / 'prepared'}: Permission denied"
     assert files_under(data) == before
@@ -308,12 +308,7 @@ def test_a_directory_output_that_cannot_be_moved_is_named_and_kept_whole(repo):
     assert cli(repo, "build").exit_code == 0
     sft = repo / "data" / "sft"
     before = files_under(sft)
-    sft.chmod(0o555)
-    try:
-        res = subprocess.run(_as_user([sys.executable, "-m", "tinythinker", "build", "--root", str(repo)]),
-                             capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(SRC)})
-    finally:
-        sft.chmod(0o755)
+    res = _run_locked(sft, 0o555, "build", "--root", str(repo))
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == f"error: {sft}: Permission denied"
     assert files_under(sft) == before
     assert sorted(p.name for p in (repo / "data").iterdir()) == ["prepared", "raw", "sft", "teacher"]
