@@ -130,8 +130,13 @@ def test_the_teacher_headline_is_what_the_data_cost_not_what_this_run_sent():
     headline counts every answer the data used, so `dvc metrics diff` shows no difference that is not one."""
     from tinythinker.results.report import headline
 
-    straight = {"requests_sent": 140, "requests_from_journal": 0, "requests_from_store": 0, "usd": 1.25}
-    resumed = {"requests_sent": 99, "requests_from_journal": 41, "requests_from_store": 0, "usd": 1.25}
-    other_machine = {"requests_sent": 0, "requests_from_journal": 0, "requests_from_store": 140, "usd": 1.25}
-    heads = [headline([], t, {})["teacher"] for t in (straight, resumed, other_machine)]
-    assert heads == [{"requests": 140, "usd": 1.25}] * 3
+    # one request asked for two questions with the same text: answered once, found in the journal the second time
+    straight = {"requests_answered": 140, "requests_sent": 140, "requests_from_journal": 1, "requests_from_store": 0,
+                "usd": 1.25}
+    resumed = {"requests_answered": 140, "requests_sent": 99, "requests_from_journal": 42, "requests_from_store": 0,
+               "usd": 1.25}
+    other_machine = {"requests_answered": 140, "requests_sent": 0, "requests_from_journal": 0,
+                     "requests_from_store": 141, "usd": 1.25}
+    older = {"requests_sent": 99, "requests_from_journal": 41, "usd": 1.25}  # a file without requests_answered
+    heads = [headline([], t, {})["teacher"] for t in (straight, resumed, other_machine, older)]
+    assert heads == [{"requests": 140, "usd": 1.25}] * 4

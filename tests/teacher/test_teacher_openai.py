@@ -336,4 +336,5 @@ def test_sigkill_and_resume_never_resends_journaled_requests(tmp_path, server_fa
     m = read_json(paths.metric("teacher_request"))
     assert m["requests_from_journal"] == len(at_kill) and m["requests_from_store"] == len(stored - at_kill)
     assert m["requests_sent"] == 12 - len(stored)
+    assert m["requests_answered"] == 12  # what the data cost, as an uninterrupted run counts it
     assert_key_never_written(tmp_path, out1, err1, done.stdout, done.stderr)

@@ -53,11 +53,14 @@ def headline(rows: list[dict], teacher: dict, build: dict) -> dict:
             "valid": {r["model"]: r["valid_accuracy"] for r in rows},
             "pairs": pairs, "steps": {r["model"]: r["train_steps"] for r in rows},
             "chains": build.get("accepted_chains"),
-            # what the data cost, however many runs bought it: answers sent now or found in the journal or store
+            # what the data cost, however many runs bought it: the distinct requests whose answers they use
             "teacher": {"requests": _answered(teacher), "usd": teacher.get("usd")}}
 
 
 def _answered(teacher: dict) -> int | None:
+    if "requests_answered" in teacher:
+        return teacher["requests_answered"]
+    # a metrics file of an older request stage: every lookup, a request asked twice in one run counted twice
     parts = [teacher.get(k) for k in ("requests_sent", "requests_from_journal", "requests_from_store")]
     return None if parts[0] is None else sum(n or 0 for n in parts)
 

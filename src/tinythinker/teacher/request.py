@@ -107,7 +107,8 @@ def _round_requests(body: dict, rnd: int, repeat_n: bool) -> list[tuple[dict, st
 
 async def _gather(params: Params, requests: list[dict], backend, journal: Journal,
                   store: Optional[ResponseStore], stats: Counter, breaker: Breaker, cap: SpendCap,
-                  stopping: asyncio.Event) -> dict:
+                  stopping: asyncio.Event, used: set[str]) -> dict:
+    """The rounds; `used` collects the key of every answer the data use (sent now, or found stored)."""
     from tqdm import tqdm
 
     t = params.teacher
@@ -199,6 +200,7 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
                 bar.update(1)
                 return None
         breaker.ok()
+        used.add(key)
         resp = entry["response"]
         usage = resp.get("usage") or {}
         stats["prompt_tokens"] += usage.get("prompt_tokens") or 0
@@ -270,7 +272,7 @@ class Stopped(Exception):
 
 
 async def _run(params: Params, requests: list[dict], backend, journal: Journal, store: Optional[ResponseStore],
-               stats: Counter, breaker: Breaker, cap: SpendCap, signals: list[int]) -> dict:
+               stats: Counter, breaker: Breaker, cap: SpendCap, signals: list[int], used: set[str]) -> dict:
     """The rounds under Ctrl-C / SIGTERM handling: the first signal stops sending, waits up to `teacher.timeout`
     for the requests in flight and keeps their answers (paid for), then stops the stage; a second one exits at
     once (what was stored stays stored: every answer is fsync'd as it arrives)."""
@@ -291,7 +293,7 @@ async def _run(params: Params, requests: list[dict], backend, journal: Journal, 
     backend.stopping = stopping
     handled = [s for s in (signal.SIGINT, signal.SIGTERM) if _can_handle(loop, s, on_signal)]
     try:
-        return await _gather(params, requests, backend, journal, store, stats, breaker, cap, stopping)
+        return await _gather(params, requests, backend, journal, store, stats, breaker, cap, stopping, used)
     except asyncio.CancelledError:
         if not stopping.is_set():
             raise
@@ -361,8 +363,9 @@ def request(params: Params, paths: Paths) -> dict:
             # What this request set has cost before this run, in any round, run, experiment or workspace.
             cap.paid_before = paid_for(store.entries(), origin(params), requests, t.price)
         signals: list[int] = []
+        used: set[str] = set()
         try:
-            state = asyncio.run(_run(params, requests, backend, journal, store, stats, breaker, cap, signals))
+            state = asyncio.run(_run(params, requests, backend, journal, store, stats, breaker, cap, signals, used))
         except SpendCapReached:
             raise
         except TeacherError as e:
@@ -388,6 +391,8 @@ def request(params: Params, paths: Paths) -> dict:
         "questions": len(state), "questions_complete": complete, "questions_incomplete": len(state) - complete,
         "questions_covered": covered,  # with at least one valid completion (what teacher.min_coverage counts)
         "completions": sum(len(s["completions"]) for s in state.values()),
+        # the distinct requests whose answers the data use, however many runs bought them (the headline's count)
+        "requests_answered": len(used),
         "requests_sent": stats["sent"], "requests_from_journal": stats["from_journal"],
         "requests_from_store": stats["from_store"], "journal_entries_stored": stats["journal_entries_stored"],
         "usd": round(stats["usd_micro"] / 1e6, 4),  # of every response used, sent now or stored before
