@@ -96,6 +96,14 @@ class BatchBackend(Backend):
 
     batched = True
 
+    @property
+    def stopping(self):
+        return self.live.stopping
+
+    @stopping.setter
+    def stopping(self, event) -> None:  # Ctrl-C: the live fallback sends nothing new either
+        self.live.stopping = event
+
     def __init__(self, params: Params, stats: Counter, store: ResponseStore, origin: str,
                  cap: Optional[SpendCap] = None):
         self.t, self.stats, self.store, self.origin = params.teacher, stats, store, origin

@@ -15,16 +15,9 @@ from ..params import Params
 from ..paths import Paths, store_dir
 from .backend import origin
 from .cost import _usd, signature
-from .parse import filter_answer, is_complete
+from .parse import completions, count_valid
 from .prompts import read_requests
 from .store import ResponseStore, read_journal
-
-
-def _usable(entry: dict, options: list[str]) -> bool:
-    contents = [{"content": (c.get("message") or {}).get("content") or "", "finish_reason": c.get("finish_reason")}
-                for c in entry["response"].get("choices") or []]
-    _, _, candidates = filter_answer(contents, len(options))
-    return any(is_complete(c, options) for c in candidates)
 
 
 def forget_rejected(params: Params, paths: Paths, dry_run: bool = False) -> dict:
@@ -37,7 +30,8 @@ def forget_rejected(params: Params, paths: Paths, dry_run: bool = False) -> dict
     entries = {e["key"]: e for e in (store.entries() if store is not None else ())} | journal
     mine = {k: e for k, e in entries.items()
             if e.get("origin") == who and isinstance(e.get("body"), dict) and signature(e["body"]) in requests}
-    rejected = {k: e for k, e in mine.items() if not _usable(e, requests[signature(e["body"])]["options"])}
+    rejected = {k: e for k, e in mine.items()
+                if not count_valid(completions(e["response"]), requests[signature(e["body"])]["options"])[0]}
     found = {"answers": len(mine), "rejected": len(rejected),
              "usd": round(sum(_usd(e, params.teacher.price) for e in rejected.values()), 4),
              "forgotten": 0, "dry_run": dry_run}

@@ -68,6 +68,18 @@ def parse_completion(content: str, num_options: int) -> tuple[Optional[dict], Op
             "answer": answer}, None
 
 
+def completions(response: Optional[dict]) -> list[dict]:
+    """The completions of a chat-completions response as completions.jsonl holds them: content and finish reason."""
+    return [{"content": (c.get("message") or {}).get("content") or "", "finish_reason": c.get("finish_reason")}
+            for c in (response or {}).get("choices") or []]
+
+
+def count_valid(completions: list[dict], options: list[str]) -> tuple[int, bool]:
+    """(how many of `completions` are valid, whether one was cut by length and its re-ask needs twice the room)."""
+    _, double, candidates = filter_answer(completions, len(options))
+    return sum(is_complete(c, options) for c in candidates), double
+
+
 def filter_answer(choices: list[dict], num_options: int,
                   reasons: Optional[Counter] = None) -> tuple[int, bool, list[dict]]:
     """(failures, double_max_tokens, candidates) over a request's choices, as spec 3.3.

@@ -44,7 +44,7 @@ from .backend import Backend, RequestFailed, TeacherError, origin
 from .claims import Claims
 from .cost import (CapReached, SpendCap, SpendCapReached, _usd, batch_share, cached_tokens, check_prices, paid_for,
                    price_of)
-from .parse import filter_answer, is_complete
+from .parse import completions, count_valid
 from .prompts import _tiktoken_counter, approx_tokens, limit_key, message_tokens, read_requests
 from .store import Journal, ResponseStore, read_journal, request_key
 
@@ -238,14 +238,10 @@ async def _gather(params: Params, requests: list[dict], backend, journal: Journa
         breaker.end_round()
         got: dict[str, list[dict]] = {}
         for (s, *_), resp in zip(jobs, responses):
-            mine = got.setdefault(s["req"]["id"], [])
-            for c in (resp or {}).get("choices", []):
-                mine.append({"content": (c.get("message") or {}).get("content") or "",
-                             "finish_reason": c.get("finish_reason")})
+            got.setdefault(s["req"]["id"], []).extend(completions(resp))
         for s in todo:
             mine = got.get(s["req"]["id"], [])
-            _, double, cands = filter_answer(mine, len(s["req"]["options"]))
-            valid = sum(is_complete(c, s["req"]["options"]) for c in cands)
+            valid, double = count_valid(mine, s["req"]["options"])
             s["completions"] += mine
             s["rounds"] = rnd
             s["valid"] += valid
