@@ -144,6 +144,7 @@ def run(size: dict, source: Path, work: Path, precisions: list[str], save) -> di
     import torch
 
     from tinythinker import presets
+    from tinythinker.data.corpus import corpus
     from tinythinker.data.download import download
     from tinythinker.data.prepare import prepare
     from tinythinker.params import load, to_dict
@@ -152,6 +153,7 @@ def run(size: dict, source: Path, work: Path, precisions: list[str], save) -> di
     from tinythinker.reflect.pairs import dpo_sample
     from tinythinker.student.evaluate import test
     from tinythinker.student.model import tokenizer_stage
+    from tinythinker.student.pretrain import pretrain
     from tinythinker.student.sft import sft
     from tinythinker.teacher.build import build
     from tinythinker.teacher.prompts import prompt
@@ -167,12 +169,14 @@ def run(size: dict, source: Path, work: Path, precisions: list[str], save) -> di
         "teacher.requests_per_minute": 1_000_000, "teacher.tokens_per_minute": 1_000_000_000,
         **student, "sft.epochs": size["sft_epochs"], "generation.max_new_tokens": size["max_new_tokens"],
         "dpo.max_questions": size["dpo_questions"], "dpo.samples": size["dpo_samples"],
-        "dpo.passes": size["dpo_passes"], "dpo.iterations": {"iter1": {"init": "models/sft"}}})
+        "dpo.passes": size["dpo_passes"], "dpo.iterations": {"iter1": {"init": "models/sft"}},
+        "student.pretrain.steps": 0})  # the check times the paper's stages: a student from scratch, as the T5 shape
     log: dict = {"params": to_dict(base), "stages": {}}
     data = Paths(work / "data_stages")
     try:
-        for name, stage in (("download", download), ("prepare", prepare), ("prompt", prompt),
-                            ("request", request), ("build", build), ("tokenizer", tokenizer_stage)):
+        for name, stage in (("download", download), ("prepare", prepare), ("corpus", corpus), ("prompt", prompt),
+                            ("request", request), ("build", build), ("tokenizer", tokenizer_stage),
+                            ("pretrain", pretrain)):
             _timed(log["stages"], name, lambda: stage(base, data))
     finally:
         teacher.close()
@@ -189,6 +193,7 @@ def run(size: dict, source: Path, work: Path, precisions: list[str], save) -> di
         paths = Paths(work / precision)
         shutil.copytree(data.root / "data", paths.root / "data")
         shutil.copytree(data.tokenizer, paths.tokenizer)
+        shutil.copytree(data.pretrained_model, paths.pretrained_model)
         stages: dict = {}
         _timed(stages, "sft", lambda: sft(params, paths))
         _timed(stages, "test_sft", lambda: test(params, paths, paths.sft_model, "test/sft"))

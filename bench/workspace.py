@@ -17,19 +17,23 @@ sys.path.insert(0, str(REPO / "src"))  # runnable from a checkout before `pip in
 
 def make(root: Path, **overrides):
     """(params, paths) with data/ and models/tokenizer written under `root`, offline teacher."""
+    from tinythinker.data.corpus import corpus
     from tinythinker.data.download import download
     from tinythinker.data.prepare import prepare
     from tinythinker.params import load
     from tinythinker.paths import Paths
     from tinythinker.student.model import tokenizer_stage
+    from tinythinker.student.pretrain import pretrain
     from tinythinker.teacher.build import build
     from tinythinker.teacher.prompts import prompt
     from tinythinker.teacher.request import request
 
     params = load(REPO / "params.yaml").replace(**{"dataset.name": "synthetic", "teacher.backend": "offline",
-                                                    "student.model": "embedded", **overrides})
+                                                    "student.model": "embedded",
+                                                    # speed is measured on the initial weights: no pretraining
+                                                    "student.pretrain.steps": 0, **overrides})
     paths = Paths(root)
-    for stage in (download, prepare, prompt, request, build, tokenizer_stage):
+    for stage in (download, prepare, corpus, prompt, request, build, tokenizer_stage, pretrain):
         stage(params, paths)
     return params, paths
 
@@ -37,17 +41,17 @@ def make(root: Path, **overrides):
 def student(params, paths, size: str):
     """The embedded student, or a model of t5-small's or t5-base's shape built from config (random weights, no
     download; the vocabulary is the workspace's trained one)."""
-    from tinythinker.student.model import load_student
+    from tinythinker.student.model import build_initial
 
     if size == "embedded":
-        return load_student(params, paths)
+        return build_initial(params, paths)
     shapes = {"t5-small": {"d_model": 512, "d_ff": 2048, "d_kv": 64, "num_heads": 8, "num_layers": 6,
                            "num_decoder_layers": 6, "dropout_rate": 0.1},
               "t5-base": {"d_model": 768, "d_ff": 3072, "d_kv": 64, "num_heads": 12, "num_layers": 12,
                           "num_decoder_layers": 12, "dropout_rate": 0.1}}
     if size not in shapes:
         raise SystemExit(f"--student: expected embedded or {', '.join(shapes)}, got {size!r}")
-    return load_student(params.replace(**{f"student.embedded.{k}": v for k, v in shapes[size].items()}), paths)
+    return build_initial(params.replace(**{f"student.embedded.{k}": v for k, v in shapes[size].items()}), paths)
 
 
 def training_args(out_dir, batch_size: int, steps: int, lr: float, seed: int, **extra):

@@ -87,7 +87,7 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     res = json.loads(out.read_text())
     assert res["complete"] and res["mode"] == "cpu" and res["precisions"] == ["fp32"]
     data = res["data"]
-    assert list(data["stages"]) == ["download", "prepare", "prompt", "request", "build", "tokenizer"]
+    assert list(data["stages"]) == ["download", "prepare", "corpus", "prompt", "request", "build", "tokenizer", "pretrain"]
     assert data["teacher_requests"] >= res["sizes"]["train"] - res["sizes"]["test"]  # one per training question
     stages = data["fp32"]["stages"]
     assert list(stages) == ["sft", "test_sft", "dpo_sample", "dpo_train", "test_dpo"]

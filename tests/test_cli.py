@@ -52,7 +52,7 @@ def test_help_lists_the_stages_in_pipeline_order():
 
 
 def test_bad_params_exit_2_naming_the_key(tmp_path):
-    (tmp_path / "params.yaml").write_text(PARAMS_TEXT.replace("learning_rate: 0.002", "learning_rate: fast"))
+    (tmp_path / "params.yaml").write_text(PARAMS_TEXT.replace("learning_rate: 0.002\n  epochs", "learning_rate: fast\n  epochs"))
     res = CliRunner().invoke(app, ["report", "--root", str(tmp_path)])
     assert res.exit_code == 2
     assert "sft.learning_rate" in res.output

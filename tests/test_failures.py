@@ -53,10 +53,10 @@ def files_under(d: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
-    """A small synthetic repository up to the teacher: params, data/raw, data/prepared, completions."""
+    """A small synthetic repository up to the teacher: params, data/raw, data/prepared, data/corpus, completions."""
     root = tmp_path_factory.mktemp("repo")
     write_params(root)
-    for cmd in ("download", "prepare"):
+    for cmd in ("download", "prepare", "corpus"):
         res = cli(root, cmd)
         assert res.exit_code == 0, res.output
     paths = Paths(root)
@@ -311,7 +311,7 @@ def test_a_directory_output_that_cannot_be_moved_is_named_and_kept_whole(repo):
     res = _run_locked(sft, 0o555, "build", "--root", str(repo))
     assert res.returncode == 2 and res.stderr.strip().splitlines()[-1] == f"error: {sft}: Permission denied"
     assert files_under(sft) == before
-    assert sorted(p.name for p in (repo / "data").iterdir()) == ["prepared", "raw", "sft", "teacher"]
+    assert sorted(p.name for p in (repo / "data").iterdir()) == ["corpus", "prepared", "raw", "sft", "teacher"]
 
 
 def test_a_full_disk_is_one_line_naming_the_output(repo):
@@ -328,7 +328,7 @@ def test_a_full_disk_is_one_line_naming_the_output(repo):
                          env={**os.environ, "PYTHONPATH": str(SRC), "PYTHONDONTWRITEBYTECODE": "1"})
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.strip().splitlines()[-1] == f"error: {repo / 'data' / 'prepared'}: File too large"
-    assert sorted(p.name for p in (repo / "data").iterdir()) == ["raw", "teacher"]  # no partial output, no temporary
+    assert sorted(p.name for p in (repo / "data").iterdir()) == ["corpus", "raw", "teacher"]  # no partial output, no temporary
 
 
 # --- a killed build -------------------------------------------------------------------------------------------
@@ -363,7 +363,7 @@ def test_a_killed_build_leaves_no_partial_files_in_data_sft(repo, after):
     assert files_under(sft) == done  # the previous build, whole
     assert cli(repo, "build").exit_code == 0
     assert files_under(sft) != done and len(files_under(sft)) == 13
-    assert sorted(p.name for p in (repo / "data").iterdir()) == ["prepared", "raw", "sft", "teacher"]
+    assert sorted(p.name for p in (repo / "data").iterdir()) == ["corpus", "prepared", "raw", "sft", "teacher"]
 
 
 # --- a directory output is swapped whole: a failure or a kill at any moment leaves the old one or the new one --

@@ -236,7 +236,7 @@ def test_boundary_values_inside_the_range_load(key, value):
 
 @pytest.mark.parametrize("old,new,needle", [
     ("  beta: 0.5", "  beta: .inf", "dpo.beta: must be a finite number, got inf"),
-    ("  learning_rate: 0.002", "  learning_rate: .nan", "sft.learning_rate: must be a finite number, got nan"),
+    ("  learning_rate: 0.002\n  epochs", "  learning_rate: .nan\n  epochs", "sft.learning_rate: must be a finite number, got nan"),
     ("  timeout: 120.0", "  timeout: -.inf", "teacher.timeout: must be a finite number, got -inf"),
 ])
 def test_infinite_and_nan_floats_are_refused(tmp_path, old, new, needle):

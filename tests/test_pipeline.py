@@ -1,5 +1,6 @@
 """End to end: the real `dvc repro` in a throwaway copy of the repository, on a shrunken embedded default."""
 import csv
+import html
 import io
 import json
 import os
@@ -19,6 +20,7 @@ TINY = {
     "student.embedded.vocab_size": 300, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
     "student.embedded.d_kv": 8, "student.embedded.num_heads": 2,
     "student.embedded.num_layers": 1, "student.embedded.num_decoder_layers": 1,
+    "student.pretrain.steps": 30, "student.pretrain.batch_size": 16,
     "sft.epochs": 1.0, "sft.batch_size": 16, "sft.interval": 2,
     "generation.max_new_tokens": 24, "dpo.samples": 2, "dpo.passes": 1,
     # two of the default's three iterations: a chained one is all the pipeline tests need (time on 2 cores)
@@ -108,6 +110,37 @@ def test_dvc_repro_end_to_end(repo):
     assert time.monotonic() - t0 < 30
     assert "didn't change" in out or "up to date" in out
     assert "Running stage" not in out
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# What a sandboxed, offline headless Chromium needs (as root; no background connections to a closed network).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=15000", "--window-size=1400,2400"]
+
+
+@pytest.mark.slow
+@shared_run
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (.ci/run installs Debian's)")
+def test_the_plots_page_draws_in_a_real_browser(repo, tmp_path):
+    """`dvc plots show`'s page in headless Chromium, offline: every plot drawn (as SVG), the accuracy plot's x axis
+    the models by name, negative numbers with a real minus sign (no mojibake), and a screenshot with ink on it."""
+    import re
+
+    _sh("dvc plots show", repo)
+    page = (repo / "dvc_plots/index.html").as_uri()
+    run = lambda *args: subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",  # noqa: E731
+                                        *args, page], capture_output=True, text=True, timeout=180)
+    dom = run("--dump-dom").stdout
+    assert dom.count("<svg") >= 6, dom[:2000]  # accuracy, pretraining, SFT and DPO curves
+    texts = [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", dom)]
+    assert {"sft", "iter1", "iter2"} <= set(texts)  # the iteration plot's x axis: models by name, not a step
+    negative = [t for t in texts if re.fullmatch(r"\u2212\d[\d.,]*", t)]
+    assert negative, "a DPO curve (log-probs) has negative ticks"
+    assert not any("\u00e2" in t for t in texts)  # "â^'0.4": a page read as Latin-1
+    shot = tmp_path / "page.png"
+    run(f"--screenshot={shot}")
+    assert shot.stat().st_size > 50_000  # a blank page of this size compresses to a few KB
 
 
 @pytest.mark.slow

@@ -198,5 +198,5 @@ def test_preset_write_on_bad_params_changes_nothing(tmp_path):
     f.write_text((REPO / "params.yaml").read_text().replace("  batch_size: 64", "  batch_size: 0"))
     before = f.read_bytes()
     res = CliRunner().invoke(app, ["preset", "csqa", "t5-small", "--write", "--root", str(tmp_path)])
-    assert res.exit_code == 2 and "sft.batch_size: must be >= 1, got 0" in res.output
+    assert res.exit_code == 2 and "batch_size: must be >= 1, got 0" in res.output
     assert f.read_bytes() == before

@@ -79,6 +79,13 @@ def prepare(root: Path = ROOT) -> None:
 
 
 @app.command()
+def corpus(root: Path = ROOT) -> None:
+    """The embedded student's pretraining text and fact probe (the synthetic world's facts), into data/corpus."""
+    from .data.corpus import corpus as run
+    _run(lambda: run(*_ctx(root)))
+
+
+@app.command()
 def prompt(root: Path = ROOT) -> None:
     """One teacher chat request per training question, plus a cost estimate in metrics/teacher_cost.json."""
     from .teacher.prompts import prompt as run
@@ -108,8 +115,15 @@ def build(root: Path = ROOT) -> None:
 
 @app.command()
 def tokenizer(root: Path = ROOT) -> None:
-    """Train the embedded student's tokenizer on the stage datasets, or save the pretrained one."""
+    """Train the embedded student's tokenizer on its corpus and the stage datasets, or save the pretrained one."""
     from .student.model import tokenizer_stage as run
+    _run(lambda: run(*_ctx(root)))
+
+
+@app.command()
+def pretrain(root: Path = ROOT) -> None:
+    """Pretrain the embedded student on data/corpus (span corruption / next token); a Hub student skips it."""
+    from .student.pretrain import pretrain as run
     _run(lambda: run(*_ctx(root)))
 
 

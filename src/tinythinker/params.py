@@ -193,6 +193,19 @@ class LoraParams:
 
 
 @dataclass(frozen=True)
+class PretrainParams:
+    """Stage `pretrain` of an embedded student on data/corpus: T5 span corruption, next-token prediction for a
+    decoder-only one. A Hub or local student is pretrained already and skips it."""
+    steps: Natural  # 0 = the student sft starts from is the freshly initialised one (from scratch)
+    learning_rate: Positive
+    batch_size: Count
+    warmup_ratio: Share
+    noise_density: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)]  # T5: share of tokens masked
+    mean_span_length: Annotated[float, Range(1)]  # T5: mean length of a masked span, in tokens
+    sentence_targets: Annotated[float, Range(0, 1)]  # T5: share of sentences whose target is the whole sentence
+
+
+@dataclass(frozen=True)
 class StudentParams:
     # "embedded" (a T5 built from `embedded`), "embedded-causal" (a Llama-shaped decoder-only model built from
     # `embedded`), a Hub id such as google-t5/t5-small or Qwen/Qwen2.5-0.5B, or a local checkpoint dir; the family
@@ -201,6 +214,7 @@ class StudentParams:
     # Hub revision (branch, tag or commit hash) for from_pretrained; None = the default branch.
     revision: Optional[str]
     embedded: EmbeddedModelParams
+    pretrain: PretrainParams
     lora: LoraParams
 
 

@@ -44,6 +44,10 @@ class Paths:
         return self.prepared / f"{name}.jsonl"
 
     @property
+    def corpus(self) -> Path:  # the embedded student's pretraining text and probe (corpus)
+        return self.root / "data" / "corpus"
+
+    @property
     def teacher(self) -> Path:
         return self.root / "data" / "teacher"
 
@@ -82,6 +86,10 @@ class Paths:
         return self.root / "models" / "tokenizer"
 
     @property
+    def pretrained_model(self) -> Path:  # the student sft starts from (pretrain)
+        return self.root / "models" / "pretrained"
+
+    @property
     def sft_model(self) -> Path:
         return self.root / "models" / "sft"
 
@@ -96,7 +104,7 @@ class Paths:
     def final_model(self) -> Path:  # the pipeline's result with its model card (publish), a DVC artifact
         return self.root / "models" / "final"
 
-    def curves(self, run: str) -> Path:  # dvclive curves of a training run, "sft" or "dpo/<iteration>"
+    def curves(self, run: str) -> Path:  # dvclive curves of a training run, "pretrain", "sft" or "dpo/<iteration>"
         stage, _, iteration = run.partition("/")
         return self.metrics / f"{stage}_live" / (check_name(iteration, "iteration") if iteration else "")
 

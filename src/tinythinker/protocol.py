@@ -27,6 +27,8 @@ STAGE_FIELDS = {"qid": str, "input": str, "target": str}  # data/sft/<stage_type
 QUESTION_FIELDS = {"qid": str, "block": str, "options": list, "gt": str}  # data/sft/{valid,test,train_questions}.jsonl
 CHAIN_FIELDS = {"qid": str, "recall": str, "analyses": dict}  # data/sft/chains.jsonl
 PAIR_FIELDS = {"qid": str, "prompt": str, "chosen": str, "rejected": str}  # data/dpo/<iter>/{recall,analyze}_pairs.jsonl
+TEXT_FIELDS = {"text": str}  # data/corpus/text.jsonl: the embedded student's pretraining text
+PROBE_FIELDS = {"prompt": str, "answer": str, "held_out": bool}  # data/corpus/probe.jsonl
 
 RECALL = "Recall:"
 ANALYZE = "Analyze:"

@@ -13,7 +13,7 @@ BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml 
 
 # The hand-written world (the structure tests need no invented words), small enough to read
 CFG = replace(BASE.dataset.synthetic, num_train=400, num_valid=20, num_test=30, clues_per_category=6,
-              entities_per_category=10)
+              entities_per_category=10, uniform_answers=False)
 VERDICT = re.compile(r"^(?:Explanations: )?([A-E]) is (correct|incorrect)\. Because (.+)$")
 
 
@@ -213,3 +213,33 @@ def test_named_categories_without_clues():
         assert q["meta"]["clue"] is None and c in re.findall(r"\w+", q["question"])
         first = _lines(S.offline_completion(q, rng)[0])[0]
         assert first in {f"Key Information: {r.format(c=c)}" for r in S.NAMED_RECALLS}
+
+
+def test_corpus_states_every_fact_in_every_wording_and_flags_the_held_out_things(data):
+    text, probe = S.corpus(CFG, seed=7)
+    world, clues = S.world(CFG), S.clues_of(CFG)
+    n_things, n_clues = sum(map(len, world.values())), sum(map(len, clues.values()))
+    n_facts = n_things * len(S.THING_FACTS) + n_clues * len(S.CLUE_FACTS)  # each fact once in every wording
+    assert len(text) == 2 * n_facts and S.corpus(CFG, seed=7) == (text, probe)
+    facts, lists = text[:n_facts], text[n_facts:]
+    assert len(set(facts)) == n_facts
+    assert "an apple is a fruit." in facts and "a pear is a fruit." in facts  # the article fits the word
+    # none of the task's formats: no stage markers, no "option", no question
+    assert not any(re.search(r"Recall:|Analyze:|option|answer is|Which|\?", t) for t in text)
+    # the lists: every item a thing of the world, read back right at its label
+    things = {e for es in world.values() for e in es}
+    for t in lists:
+        items = dict(re.findall(r"\(([A-E])\) (\w+)", t))
+        m = re.search(r"item ([A-E]) is the (\w+)\.$", t)
+        label, thing = m.group(1, 2) if m else re.search(r"has the (\w+) at ([A-E])\.$", t).group(2, 1)
+        assert 2 <= len(items) <= 5 and list(items) == list("ABCDE"[:len(items)]) and set(items.values()) <= things
+        assert items[label] == thing
+    # one probe per fact, answered by the corpus: a thing's wording cut before its category
+    assert len(probe) == n_things + n_clues
+    for r in probe:
+        assert sum(t.startswith(r["prompt"] + " ") and t.endswith(f" {r['answer']}.") for t in text) == 1
+    # held out = the things that answer valid/test questions only (seeded as in generate)
+    held = {r["prompt"].split()[1] for r in probe if r["held_out"]}
+    answers = {s: {_answer_text(q) for q in data[s]} for s in data}
+    assert answers["valid"] | answers["test"] <= held and not held & answers["train"]
+    assert {r["prompt"].split()[1] for r in S.corpus(CFG, seed=8)[1] if r["held_out"]} != held

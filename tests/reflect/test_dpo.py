@@ -32,7 +32,8 @@ PARAMS = BASE.replace(**{
     "student.embedded.num_decoder_layers": 1, "student.embedded.dropout_rate": 0.1,  # test_dropout_disabled
     "generation.max_new_tokens": 6, "generation.batch_size": 8,
     "dpo.batch_size": 2, "dpo.passes": 2, "dpo.learning_rate": 3e-3, "dpo.warmup_ratio": 0.0,
-    "dpo.iterations": {"iter1": {"init": "models/sft"}}})
+    "dpo.iterations": {"iter1": {"init": "models/sft"}},
+    "student.pretrain.steps": 0})
 
 
 # --- loss on a toy batch -------------------------------------------------------------------------------
@@ -86,14 +87,14 @@ def test_schedule_intervals_spec_6_3():
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory):
     """A tiny T5 and its tokenizer saved like models/sft (tokenizer trained here, weights seeded)."""
-    from tinythinker.student.model import load_student, train_tokenizer
+    from tinythinker.student.model import build_initial, train_tokenizer
 
     root = tmp_path_factory.mktemp("sft")
     texts = [t for r in RECALL + ANALYZE for t in r.values()] + [P.summarize_target(x) for x in "AB"]
     texts += [P.summarize_prompt(BLOCK, "Iron is a metal.", {"A": "no.", "B": "yes."})]
     tokenizer = train_tokenizer(iter(texts * 3), PARAMS.student.embedded.vocab_size)
     tokenizer.save_pretrained(Paths(root).tokenizer)
-    model, tokenizer = load_student(PARAMS, Paths(root))
+    model, tokenizer = build_initial(PARAMS, Paths(root))
     model.save_pretrained(root / "model")
     tokenizer.save_pretrained(root / "model")
     return root / "model"

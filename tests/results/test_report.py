@@ -25,6 +25,10 @@ def run_metrics(paths: Paths) -> None:
                                                  "usd": 0.5, "usd_this_run": 0.25})
     write_json(paths.metric("build"), {"accepted_chains": 31, "questions_with_chain": 10, "rejected_length": 4,
                                        "rejected_no_declared_answer": 0})
+    write_json(paths.metric("pretrain"), {"steps": 300, "sentences": 90, "first_loss": 7.5, "last_loss": 0.25,
+                                          "probe_accuracy_before": 0.0, "probe_held_out_accuracy_before": 0.0,
+                                          "probe_accuracy": 80.0, "probe_held_out_accuracy": 75.0})
+    _tsv(paths.metrics / "pretrain_live" / "plots" / "metrics" / "train_loss.tsv", "train_loss", [7.5, 1.0, 0.25])
     write_json(paths.metric("sft"), {"valid_accuracy": 61.25, "train_steps": 400})
     write_json(paths.metric("test/sft"), {"accuracy": 58.333333})
     write_json(paths.metric("dpo/iter1"), {"valid_accuracy": 66.0, "steps": 30, "recall_pairs": 40, "analyze_pairs": 25})
@@ -53,7 +57,8 @@ def test_report_headline_table_and_pictures(tmp_path):
     assert [r["model"] for r in rows] == ["sft", "iter1", "iter2"]
     assert json.loads(paths.metric("summary").read_text()) == {
         "test": {"sft": 58.33, "iter1": 63.0, "iter2": 63.0}, "valid": {"sft": 61.25, "iter1": 66.0, "iter2": 66.0},
-        "pairs": {"iter1": 65, "iter2": 0}, "steps": {"sft": 400, "iter1": 30, "iter2": 0}, "chains": 31,
+        "pairs": {"iter1": 65, "iter2": 0}, "steps": {"pretrain": 300, "sft": 400, "iter1": 30, "iter2": 0},
+        "probe": {"all": 80.0, "held_out": 75.0}, "chains": 31,
         "teacher": {"requests": 16, "usd": 0.5}}  # every answer the data used: sent, journal, store
     assert json.loads(paths.metric("iterations").read_text())[1] == {
         "model": "iter1", "step": 1, "valid_accuracy": 66.0, "test_accuracy": 63.0, "recall_pairs": 40,
@@ -63,10 +68,12 @@ def test_report_headline_table_and_pictures(tmp_path):
     assert "12 requests sent, 4 served from the journal or store; spend $0.50" in md
     assert "31 chains accepted for 10 questions; rejected: length 4." in md
     assert "| iter1 | 10 | 7 | 55 | 40 | 25 |" in md
+    assert ("300 steps on 90 corpus sentences, loss 7.5 -> 0.25; facts it completes: 0 -> 80 % (things held out of "
+            "training answers: 0 -> 75 %)") in md
     pictures = sorted(p.name for p in (paths.metrics / "report").glob("*.png"))
     # the DPO accuracy curve of a skipped iteration is one start point: only iter1 draws it
     assert pictures == ["accuracy.png", "dpo_eval_accuracy.png", "dpo_loss.png", "dpo_rewards_margins.png",
-                        "sft_eval_accuracy.png", "sft_train_loss.png"]
+                        "pretrain_train_loss.png", "sft_eval_accuracy.png", "sft_train_loss.png"]
     for name in pictures:
         png = (paths.metrics / "report" / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000, name  # drawn, not an empty canvas

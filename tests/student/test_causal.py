@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.reflect.test_dpo import ANALYZE, BLOCK, RECALL, VALID  # noqa: F401 - the same hand-made pairs as the T5 path
-from tests.student.test_sft import one_thread, questions, write_task  # noqa: F401 - one_thread: an autouse fixture
+from tests.student.test_sft import one_thread, questions, student_stages, write_task  # noqa: F401 - one_thread: an autouse fixture
 
 from tinythinker import protocol as P
 from tinythinker.params import load
@@ -26,7 +26,8 @@ PARAMS = BASE.replace(**{
     "student.embedded.d_kv": 8, "student.embedded.num_heads": 4, "student.embedded.num_layers": 1,
     "student.embedded.num_decoder_layers": 1,
     "sft.batch_size": 8, "sft.learning_rate": 1e-2, "sft.epochs": 1.0, "sft.interval": 1, "sft.eval_every": 40,
-    "sft.group_by_length": False, "generation.max_new_tokens": 24, "generation.batch_size": 64})
+    "sft.group_by_length": False, "generation.max_new_tokens": 24, "generation.batch_size": 64,
+    "student.pretrain.steps": 0})
 ST = "recall_analyze_summarize"
 
 
@@ -34,7 +35,7 @@ ST = "recall_analyze_summarize"
 def paths(tmp_path):
     p = Paths(tmp_path)
     write_task(p, questions(12))
-    tokenizer_stage(PARAMS, p)
+    student_stages(PARAMS, p)
     return p
 
 
@@ -161,12 +162,12 @@ DPO = PARAMS.replace(**{"generation.max_new_tokens": 6, "generation.batch_size":
 @pytest.fixture(scope="module")
 def causal_sft(tmp_path_factory):
     """A tiny causal model and its tokenizer saved like models/sft."""
-    from tinythinker.student.model import train_tokenizer
+    from tinythinker.student.model import build_initial, train_tokenizer
 
     root = tmp_path_factory.mktemp("causal")
     texts = [t for r in RECALL + ANALYZE for t in r.values()] + [P.summarize_target(x) for x in "AB"]
     train_tokenizer(iter(texts * 3), 90, causal).save_pretrained(Paths(root).tokenizer)
-    model, tok = load_student(DPO, Paths(root))
+    model, tok = build_initial(DPO, Paths(root))
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     return root / "model"
@@ -282,7 +283,7 @@ def test_a_local_decoder_only_checkpoint_as_the_student(paths, tmp_path):
     tok.save_pretrained(tmp_path / "llama")
     params = PARAMS.replace(**{"student.model": str(tmp_path / "llama")})
     assert family(params) is causal
-    tokenizer_stage(params, paths)
+    student_stages(params, paths)
     saved = AutoTokenizer.from_pretrained(paths.tokenizer)
     assert saved.pad_token == saved.eos_token == "</s>"
     loaded, _ = load_student(params, paths)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.student.test_sft import questions, write_task  # noqa: E402
+from tests.student.test_sft import questions, student_stages, write_task  # noqa: E402
 
 from tinythinker import protocol as P
 from tinythinker.io import read_jsonl, write_jsonl
@@ -40,7 +40,8 @@ PARAMS = load(HERE.parents[1] / "params.yaml").replace(**{
     "sft.batch_size": 4, "sft.learning_rate": 1e-2, "sft.epochs": 2.0, "sft.interval": 1, "sft.eval_every": 11,
     "generation.max_new_tokens": 8, "generation.batch_size": 16,
     "dpo.batch_size": 4, "dpo.passes": 2, "dpo.samples": 2, "dpo.max_questions": None,
-    "dpo.iterations": {"iter1": {"init": "models/init"}, "hand": {"init": "models/init"}}})
+    "dpo.iterations": {"iter1": {"init": "models/init"}, "hand": {"init": "models/init"}},
+    "student.pretrain.steps": 0})
 
 
 ACC = 2
@@ -49,13 +50,13 @@ ACC_PARAMS = PARAMS.replace(**{"sft.gradient_accumulation_steps": ACC, "dpo.grad
 
 def _workspace(root: Path) -> tuple[Paths, dict[str, int], dict[str, int]]:
     """Stage data, tokenizer, a saved initial student and hand-made pairs; (paths, SFT sizes, DPO sizes)."""
-    from tinythinker.student.model import load_student, tokenizer_stage
+    from tinythinker.student.model import load_student
 
     paths = Paths(root)
     qs = questions(N_QUESTIONS, seed=3)
     write_task(paths, qs)
     (root / "params.yaml").write_text(yaml.safe_dump(to_dict(PARAMS), sort_keys=False))
-    tokenizer_stage(PARAMS, paths)
+    student_stages(PARAMS, paths)
     model, tokenizer = load_student(PARAMS, paths)
     model.save_pretrained(root / "models/init")
     tokenizer.save_pretrained(root / "models/init")

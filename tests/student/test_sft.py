@@ -11,6 +11,7 @@ from tinythinker.params import load
 from tinythinker.paths import Paths
 from tinythinker.student.chain import Decoding, accuracy, run_chain
 from tinythinker.student.model import load_student, tokenizer_stage
+from tinythinker.student.pretrain import pretrain
 from tinythinker.student.sft import _fingerprint, sft
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
@@ -50,6 +51,16 @@ def write_task(paths: Paths, qs: list[dict]) -> None:
     plain = [{k: q[k] for k in ("qid", "block", "options", "gt")} for q in qs]
     for name in ("valid", "test", "train_questions"):  # validation on the training questions: learnability
         write_jsonl(paths.sft_data / f"{name}.jsonl", plain)
+    # the corpus stage's outputs: the world's facts, and a probe of each
+    write_jsonl(paths.corpus / "text.jsonl", [{"text": f"the {w} is a kind of {k}."} for w, k in KIND_OF.items()])
+    write_jsonl(paths.corpus / "probe.jsonl", [{"prompt": f"the {w} is a kind of", "answer": k, "held_out": w == "plum"}
+                                               for w, k in KIND_OF.items()])
+
+
+def student_stages(params, paths: Paths) -> None:
+    """The tokenizer and pretrain stages (`params` with student.pretrain.steps 0: the initial student, saved)."""
+    tokenizer_stage(params, paths)
+    pretrain(params, paths)
 
 
 PARAMS = BASE.replace(**{
@@ -57,7 +68,8 @@ PARAMS = BASE.replace(**{
     "student.embedded.d_kv": 8, "student.embedded.num_heads": 4, "student.embedded.num_layers": 2,
     "student.embedded.num_decoder_layers": 2, "student.embedded.dropout_rate": 0.0,
     "sft.batch_size": 8, "sft.learning_rate": 1e-2, "sft.epochs": 40.0, "sft.interval": 1,
-    "sft.eval_every": 40, "generation.max_new_tokens": 40, "generation.batch_size": 64})
+    "sft.eval_every": 40, "generation.max_new_tokens": 40, "generation.batch_size": 64,
+    "student.pretrain.steps": 0})
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +87,7 @@ def one_thread():
 def paths(tmp_path):
     p = Paths(tmp_path)
     write_task(p, questions(12))
-    tokenizer_stage(PARAMS, p)
+    student_stages(PARAMS, p)
     return p
 
 
@@ -106,7 +118,7 @@ def test_learns_and_resumes(paths, tmp_path_factory):
     from safetensors.torch import load_file
     straight = Paths(tmp_path_factory.mktemp("straight"))
     write_task(straight, questions(12))
-    tokenizer_stage(PARAMS, straight)
+    student_stages(PARAMS, straight)
     assert sft(PARAMS, straight)["best_step"] == m["best_step"]
     a, b = (load_file(p.sft_model / "model.safetensors") for p in (paths, straight))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
@@ -156,7 +168,7 @@ def test_accumulation_trains_the_same_optimizer_steps(paths, tmp_path_factory):
                                   "sft.gradient_checkpointing": True})
     other = Paths(tmp_path_factory.mktemp("accumulated"))
     write_task(other, questions(12))
-    tokenizer_stage(PARAMS, other)
+    student_stages(PARAMS, other)
     runs = {}
     for name, params, p in (("plain", base, paths), ("accumulated", accumulated, other)):
         assert sft(params, p, max_steps=6) == {"train_steps": 6, "resumed_from_step": 0}

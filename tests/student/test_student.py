@@ -7,7 +7,8 @@ from tinythinker import protocol as P
 from tinythinker.io import DataError, write_jsonl
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.student.model import load_student, tokenizer_stage
+from tinythinker.student.model import build_initial, load_student, tokenizer_stage
+from tinythinker.student.pretrain import pretrain
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
@@ -27,6 +28,8 @@ def stage_data(paths: Paths):
     for split in ("valid", "test"):
         write_jsonl(paths.sft_data / f"{split}.jsonl",
                     [{"qid": "v", "block": "Is ice cold?\n(A) yes (B) no", "options": ["A", "B"], "gt": "A"}])
+    write_jsonl(paths.corpus / "text.jsonl", [{"text": "iron is a metal."}, {"text": "wood is no metal."}])
+    write_jsonl(paths.corpus / "probe.jsonl", [{"prompt": "iron is a", "answer": "metal", "held_out": False}])
 
 
 @pytest.fixture
@@ -36,10 +39,11 @@ def paths(tmp_path):
     return p
 
 
-PARAMS = BASE.replace(**{"student.embedded.vocab_size": 80, "student.embedded.d_model": 32,
+PARAMS = BASE.replace(**{"student.embedded.vocab_size": 88, "student.embedded.d_model": 32,
                          "student.embedded.d_ff": 64, "student.embedded.d_kv": 8,
                          "student.embedded.num_layers": 1, "student.embedded.num_decoder_layers": 1,
-                         "generation.max_new_tokens": 33})
+                         "generation.max_new_tokens": 33,
+    "student.pretrain.steps": 0})
 
 
 def test_tokenizer_round_trip_and_reload(paths):
@@ -51,7 +55,7 @@ def test_tokenizer_round_trip_and_reload(paths):
     assert (paths.tokenizer / "tokenizer.json").read_bytes() == first
     tok = AutoTokenizer.from_pretrained(paths.tokenizer)
     assert (tok.pad_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2)
-    assert 20 < len(tok) <= 80
+    assert 20 < len(tok) <= 88  # 8 of them T5 sentinels (pretraining)
     text = "So the answer is option B."
     ids = tok(text).input_ids
     assert ids[-1] == tok.eos_token_id and tok.eos_token_id not in ids[:-1]  # </s> appended once
@@ -76,14 +80,19 @@ def test_load_student_embedded_and_checkpoint(paths, tmp_path):
     import torch
 
     tokenizer_stage(PARAMS, paths)
-    model, tok = load_student(PARAMS, paths)
+    model, tok = build_initial(PARAMS, paths)
     c = model.config
     assert (c.vocab_size, c.d_model, c.num_layers, c.num_decoder_layers) == (len(tok), 32, 1, 1)
     assert (c.decoder_start_token_id, c.pad_token_id, c.eos_token_id) == (0, 0, 1)
     g = model.generation_config
     assert (g.max_new_tokens, g.eos_token_id, g.pad_token_id, g.decoder_start_token_id) == (33, 1, 0, 0)
-    again, _ = load_student(PARAMS, paths)  # seeded initialisation
+    again, _ = build_initial(PARAMS, paths)  # seeded initialisation
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+    with pytest.raises(DataError, match="models/pretrained: no such model directory .*dvc repro pretrain"):
+        load_student(PARAMS, paths)  # the embedded student starts where the pretrain stage left it
+    pretrain(PARAMS, paths)  # steps 0: the initial student itself
+    start, _ = load_student(PARAMS, paths)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), start.state_dict().values()))
 
     out = tmp_path / "ckpt"
     model.save_pretrained(out)
@@ -102,7 +111,7 @@ def test_hub_student_loads_at_its_revision(paths, monkeypatch):
     asked = []
     tokenizer_stage(PARAMS, paths)  # a real tokenizer to hand out
     real_tok = transformers.AutoTokenizer.from_pretrained(paths.tokenizer)
-    tiny, _ = load_student(PARAMS, paths)
+    tiny, _ = build_initial(PARAMS, paths)
 
     def fake(kind, obj):
         def from_pretrained(name, revision=None, **kw):

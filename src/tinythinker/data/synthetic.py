@@ -132,21 +132,31 @@ def _pick(rng: random.Random, items: Sequence[str], weights: Sequence[float]) ->
     return rng.choices(items, weights=weights)[0]
 
 
+def clues_of(cfg: SyntheticParams) -> dict[str, list[str]]:
+    """The clues of each category `cfg` uses, most common first."""
+    extra = invented_clues(max(0, cfg.clues_per_category - NAMED_CLUES))
+    return {c: (list(CLUES[c]) + extra[c])[: cfg.clues_per_category] for c in world(cfg)}
+
+
+def _ranked(cfg: SyntheticParams, rng: random.Random) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+    """Per category, its things from common to rare (drawn per seed, so the tail is not always the same words),
+    and the things that answer only valid/test questions (at least one answers training ones), spread over the
+    frequency ranks so the held-out facts are long-tailed as well."""
+    ranked = {c: rng.sample(es, len(es)) for c, es in world(cfg).items()}
+    k = min(cfg.entities_per_category - 1, round(cfg.entities_per_category * cfg.test_holdout))
+    held = {c: {es[int((j + 0.5) * len(es) / k)] for j in range(k)} for c, es in ranked.items()}
+    return ranked, held
+
+
 def generate(cfg: SyntheticParams, seed: int) -> dict[str, list[dict]]:
     """Deterministic {"train", "valid", "test"} question records for `cfg`, from `seed`."""
     things = world(cfg)
     rng = random.Random(seed)
-    # Which thing is common and which rare is drawn per seed, so the tail is not always the same words.
-    ranked = {c: rng.sample(es, len(es)) for c, es in things.items()}
+    ranked, held = _ranked(cfg, rng)
     weight = {e: w for es in ranked.values() for e, w in zip(es, zipf(len(es), cfg.zipf))}
-    extra = invented_clues(max(0, cfg.clues_per_category - NAMED_CLUES))
-    clues = {c: (list(CLUES[c]) + extra[c])[: cfg.clues_per_category] for c in things}
+    clues = clues_of(cfg)
     clue_w = zipf(cfg.clues_per_category, cfg.zipf)
     named = cfg.clues_per_category == 0
-    # Per category, the things that answer only valid/test questions (at least one answers training ones),
-    # spread over the frequency ranks so the held-out facts are long-tailed as well.
-    k = min(cfg.entities_per_category - 1, round(cfg.entities_per_category * cfg.test_holdout))
-    held = {c: {es[int((j + 0.5) * len(es) / k)] for j in range(k)} for c, es in ranked.items()}
     out = {}
     for split, n in (("train", cfg.num_train), ("valid", cfg.num_valid), ("test", cfg.num_test)):
         rows = []
@@ -169,6 +179,53 @@ def generate(cfg: SyntheticParams, seed: int) -> dict[str, list[dict]]:
                 "meta": {"category": category, "clue": clue, "kinds": {l: c for l, (_, c) in zip(labels, picks)}},
             })
         out[split] = rows
+    return out
+
+
+# The pretraining corpus states the world's facts in plain sentences, in wordings that are none of the task's
+# (no "Recall:", no option letters), as a real student's pretraining text is not its fine-tuning data. Each
+# probe wording ends where the category follows, so a decoder-only student can complete it too.
+THING_FACTS = ("{a} {e} is a {c}.", "the {e} is a kind of {c}.", "people call the {e} a {c}.",
+               "there is a {c} called the {e}.", "one {c} is the {e}.")
+CLUE_FACTS = ("a {c} {k}.", "every {c} {k}.", "if a thing {k}, it is a {c}.", "what marks a {c}: it {k}.")
+THING_PROBE, CLUE_PROBE = "the {e} is a kind of", "if a thing {k}, it is a"
+# Reading, beside knowing: a pretrained T5 can find what a label points to in a list (C4 is full of them); a
+# student that cannot copies the wrong option's thing ("B is shovel" for "(B) dobrol"). Lettered lists of the
+# world's things, each read back at one label, in a wording that is not the task's.
+LIST_READS = ("in the list {items}, item {l} is the {e}.", "the list {items} has the {e} at {l}.")
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def corpus(cfg: SyntheticParams, seed: int) -> tuple[list[str], list[dict]]:
+    """The embedded student's pretraining text and its probe: every fact of the world `cfg` (each thing's category,
+    held-out things included, and each clue's) once in every wording, uniform over facts (the long tail is the
+    questions', not the world's); and one probe per fact, a wording cut before its category, flagged `held_out`
+    for the things that answer only valid/test questions (`seed` draws which, as in `generate`)."""
+    _, held = _ranked(cfg, random.Random(seed))
+    text, probe = [], []
+    for c, es in world(cfg).items():
+        for e in es:
+            text += [t.format(a=_a(e), e=e, c=c) for t in THING_FACTS]
+            probe.append({"prompt": THING_PROBE.format(e=e), "answer": c, "held_out": e in held[c]})
+        for k in clues_of(cfg)[c]:
+            text += [t.format(c=c, k=k) for t in CLUE_FACTS]
+            probe.append({"prompt": CLUE_PROBE.format(k=k), "answer": c, "held_out": False})
+    return text + lists(cfg, seed, len(text)), probe
+
+
+def lists(cfg: SyntheticParams, seed: int, n: int) -> list[str]:
+    """`n` lettered lists of 2 to 5 of the world's things ("(A) owl (B) zadrim"), each read back at one label."""
+    rng = random.Random(f"tinythinker-lists-{seed}")
+    things = [e for es in world(cfg).values() for e in es]
+    out = []
+    for _ in range(n):
+        picks = rng.sample(things, rng.randint(2, min(5, len(things))))
+        at = rng.randrange(len(picks))
+        items = " ".join(f"({LABELS[i]}) {e}" for i, e in enumerate(picks))
+        out.append(rng.choice(LIST_READS).format(items=items, l=LABELS[at], e=picks[at]))
     return out
 
 

@@ -47,11 +47,14 @@ def collect(params: Params, paths: Paths) -> list[dict]:
     return rows
 
 
-def headline(rows: list[dict], teacher: dict, build: dict) -> dict:
+def headline(rows: list[dict], teacher: dict, build: dict, pretrain: dict | None = None) -> dict:
     pairs = {r["model"]: (r["recall_pairs"] or 0) + (r["analyze_pairs"] or 0) for r in rows[1:]}
+    pretrain = pretrain or {}
     return {"test": {r["model"]: r["test_accuracy"] for r in rows},
             "valid": {r["model"]: r["valid_accuracy"] for r in rows},
-            "pairs": pairs, "steps": {r["model"]: r["train_steps"] for r in rows},
+            "pairs": pairs, "steps": {"pretrain": pretrain.get("steps"), **{r["model"]: r["train_steps"] for r in rows}},
+            # the share of the world's facts the pretrained student completes (held-out things: test answers)
+            "probe": {"all": pretrain.get("probe_accuracy"), "held_out": pretrain.get("probe_held_out_accuracy")},
             "chains": build.get("accepted_chains"),
             # what the data cost, however many runs bought it: the distinct requests whose answers they use
             "teacher": {"requests": _answered(teacher), "usd": teacher.get("usd")}}
@@ -95,6 +98,9 @@ def charts(rows: list[dict], paths: Paths) -> dict[str, dict]:
            for r in rows for split in ("valid", "test") if r[f"{split}_accuracy"] is not None]
     specs = {"accuracy": _line("Chain accuracy by model", acc, "model", "accuracy", "split", "ordinal", percent=True)}
     specs["accuracy"]["encoding"]["x"]["sort"] = [r["model"] for r in rows]
+    pretrain = _curves(paths.curves("pretrain")).get("train_loss")
+    if pretrain:
+        specs["pretrain_train_loss"] = _line("Student pretraining loss", pretrain, "step", "value")
     sft = _curves(paths.curves("sft"))
     for name, title in (("train_loss", "SFT training loss"), ("eval_accuracy", "SFT validation accuracy")):
         if sft.get(name):
@@ -132,6 +138,21 @@ def _spend(teacher: dict) -> str:
     return text
 
 
+def _pretraining(p: dict) -> str:
+    """One line on where the student started: pretrained here (loss and probe), from scratch, or a Hub/local model."""
+    if p.get("pretrained"):
+        return f"- `{p['pretrained']}`: pretrained already, no pretraining stage."
+    if not p.get("steps"):
+        return "- From scratch (`student.pretrain.steps: 0`): sft starts from the initialised weights."
+    held = p.get("probe_held_out_accuracy")
+    probe = "" if p.get("probe_accuracy") is None else (
+        f"; facts it completes: {_cell(p.get('probe_accuracy_before'))} -> {_cell(p['probe_accuracy'])} %"
+        + ("" if held is None else f" (things held out of training answers: "
+                                   f"{_cell(p.get('probe_held_out_accuracy_before'))} -> {_cell(held)} %)"))
+    return (f"- {p['steps']} steps on {_cell(p.get('sentences'))} corpus sentences, loss "
+            f"{p['first_loss']:.3g} -> {p['last_loss']:.3g}{probe}.")
+
+
 def markdown(rows: list[dict], teacher: dict, build: dict, paths: Paths, pictures: list[str]) -> str:
     pairs = {r["model"]: _read(paths.metric(f"dpo/{r['model']}_pairs")) for r in rows[1:]}
     out = ["# Run report", "",
@@ -140,6 +161,9 @@ def markdown(rows: list[dict], teacher: dict, build: dict, paths: Paths, picture
     out += [f"| {r['model']} | {_cell(r['valid_accuracy'])} | {_cell(r['test_accuracy'])} | "
             f"{_cell(r['recall_pairs'])} | {_cell(r['analyze_pairs'])} | {_cell(r['train_steps'])} |" for r in rows]
     rejected = {k.removeprefix("rejected_"): v for k, v in build.items() if k.startswith("rejected_") and v}
+    pretrain = _read(paths.metric("pretrain"))
+    if pretrain:
+        out += ["", "## Student pretraining", "", _pretraining(pretrain)]
     out += ["", "## Teacher", "",
             f"- {_cell(teacher.get('questions_covered'))} of {_cell(teacher.get('questions'))} training questions "
             f"answered; {_cell(teacher.get('requests_sent'))} requests sent, "
@@ -164,7 +188,7 @@ def report(params: Params, paths: Paths) -> list[dict]:
     rows = collect(params, paths)
     teacher, build = _read(paths.metric("teacher_request")), _read(paths.metric("build"))
     write_json(paths.metric("iterations"), rows)
-    write_json(paths.metric("summary"), headline(rows, teacher, build))
+    write_json(paths.metric("summary"), headline(rows, teacher, build, _read(paths.metric("pretrain"))))
     specs = charts(rows, paths)
     with atomic_path(paths.metrics / "report") as tmp:
         tmp.mkdir()

@@ -18,6 +18,7 @@ from ..params import Params, ParamsError
 
 KIND = "causal"
 ENCODE = {"padding_side": "left"}  # tokenizer kwargs for a generation batch
+SENTINELS = 0  # pretraining predicts the next token: no mask tokens
 
 
 def wrap_vocab(vocab: list[tuple[str, float]]):
@@ -69,6 +70,27 @@ def build_embedded(params: Params, tokenizer):
 def new_tokens(ids, enc):
     """The generated part of `model.generate`'s output: what follows the (left-padded) prompts."""
     return ids[:, enc["input_ids"].shape[1]:]
+
+
+# --- pretraining --------------------------------------------------------------------------------------------
+def pretrain_collator(params: Params, tokenizer):
+    """Next-token prediction on each sentence (token ids) closed by the EOS; padding carries no loss."""
+    import torch
+
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    def collate(rows: list[dict]) -> dict:
+        seqs = [r["input_ids"] + [eos] for r in rows]
+        width = max(map(len, seqs))
+        return {"input_ids": torch.tensor([s + [pad] * (width - len(s)) for s in seqs]),
+                "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs]),
+                "labels": torch.tensor([s + [-100] * (width - len(s)) for s in seqs])}
+    return collate
+
+
+def probe_prompt(prompt: str) -> str:
+    """A probe (a fact's wording cut before its category) is continued as it stands."""
+    return prompt
 
 
 # --- LoRA ----------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Iterable, Iterator, Optional
 from ..io import DataError, atomic_path, read_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
-from ..protocol import QUESTION_FIELDS, STAGE_FIELDS
+from ..protocol import QUESTION_FIELDS, STAGE_FIELDS, TEXT_FIELDS
 
 SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5: pad doubles as the decoder start token
 # The students built from config (no download), and their family.
@@ -48,10 +48,13 @@ def family(params: Params, model_dir: Optional[Path] = None, what: str = "model 
 
 
 def _corpus(paths: Paths) -> Iterator[str]:
-    """Every text the student reads or writes: stage inputs and targets, valid/test question blocks."""
+    """Every text the student reads or writes: its pretraining text, stage inputs and targets, valid/test question
+    blocks (so no word of the corpus is <unk>)."""
     files = sorted(paths.sft_data.glob("*/*.jsonl"))
     if not files:
         raise DataError(f"{paths.sft_data}: no stage datasets (run the build stage first)")
+    for row in read_jsonl(paths.corpus / "text.jsonl", TEXT_FIELDS):
+        yield row["text"]
     for f in files:
         for row in read_jsonl(f, STAGE_FIELDS):
             yield row["input"]
@@ -82,6 +85,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind=None):
     from . import seq2seq
 
     texts = list(texts)
+    vocab_size -= (kind or seq2seq).SENTINELS  # T5's sentinels count in the model's vocabulary
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                  pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
@@ -113,6 +117,12 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind=None):
             break
         pieces[w] = max(pieces.get(w, -math.inf), round(math.log(n / total), 6))
     rest = sorted(pieces.items(), key=lambda v: (-v[1], v[0]))
+    # The characters added above can overshoot a tiny vocab_size: the least likely longer pieces make room (every
+    # character stays, so nothing becomes <unk>).
+    over = len(rest) + len(SPECIALS) - vocab_size
+    if over > 0:
+        drop = {p for p, _ in [v for v in rest if len(v[0]) > 1][-over:]}
+        rest = [v for v in rest if v[0] not in drop]
     vocab = [(p, 0.0) for p in SPECIALS] + rest
     return (kind or seq2seq).wrap_vocab(vocab)
 
@@ -171,24 +181,37 @@ def tokenizer_stage(params: Params, paths: Paths) -> None:
 
 def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None, what: str = "model directory"):
     """(model, tokenizer): a saved checkpoint when `model_dir` is given (`what` names where it came from in
-    an error), else the initial student."""
+    an error), else the initial student: an embedded one as the pretrain stage left it, a Hub or local one as named."""
+    if model_dir is None and params.student.model in EMBEDDED:
+        model_dir, what = paths.pretrained_model, "the pretrain stage's output: dvc repro pretrain"
     if model_dir is not None:
         check_checkpoint(Path(model_dir), what)  # before seconds of imports
-    import torch
-    from transformers import AutoTokenizer
-
     kind = family(params, model_dir, what)
     if model_dir is not None:
+        from transformers import AutoTokenizer
         tokenizer = _pretrained(AutoTokenizer, model_dir, what)
         model = _pretrained(kind.model_class(), model_dir, what)
     else:
+        from transformers import AutoTokenizer
         tokenizer = _pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
-        if params.student.model in EMBEDDED:
-            torch.manual_seed(params.seed)  # the initial weights are part of the experiment
-            model = kind.build_embedded(params, tokenizer)
-        else:
-            model = _pretrained(kind.model_class(), params.student.model, "student.model",
-                                _is_local(params.student.model), revision=params.student.revision)
+        model = _pretrained(kind.model_class(), params.student.model, "student.model",
+                            _is_local(params.student.model), revision=params.student.revision)
+    return _ready(params, kind, model, tokenizer)
+
+
+def build_initial(params: Params, paths: Paths):
+    """(model, tokenizer): the embedded student freshly initialised (seeded: the initial weights are part of the
+    experiment) with the tokenizer stage's tokenizer; what the pretrain stage starts from."""
+    import torch
+    from transformers import AutoTokenizer
+
+    kind = family(params)
+    tokenizer = _pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
+    torch.manual_seed(params.seed)
+    return _ready(params, kind, kind.build_embedded(params, tokenizer), tokenizer)
+
+
+def _ready(params: Params, kind, model, tokenizer):
     tokenizer = kind.prepare_tokenizer(tokenizer)
     # Generation reads model.generation_config only (transformers 5); pin it rather than inherit defaults.
     g = model.generation_config

@@ -12,14 +12,16 @@ from ..params import Params
 
 KIND = "seq2seq"
 ENCODE: dict = {}  # tokenizer kwargs for a generation batch: right padding (the tokenizer's default)
+SENTINELS = 8  # <extra_id_0..7> of the embedded tokenizer: the span-corruption masks of pretraining
 
 
 def wrap_vocab(vocab: list[tuple[str, float]]):
-    """The T5 tokenizer of a trained Unigram vocabulary (appends </s> to every text, as T5 expects)."""
+    """The T5 tokenizer of a trained Unigram vocabulary (appends </s> to every text, as T5 expects), with T5's
+    sentinel tokens for span corruption (pretraining)."""
     from transformers import T5TokenizerFast
 
     # vocab=, not vocab_file= (transformers 5 silently builds a 4-token tokenizer from the latter)
-    return T5TokenizerFast(vocab=vocab, extra_ids=0)
+    return T5TokenizerFast(vocab=vocab, extra_ids=SENTINELS)
 
 
 def prepare_tokenizer(tokenizer):
@@ -46,6 +48,59 @@ def build_embedded(params: Params, tokenizer):
 def new_tokens(ids, enc):
     """The generated part of `model.generate`'s output: all of it (the decoder starts empty)."""
     return ids
+
+
+# --- pretraining --------------------------------------------------------------------------------------------
+def _compose(total: int, parts: int, rng) -> list[int]:
+    """`total` split into `parts` positive integers at random."""
+    cuts = sorted(rng.sample(range(1, total), parts - 1))
+    return [b - a for a, b in zip([0] + cuts, cuts + [total])]
+
+
+def pretrain_collator(params: Params, tokenizer):
+    """T5's span corruption: in each sentence (token ids, no </s>) about `noise_density` of the tokens, in spans of
+    `mean_span_length` on average, become one sentinel each in the input; the target lists the spans, each after
+    its sentinel. For a share `sentence_targets` of the sentences the target is instead the whole sentence (BART's
+    denoising target), which also trains the decoder to copy what the encoder reads, as every step of the task
+    does ("(B) zadrim" -> "B is zadrim"). The masks are drawn anew at every batch from a generator seeded by `seed`."""
+    import random
+
+    import torch
+
+    p = params.student.pretrain
+    sentinels = tokenizer.convert_tokens_to_ids([f"<extra_id_{i}>" for i in range(SENTINELS)])
+    eos, pad, rng = tokenizer.eos_token_id, tokenizer.pad_token_id, random.Random(params.seed)
+
+    def corrupt(ids: list[int]) -> tuple[list[int], list[int]]:
+        n = len(ids)
+        noise = max(1, min(n - 1, round(n * p.noise_density)))
+        k = max(1, min(SENTINELS, noise, round(noise / p.mean_span_length), n - noise + 1))
+        spans = _compose(noise, k, rng)
+        keeps = _compose(n - noise + 2, k + 1, rng)  # the first and last kept runs may be empty
+        keeps[0], keeps[-1] = keeps[0] - 1, keeps[-1] - 1
+        src, tgt, i = [], [], 0
+        for j in range(k):
+            src += ids[i:i + keeps[j]] + [sentinels[j]]
+            i += keeps[j]
+            tgt += [sentinels[j]] + ids[i:i + spans[j]]
+            i += spans[j]
+        if rng.random() < p.sentence_targets:
+            tgt = ids
+        return src + ids[i:] + [eos], tgt + [eos]
+
+    def collate(rows: list[dict]) -> dict:
+        pairs = [corrupt(r["input_ids"]) if len(r["input_ids"]) > 1 else (r["input_ids"] + [eos],) * 2
+                 for r in rows]
+        width, depth = max(len(s) for s, _ in pairs), max(len(t) for _, t in pairs)
+        return {"input_ids": torch.tensor([s + [pad] * (width - len(s)) for s, _ in pairs]),
+                "attention_mask": torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s, _ in pairs]),
+                "labels": torch.tensor([t + [-100] * (depth - len(t)) for _, t in pairs])}
+    return collate
+
+
+def probe_prompt(prompt: str) -> str:
+    """A probe (a fact's wording cut before its category) as span corruption asks it: the rest is one masked span."""
+    return f"{prompt} <extra_id_0>."
 
 
 # --- phase 1 -------------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ from . import distributed
 from .chain import Decoding
 from .curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
 from .model import family, load_student
-from .training import SKIP_LOG, sft_trainer, trainer_kwargs
+from .training import sft_trainer, trainer_callbacks, trainer_kwargs
 
 
 def _stage_data(params: Params, paths: Paths) -> dict[str, list[dict]]:
@@ -46,60 +46,11 @@ def _fingerprint(params: Params, paths: Paths, processes: int = 1) -> str:
     keys["processes"] = processes
     h = hashlib.sha256(json.dumps(keys, sort_keys=True).encode())
     files = sorted(paths.sft_data.glob(f"{params.sft.stage_type}/*.jsonl")) + [paths.sft_data / "valid.jsonl"]
-    files += sorted(p for p in paths.tokenizer.rglob("*") if p.is_file())
+    files += sorted(p for d in (paths.tokenizer, paths.pretrained_model) for p in d.rglob("*") if p.is_file())
     for f in files:
         h.update(f.relative_to(paths.root).as_posix().encode())
         h.update(hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()
-
-
-def _trainer_classes():
-    """Callbacks, defined lazily so importing this module stays light."""
-    from transformers import TrainerCallback
-
-    class EvaluateAtEnd(TrainerCallback):
-        """The last step is evaluated (and saved) even when it is no multiple of the eval interval."""
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step >= state.max_steps:
-                control.should_evaluate = control.should_save = True
-
-    class LiveCallback(TrainerCallback):
-        """dvclive curves indexed by the trainer's global step.
-
-        The stock DVCLiveCallback advances the dvclive step once per log call, so train and eval logs land on
-        different steps and a resumed run starts over at 0; here every value is logged at its global step, and
-        a resumed run first replays the history stored in its checkpoint.
-        """
-
-        def __init__(self, live_dir: Path):
-            self.live_dir, self.live = live_dir, None
-
-        def _log(self, step: int, logs: dict) -> None:
-            if self.live is None or "train_runtime" in logs:  # not the main process; the end-of-training summary
-                return  # (its train_loss is one point, no curve: metrics/sft.json has it)
-            self.live.step = step
-            for k, v in logs.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SKIP_LOG:
-                    self.live.log_metric(k if k.startswith("eval_") else f"train_{k}", v)
-            self.live.make_summary()
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            from dvclive import Live
-            if not state.is_world_process_zero:
-                return
-            self.live = Live(dir=str(self.live_dir), dvcyaml=False, save_dvc_exp=False)
-            for entry in state.log_history:
-                self._log(entry["step"], entry)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            self._log(state.global_step, logs or {})
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.live is not None:
-                self.live.end()
-
-    return EvaluateAtEnd, LiveCallback
 
 
 def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
@@ -158,7 +109,7 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     chain_kwargs = {"stage_type": s.stage_type, "batch_size": params.generation.batch_size}
     greedy = Decoding(max_new_tokens=params.generation.max_new_tokens)
     chain_kwargs |= {"recall": greedy, "analyze": greedy, "summarize": greedy}
-    EvaluateAtEnd, LiveCallback = _trainer_classes()
+    EvaluateAtEnd, LiveCallback = trainer_callbacks()
     # The curves are written beside and moved into metrics/ with the model: an interrupted run leaves the last
     # run's curves whole (a resumed one replays its checkpoint's history into a fresh copy).
     callbacks: list[TrainerCallback] = [EvaluateAtEnd(), LiveCallback(paths.curves_work("sft"))]

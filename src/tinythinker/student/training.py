@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from contextlib import nullcontext
+from pathlib import Path
 
 from ..io import DataError
 from ..params import Params, ParamsError
@@ -88,6 +89,56 @@ def trainer_kwargs(params: Params, paths: Paths, stage: str, run: str) -> dict:
             # the name transformers 5 gives `gradient_checkpointing` (kept as the param's name, its deprecated alias)
             "activation_checkpointing": s.gradient_checkpointing,
             "report_to": list(params.report_to) or "none", "run_name": f"{params.dataset.name}/{run}"}
+
+
+def trainer_callbacks():
+    """(EvaluateAtEnd, LiveCallback): callback classes of the training stages, defined lazily so importing this module
+    stays light."""
+    from transformers import TrainerCallback
+
+    class EvaluateAtEnd(TrainerCallback):
+        """The last step is evaluated (and saved) even when it is no multiple of the eval interval."""
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= state.max_steps:
+                control.should_evaluate = control.should_save = True
+
+    class LiveCallback(TrainerCallback):
+        """dvclive curves indexed by the trainer's global step.
+
+        The stock DVCLiveCallback advances the dvclive step once per log call, so train and eval logs land on
+        different steps and a resumed run starts over at 0; here every value is logged at its global step, and
+        a resumed run first replays the history stored in its checkpoint.
+        """
+
+        def __init__(self, live_dir: Path):
+            self.live_dir, self.live = live_dir, None
+
+        def _log(self, step: int, logs: dict) -> None:
+            if self.live is None or "train_runtime" in logs:  # not the main process; the end-of-training summary
+                return  # (its train_loss is one point, no curve: metrics/sft.json has it)
+            self.live.step = step
+            for k, v in logs.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SKIP_LOG:
+                    self.live.log_metric(k if k.startswith("eval_") else f"train_{k}", v)
+            self.live.make_summary()
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            from dvclive import Live
+            if not state.is_world_process_zero:
+                return
+            self.live = Live(dir=str(self.live_dir), dvcyaml=False, save_dvc_exp=False)
+            for entry in state.log_history:
+                self._log(entry["step"], entry)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            self._log(state.global_step, logs or {})
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.live is not None:
+                self.live.end()
+
+    return EvaluateAtEnd, LiveCallback
 
 
 class CurriculumChainMixin:
