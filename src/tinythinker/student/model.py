@@ -186,13 +186,13 @@ def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None,
         model_dir, what = paths.pretrained_model, "the pretrain stage's output: dvc repro pretrain"
     if model_dir is not None:
         check_checkpoint(Path(model_dir), what)  # before seconds of imports
+    from transformers import AutoTokenizer
+
     kind = family(params, model_dir, what)
     if model_dir is not None:
-        from transformers import AutoTokenizer
         tokenizer = _pretrained(AutoTokenizer, model_dir, what)
         model = _pretrained(kind.model_class(), model_dir, what)
     else:
-        from transformers import AutoTokenizer
         tokenizer = _pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
         model = _pretrained(kind.model_class(), params.student.model, "student.model",
                             _is_local(params.student.model), revision=params.student.revision)
