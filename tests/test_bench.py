@@ -95,3 +95,18 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     assert stages["test_dpo"]["result"]["questions"] == res["sizes"]["test"]
     assert all(s["seconds"] > 0 for s in stages.values())
     assert "gpu_check" in out.with_suffix(".txt").read_text() and "[gpu_check] sft" in run.stdout
+
+
+def test_reading_bench_counts_analyses_that_name_their_own_thing(tmp_path):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from reading import analysis_reading
+
+    questions = {"q1": {"block": "Which one is a fish?\n(A) ice cream (B) zadrim"},
+                 "q2": {"block": "Which one is a tool?\n(A) spade (B) owl"}}
+    rows = [{"qid": "q1", "analyses": {"A": "A is ice cream, which is a food, not a fish.",
+                                       "B": "B is zadrim, which is a fish."}},
+            {"qid": "q2", "analyses": {"A": "A is owl, which is a bird, not a tool.",  # the other option's thing
+                                       "B": "B is owl, which is a bird, not a tool."}}]
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert analysis_reading(path, questions) == {"analyses_naming_their_thing": 75.0, "questions_all_named": 50.0}
