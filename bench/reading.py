@@ -53,14 +53,16 @@ def list_reading(model, tokenizer, things: list[str], n: int, seed: int) -> dict
                 y[y == tokenizer.pad_token_id] = -100
                 with torch.no_grad():
                     logits = model(**x, labels=y).logits
-            else:  # the continuation's tokens, after the prompt's
+            else:  # the continuation's tokens, after the prompt's (padded on the right here, whatever the tokenizer's side)
                 width = len(tokenizer(prompt).input_ids)
-                enc = tokenizer([f"{prompt} {e}." for e in picks], return_tensors="pt", padding=True)
-                y = enc.input_ids.clone()
+                rows = [tokenizer(f"{prompt} {e}.").input_ids for e in picks]
+                depth = max(map(len, rows))
+                ids = torch.tensor([r + [tokenizer.pad_token_id] * (depth - len(r)) for r in rows])
+                mask = torch.tensor([[1] * len(r) + [0] * (depth - len(r)) for r in rows])
+                y = ids.masked_fill(mask == 0, -100)
                 y[:, :width] = -100
-                y[enc.attention_mask == 0] = -100
                 with torch.no_grad():
-                    logits = model(**enc).logits[:, :-1]
+                    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
                 y = y[:, 1:]
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").sum(1)
             right += int(nll.argmin()) == at
