@@ -36,6 +36,7 @@ def list_reading(model, tokenizer, things: list[str], n: int, seed: int) -> dict
     import torch
 
     from tinythinker.data.synthetic import LABELS, LIST_READS
+    from tinythinker.reflect.dpo_seq2seq import sequence_logps
 
     seq2seq = model.config.is_encoder_decoder
     rng, out = random.Random(seed), {}
@@ -53,19 +54,15 @@ def list_reading(model, tokenizer, things: list[str], n: int, seed: int) -> dict
                 y[y == tokenizer.pad_token_id] = -100
                 with torch.no_grad():
                     logits = model(**x, labels=y).logits
-            else:  # the continuation's tokens, after the prompt's (padded on the right here, whatever the tokenizer's side)
+            else:  # the continuation's tokens, after the prompt's (padded on the right whatever the tokenizer's side)
                 width = len(tokenizer(prompt).input_ids)
-                rows = [tokenizer(f"{prompt} {e}.").input_ids for e in picks]
-                depth = max(map(len, rows))
-                ids = torch.tensor([r + [tokenizer.pad_token_id] * (depth - len(r)) for r in rows])
-                mask = torch.tensor([[1] * len(r) + [0] * (depth - len(r)) for r in rows])
-                y = ids.masked_fill(mask == 0, -100)
+                x = tokenizer([f"{prompt} {e}." for e in picks], return_tensors="pt", padding=True, padding_side="right")
+                y = x.input_ids.masked_fill(x.attention_mask == 0, -100)
                 y[:, :width] = -100
                 with torch.no_grad():
-                    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+                    logits = model(**x).logits[:, :-1]
                 y = y[:, 1:]
-            nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y, reduction="none").sum(1)
-            right += int(nll.argmin()) == at
+            right += int(sequence_logps(logits, y)[0].argmax()) == at
         out[str(length)] = round(100.0 * right / n, 1)
     return out
 
