@@ -177,7 +177,7 @@ def sampling(params, paths, model, tokenizer, num_questions: int, test_runs: int
     def dpo(share: bool):
         def fn():
             torch.manual_seed(0)
-            rp, ap, runs, analyzed = sample_pairs(params, model, tokenizer, train, teacher, random.Random(0),
+            rp, ap, _, runs, analyzed = sample_pairs(params, model, tokenizer, train, teacher, random.Random(0),
                                                   share_prompts=share)
             stats[share] = {"recall_pairs": len(rp), "analyze_pairs": len(ap)}
             k = len(train[0]["options"])

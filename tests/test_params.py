@@ -24,7 +24,7 @@ def test_repo_params_load_and_round_trip():
     ("sft.lr", 1e-3, "sft.lr: unknown key"),
     ("dataset.name", "mnist", "dataset.name: must be one of"),
     ("sft.stage_type", "recall", "sft.stage_type: must be one of"),
-    ("dpo.stage_type", "summarize", "dpo.stage_type: must be one of"),
+    ("dpo.stage_type", "analyze_summarize", "dpo.stage_type: must be one of"),
     ("teacher.samples", 0, "teacher.samples: must be >= 1"),
     ("sft.batch_size", True, "sft.batch_size: expected an integer"),
     ("dpo.loss_weights", [1.0], "dpo.loss_weights: needs one weight"),

@@ -22,7 +22,7 @@ from .io import read_yaml
 
 DATASETS = ("synthetic", "csqa", "obqa", "strategyqa")
 STAGE_TYPES = ("recall_analyze_summarize", "summarize", "recall_summarize", "analyze_summarize")
-DPO_STAGE_TYPES = ("recall", "analyze", "recall_analyze")
+DPO_STAGE_TYPES = ("recall", "analyze", "recall_analyze", "summarize", "recall_analyze_summarize")
 # Trainer precision: auto = bf16 on a GPU that has it, else fp32. fp16 is for GPUs without bf16; T5 is known
 # to overflow in fp16, so prefer fp32 there.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
@@ -261,7 +261,9 @@ class DPOIteration:
 
 @dataclass(frozen=True)
 class DPOParams:
-    stage_type: Literal["recall", "analyze", "recall_analyze"]
+    # The pair kinds trained (spec 6.1: recall, analyze, recall_analyze). Summarize pairs are this project's
+    # addition, not the paper's (docs/embedded-task.md): the student's own sampled summaries of its own chains.
+    stage_type: Literal["recall", "analyze", "recall_analyze", "summarize", "recall_analyze_summarize"]
     samples: Annotated[int, Range(2)]  # sampled chains per training question (spec 6.2); pairs need several
     max_questions: Optional[Count]  # seeded subset of training questions sampled per iteration; None = all
     temperature: Positive
@@ -273,7 +275,7 @@ class DPOParams:
     beta: Positive
     learning_rate: Positive
     batch_size: Count
-    passes: Count  # max_steps = passes x (recall + analyze schedule interval), spec 6.3
+    passes: Count  # max_steps = passes x (recall + analyze [+ summarize] schedule interval), spec 6.3
     warmup_ratio: Share
     max_grad_norm: NonNegative
     precision: Precision  # also the precision of the precomputed reference log-probs

@@ -26,6 +26,8 @@ RECALL = [{"qid": "q1", "prompt": P.recall_prompt(BLOCK), "chosen": f"Iron is a 
            "rejected": f"Wood is a metal {i}."} for i in range(3)]
 ANALYZE = [{"qid": "q1", "prompt": P.analyze_prompt(BLOCK, x, "Iron is a metal."), "chosen": f"{x} is right.",
             "rejected": f"{x} is wrong."} for x in "AB"]
+SUMMARIZE = [{"qid": "q1", "prompt": P.summarize_prompt(BLOCK, "Iron is a metal.", {"A": "no.", "B": "yes."}),
+              "chosen": P.summarize_target("B"), "rejected": P.summarize_target(x)} for x in ("A", "A or B")]
 PARAMS = BASE.replace(**{
     "student.embedded.vocab_size": 90, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
     "student.embedded.d_kv": 8, "student.embedded.num_heads": 2, "student.embedded.num_layers": 1,
@@ -81,6 +83,9 @@ def test_schedule_intervals_spec_6_3():
     assert schedule_intervals(0, 64, 32) == {"analyze": 3}
     assert schedule_intervals(5, 0, 32) == {"recall": 1}
     assert schedule_intervals(0, 0, 32) == {}
+    # summarize pairs (not the paper's): a block of their own after analyze, sized as a single stage's
+    assert schedule_intervals(70, 300, 32, 40) == {"recall": 3, "analyze": 15, "summarize": 2}
+    assert schedule_intervals(0, 0, 32, 64) == {"summarize": 3}
 
 
 # --- tiny model ----------------------------------------------------------------------------------------
@@ -149,12 +154,12 @@ def test_training_raises_margin_and_leaves_reference_alone(sft_model, tmp_path):
 
 
 # --- the stage -----------------------------------------------------------------------------------------
-def repo(tmp_path, sft_model, recall, analyze):
+def repo(tmp_path, sft_model, recall, analyze, summarize=()):
     paths = Paths(tmp_path)
     shutil.copytree(sft_model, paths.sft_model)
     write_jsonl(paths.sft_data / "valid.jsonl", VALID)
-    write_jsonl(paths.dpo_data("iter1") / "recall_pairs.jsonl", recall)
-    write_jsonl(paths.dpo_data("iter1") / "analyze_pairs.jsonl", analyze)
+    for stage, pairs in (("recall", recall), ("analyze", analyze), ("summarize", summarize)):
+        write_jsonl(paths.dpo_data("iter1") / f"{stage}_pairs.jsonl", pairs)
     return paths
 
 
@@ -170,7 +175,7 @@ def test_empty_pairs_pass_the_starting_model_through(tmp_path, sft_model):
     assert same_files(paths.sft_model, paths.dpo_model("iter1"))
     saved = read_json(paths.metrics / "dpo" / "iter1.json")
     assert saved == metrics and saved["steps"] == 0 and saved["skipped"] == 1
-    assert (saved["recall_pairs"], saved["analyze_pairs"], saved["best_step"]) == (0, 0, 0)
+    assert (saved["recall_pairs"], saved["analyze_pairs"], saved["summarize_pairs"], saved["best_step"]) == (0, 0, 0, 0)
     assert (paths.metrics / "dpo_live" / "iter1" / "plots" / "metrics" / "eval" / "accuracy.tsv").exists()
     assert not (paths.checkpoints / "dpo" / "iter1").exists()
 
@@ -184,11 +189,12 @@ def test_stage_keeps_best_of_start_and_checkpoints(tmp_path, sft_model, monkeypa
     scores = iter([50.0, 60.0, 55.0] if improves else [50.0, 40.0, 50.0])
     monkeypatch.setattr(chain, "accuracy", lambda results: next(scores))  # the starting model
     monkeypatch.setattr(distributed, "chain_accuracy", lambda *a, **k: next(scores))  # the evaluations
-    paths = repo(tmp_path, sft_model, RECALL, ANALYZE)
+    paths = repo(tmp_path, sft_model, RECALL, ANALYZE, SUMMARIZE)
     m = dpo_train(PARAMS, paths, "iter1")
 
-    cycle = sum(schedule_intervals(3, 2, 2).values())
-    assert (m["steps"], m["recall_pairs"], m["analyze_pairs"], m["start_valid_accuracy"]) == (2 * cycle, 3, 2, 50.0)
+    cycle = sum(schedule_intervals(3, 2, 2, 2).values())
+    assert (m["steps"], m["recall_pairs"], m["analyze_pairs"], m["summarize_pairs"], m["start_valid_accuracy"]) == (
+        2 * cycle, 3, 2, 2, 50.0)
     assert set(m) >= {"rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                       "logps/chosen", "logps/rejected"}
     assert read_json(paths.metrics / "dpo" / "iter1.json") == m

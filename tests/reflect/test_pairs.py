@@ -7,7 +7,7 @@ import pytest
 
 from tinythinker import protocol as P
 from tinythinker.params import ParamsError, load
-from tinythinker.reflect.pairs import analyze_pairs, iteration_init, recall_pairs
+from tinythinker.reflect.pairs import analyze_pairs, iteration_init, recall_pairs, summarize_pairs
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
@@ -136,6 +136,17 @@ def test_unknown_iteration_names_the_key():
         iteration_init(p, "iter9")
 
 
+def test_summarize_pairs_right_against_wrong_summaries_of_one_prompt():
+    right, wrong, none = P.summarize_target("B"), P.summarize_target("A"), "So the answer is unclear."
+    groups = [{"qid": "q1", "gt": "B", "prompt": "p1", "summaries": [wrong, right, wrong, none, right]},
+              {"qid": "q2", "gt": "B", "prompt": "p2", "summaries": [right, right]},   # never wrong: no pair
+              {"qid": "q3", "gt": "B", "prompt": "p3", "summaries": [wrong, none]}]    # never right: no pair
+    recs = summarize_pairs(groups, random.Random(0))
+    # distinct texts: one right, two wrong (no answer counts wrong) -> the right one twice
+    assert recs == [{"qid": "q1", "prompt": "p1", "chosen": right, "rejected": wrong},
+                    {"qid": "q1", "prompt": "p1", "chosen": right, "rejected": none}]
+
+
 # --- the stage, with the chain scripted (the real chain has its own tests) -------------------------------
 class Model:
     def to(self, device):
@@ -157,7 +168,8 @@ def scripted_chain(calls):
             seen[key] += 1
             if recalls is None:  # recall sampling: q1 right once then wrong, q2 always right
                 rec, pred = f"{q['qid']} recall {j}.", "B" if q["qid"] == "q2" or j == 0 else "A"
-                out.append({"qid": q["qid"], "gt": q["gt"], "recall": rec, "analyses": ANALYSES, "prediction": pred})
+                out.append({"qid": q["qid"], "gt": q["gt"], "recall": rec, "analyses": ANALYSES, "prediction": pred,
+                            "summary": P.summarize_target(pred), "prompt": f"{q['qid']} summarize {j}"})
             else:  # analyze sampling: alternately right and wrong, a different analysis set each time
                 pred = "B" if j % 2 == 0 else "A"
                 out.append({"qid": q["qid"], "gt": q["gt"], "recall": recalls[i],
@@ -166,7 +178,7 @@ def scripted_chain(calls):
     return run_chain
 
 
-@pytest.mark.parametrize("stage_type", ["recall_analyze", "recall", "analyze"])
+@pytest.mark.parametrize("stage_type", ["recall_analyze", "recall", "analyze", "recall_analyze_summarize", "summarize"])
 def test_dpo_sample_stage(tmp_path, monkeypatch, stage_type):
     import tinythinker.student.chain as chain
     import tinythinker.student.model as student
@@ -181,8 +193,15 @@ def test_dpo_sample_stage(tmp_path, monkeypatch, stage_type):
                 [{"qid": "q1", "block": BLOCK, "options": ["A", "B", "C"], "gt": "B"},
                  {"qid": "q2", "block": BLOCKS["q2"], "options": ["A", "B"], "gt": "B"}])
     write_jsonl(paths.sft_data / "chains.jsonl", [teacher("q1", "teacher recall."), teacher("q2", "t2.")])
-    calls = []
+    calls, summarized = [], []
+
+    def generate(model, tokenizer, prompts, decoding, batch_size, desc=None, share_prompts=True):
+        summarized.append((list(prompts), decoding))  # q2 always right; q1's second prompt right once in three
+        right = lambda k, p: p.startswith("q2") or (p == "q1 summarize 1" and k < len(prompts) // 3)  # noqa: E731
+        return [P.summarize_target("B" if right(k, p) else "A") for k, p in enumerate(prompts)]
+
     monkeypatch.setattr(chain, "run_chain", scripted_chain(calls))
+    monkeypatch.setattr(chain, "generate", generate)
     monkeypatch.setattr(student, "load_student", lambda params, paths, model_dir, what=None: (Model(), None))
     params = BASE.replace(**{"dpo.samples": 3, "dpo.temperature": 0.9, "dpo.stage_type": stage_type,
                              "generation.max_new_tokens": 50,
@@ -198,8 +217,23 @@ def test_dpo_sample_stage(tmp_path, monkeypatch, stage_type):
     # q1: 1 right + 2 wrong recalls -> its own right recall and one teacher recall; q2 never wrong -> none
     expected = [{"qid": "q1", "prompt": f"{BLOCK}\nRecall:", "chosen": "q1 recall 0.", "rejected": "q1 recall 1."},
                 {"qid": "q1", "prompt": f"{BLOCK}\nRecall:", "chosen": "teacher recall.", "rejected": "q1 recall 2."}]
-    assert recall_rows == ([] if stage_type == "analyze" else expected)
-    if stage_type == "recall":
+    summarize_rows = read_jsonl(paths.dpo_data("iter1") / "summarize_pairs.jsonl")
+    assert recall_rows == ([] if stage_type in ("analyze", "summarize") else expected)
+    if "summarize" in stage_type:  # each distinct summarize prompt of the recall samples, 3 sampled summaries more
+        (prompts, decoding), = summarized
+        distinct = ["q1 summarize 0", "q2 summarize 0", "q1 summarize 1", "q2 summarize 1", "q1 summarize 2",
+                    "q2 summarize 2"]
+        assert prompts == distinct * 3 and (decoding.do_sample, decoding.temperature) == (True, 0.9)
+        # q1's first prompt: greedy right, samples wrong; its second: greedy wrong, one sample right; the rest one-sided
+        assert summarize_rows == [
+            {"qid": "q1", "prompt": "q1 summarize 0", "chosen": P.summarize_target("B"),
+             "rejected": P.summarize_target("A")},
+            {"qid": "q1", "prompt": "q1 summarize 1", "chosen": P.summarize_target("B"),
+             "rejected": P.summarize_target("A")}]
+        assert m["summarize_pairs"] == 2
+    else:
+        assert summarized == [] and summarize_rows == [] and m["summarize_pairs"] == 0
+    if stage_type in ("recall", "summarize"):
         assert len(calls) == 1 and analyze_rows == []
     else:  # each distinct chosen recall analysed `samples` times with sampled analyses, greedy summaries
         assert calls[1]["qids"] == ["q1", "q1"] * 3

@@ -31,9 +31,10 @@ def run_metrics(paths: Paths) -> None:
     _tsv(paths.metrics / "pretrain_live" / "plots" / "metrics" / "train_loss.tsv", "train_loss", [7.5, 1.0, 0.25])
     write_json(paths.metric("sft"), {"valid_accuracy": 61.25, "train_steps": 400})
     write_json(paths.metric("test/sft"), {"accuracy": 58.333333})
-    write_json(paths.metric("dpo/iter1"), {"valid_accuracy": 66.0, "steps": 30, "recall_pairs": 40, "analyze_pairs": 25})
+    write_json(paths.metric("dpo/iter1"), {"valid_accuracy": 66.0, "steps": 30, "recall_pairs": 40, "analyze_pairs": 25,
+                                           "summarize_pairs": 10})
     write_json(paths.metric("dpo/iter1_pairs"), {"questions": 10, "questions_with_pairs": 7, "sample_accuracy": 55.0,
-                                                 "recall_pairs": 40, "analyze_pairs": 25})
+                                                 "recall_pairs": 40, "analyze_pairs": 25, "summarize_pairs": 10})
     write_json(paths.metric("test/iter1"), {"accuracy": 63.0})
     write_json(paths.metric("dpo/iter2"), {"valid_accuracy": 66.0, "steps": 0, "recall_pairs": 0, "analyze_pairs": 0,
                                            "skipped": 1})
@@ -57,17 +58,18 @@ def test_report_headline_table_and_pictures(tmp_path):
     assert [r["model"] for r in rows] == ["sft", "iter1", "iter2"]
     assert json.loads(paths.metric("summary").read_text()) == {
         "test": {"sft": 58.33, "iter1": 63.0, "iter2": 63.0}, "valid": {"sft": 61.25, "iter1": 66.0, "iter2": 66.0},
-        "pairs": {"iter1": 65, "iter2": 0}, "steps": {"pretrain": 300, "sft": 400, "iter1": 30, "iter2": 0},
+        "pairs": {"iter1": 75, "iter2": 0}, "steps": {"pretrain": 300, "sft": 400, "iter1": 30, "iter2": 0},
         "probe": {"all": 80.0, "held_out": 75.0}, "chains": 31,
         "teacher": {"requests": 16, "usd": 0.5}}  # every answer the data used: sent, journal, store
     assert json.loads(paths.metric("iterations").read_text())[1] == {
         "model": "iter1", "step": 1, "valid_accuracy": 66.0, "test_accuracy": 63.0, "recall_pairs": 40,
-        "analyze_pairs": 25, "train_steps": 30}
+        "analyze_pairs": 25, "summarize_pairs": 10, "train_steps": 30}
     md = (paths.metrics / "report.md").read_text()
-    assert "| iter1 | 66 | 63 | 40 | 25 | 30 |" in md
+    assert "| iter1 | 66 | 63 | 40 | 25 | 10 | 30 |" in md
+    assert "| iter2 | 66 | 63 | 0 | 0 | – | 0 |" in md  # metrics of a run before summarize pairs existed
     assert "12 requests sent, 4 served from the journal or store; spend $0.50" in md
     assert "31 chains accepted for 10 questions; rejected: length 4." in md
-    assert "| iter1 | 10 | 7 | 55 | 40 | 25 |" in md
+    assert "| iter1 | 10 | 7 | 55 | 40 | 25 | 10 |" in md
     assert ("300 steps on 90 corpus sentences, loss 7.5 -> 0.25; facts it completes: 0 -> 80 % (things held out of "
             "training answers: 0 -> 75 %)") in md
     pictures = sorted(p.name for p in (paths.metrics / "report").glob("*.png"))
@@ -87,7 +89,7 @@ def test_the_teacher_line_shows_spend_against_the_cap(tmp_path):
     from tinythinker.results.report import markdown
 
     row = {"model": "sft", "valid_accuracy": 61.0, "test_accuracy": 58.0, "recall_pairs": None,
-           "analyze_pairs": None, "train_steps": 400}
+           "analyze_pairs": None, "summarize_pairs": None, "train_steps": 400}
     teacher = {"questions": 10, "questions_covered": 10, "requests_sent": 2, "usd": 0.5, "usd_this_run": 0.25,
                "max_usd": 25.0, "usd_paid_for_request_set": 0.6}
     md = markdown([row], teacher, {}, Paths(tmp_path), [])

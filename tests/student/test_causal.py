@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reflect.test_dpo import ANALYZE, BLOCK, RECALL, VALID  # noqa: F401 - the same hand-made pairs as the T5 path
+from tests.reflect.test_dpo import ANALYZE, BLOCK, RECALL, SUMMARIZE, VALID  # noqa: F401 - the same hand-made pairs as the T5 path
 from tests.student.test_sft import one_thread, questions, student_stages, write_task  # noqa: F401 - one_thread: an autouse fixture
 
 from tinythinker import protocol as P
@@ -234,8 +234,9 @@ def test_dpo_train_stage_on_trl_reports_the_t5_metric_names(tmp_path, causal_sft
     write_jsonl(paths.sft_data / "valid.jsonl", VALID)
     write_jsonl(paths.dpo_data("iter1") / "recall_pairs.jsonl", RECALL)
     write_jsonl(paths.dpo_data("iter1") / "analyze_pairs.jsonl", ANALYZE)
+    write_jsonl(paths.dpo_data("iter1") / "summarize_pairs.jsonl", SUMMARIZE)
     m = dpo_train(DPO, paths, "iter1")
-    cycle = sum(schedule_intervals(3, 2, 2).values())
+    cycle = sum(schedule_intervals(3, 2, 2, 2).values())
     assert (m["steps"], m["best_step"], m["valid_accuracy"]) == (4 * cycle, cycle, 60.0)
     assert m["start_valid_accuracy"] == 50.0
     assert set(m) >= set(REWARD_KEYS) and read_json(paths.metric("dpo/iter1")) == m

@@ -69,6 +69,7 @@ def _workspace(root: Path) -> tuple[Paths, dict[str, int], dict[str, int]]:
                   "analyses": {x: f"{x} fits." for x in "ABC"}} for q in qs])
     write_jsonl(paths.dpo_data("hand") / "recall_pairs.jsonl", recall)
     write_jsonl(paths.dpo_data("hand") / "analyze_pairs.jsonl", analyze)
+    write_jsonl(paths.dpo_data("hand") / "summarize_pairs.jsonl", [])
     sft_sizes = {s: len(read_jsonl(paths.stage_file("recall_analyze_summarize", s)))
                  for s in ("recall", "analyze", "summarize")}
     return paths, sft_sizes, {"recall": len(recall), "analyze": len(analyze)}

@@ -1,11 +1,12 @@
 """Stage `dpo-train`: one DPO iteration (spec 6.3), on the trainer of the student's family (dpo_seq2seq.py for
 T5, dpo_causal.py for a decoder-only student on TRL), with the same schedule, validation and metric names.
 
-Training interleaves recall and analyze pairs with the curriculum sampler (spec 6.3 intervals, which count
-optimizer steps of batch_size x gradient_accumulation_steps x processes pairs: N processes, or k accumulated
-micro-batches, make the same passes over the pairs in 1/N (1/k) of the steps and validate at the same points
-in data terms) and validates with the full greedy chain; the best of the starting model and every evaluated
-step is the output (the starting model wins ties, so an iteration never makes the student worse on validation).
+Training interleaves recall and analyze pairs (and summarize pairs, where `dpo.stage_type` has them) with the
+curriculum sampler (spec 6.3 intervals, which count optimizer steps of batch_size x gradient_accumulation_steps x
+processes pairs: N processes, or k accumulated micro-batches, make the same passes over the pairs in 1/N (1/k) of
+the steps and validate at the same points in data terms) and validates with the full greedy chain; the best of the
+starting model and every evaluated step is the output (the starting model wins ties, so an iteration never makes
+the student worse on validation).
 """
 from __future__ import annotations
 
@@ -130,7 +131,8 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     counts = {f"{s}_pairs": len(pairs[s]) for s in STAGES}
     # spec 6.3: intervals count optimizer steps of batch x n_gpu pairs (x gradient_accumulation_steps)
     intervals = schedule_intervals(len(pairs["recall"]), len(pairs["analyze"]),
-                                   d.batch_size * d.gradient_accumulation_steps * procs.num_processes)
+                                   d.batch_size * d.gradient_accumulation_steps * procs.num_processes,
+                                   len(pairs["summarize"]))
     if not intervals:  # spec 9.21: nothing to learn from; the starting model passes through unchanged
         with distributed.replicas():
             model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")

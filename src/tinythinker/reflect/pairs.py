@@ -5,7 +5,11 @@ analyze/summarize; a recall is chosen when its chain ends at the gold option, re
 (b) Analyze pairs: for every chosen recall the chain runs again with that recall fixed and sampled
 analyses; chosen/rejected are whole analysis sets, and each pair yields two records (the gold option and
 the option the rejected chain wrongly picked).
-Both run each question `dpo.samples` times in one batched chain; a repeated prompt is encoded once, its samples drawn
+(c) Summarize pairs (`dpo.stage_type` with "summarize"; not the paper's): every distinct summarize prompt of (a)'s
+chains, the student's own recall and analyses, is summarized `dpo.samples` times more, sampled; summaries that
+land on the gold option are chosen, the others rejected. Both sides are the student's own: a prompt none of whose
+summaries is right gives no pair (a teacher summary of the student's analyses does not exist).
+All run each question `dpo.samples` times in one batched chain; a repeated prompt is encoded once, its samples drawn
 as `num_return_sequences` and its greedy steps decoded once (`chain.generate`).
 
 Fixes over the original: teacher top-up matched by qid rather than a substring of the question (9.22);
@@ -128,6 +132,29 @@ def analyze_pairs(groups: Sequence[Mapping], rng: random.Random) -> list[dict]:
     return out
 
 
+def summarize_pairs(groups: Sequence[Mapping], rng: random.Random) -> list[dict]:
+    """Summarize pair records from groups ``{qid, gt, prompt, summaries}`` (one summarize prompt each): chosen are
+    the distinct summaries whose answer is the gold option, rejected the distinct others (no answer counts wrong);
+    the shorter side is resampled to the longer, as for analyze pairs. Returns ``{qid, prompt, chosen, rejected}``."""
+    out = []
+    for g in groups:
+        chosen = _unique([t for t in g["summaries"] if P.extract_answer(t) == g["gt"]], key=lambda t: t)
+        rejected = _unique([t for t in g["summaries"] if P.extract_answer(t) != g["gt"]], key=lambda t: t)
+        if not chosen or not rejected:
+            continue
+        if len(chosen) < len(rejected):
+            chosen = chosen + rng.choices(chosen, k=len(rejected) - len(chosen))
+        elif len(rejected) < len(chosen):
+            rejected = rejected + rng.choices(rejected, k=len(chosen) - len(rejected))
+        out += [{"qid": g["qid"], "prompt": g["prompt"], "chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
+    return out
+
+
+def pair_kinds(stage_type: str) -> set[str]:
+    """The pair kinds a `dpo.stage_type` trains: "recall_analyze" -> {"recall", "analyze"}."""
+    return set(stage_type.split("_"))
+
+
 def _decodings(params: Params):
     from ..student.chain import Decoding
 
@@ -159,10 +186,10 @@ def teacher_chains(paths: Paths) -> dict[str, list[dict]]:
 
 def sample_pairs(params: Params, model, tokenizer, questions: list[dict], teacher: Mapping[str, Sequence[Mapping]],
                  rng: random.Random, desc: str = "dpo", share_prompts: bool = True):
-    """The student's chains on `questions` -> (recall pairs, analyze pairs, the recall-sampling chains, the number of
-    analysed recalls). Each process samples its share (`distributed.map_sharded`); `share_prompts=False` generates
-    every repeated prompt on its own (bench/ measures against it)."""
-    from ..student.chain import run_chain
+    """The student's chains on `questions` -> (recall pairs, analyze pairs, summarize pairs, the recall-sampling
+    chains, the number of analysed recalls). Each process samples its share (`distributed.map_sharded`);
+    `share_prompts=False` generates every repeated prompt on its own (bench/ measures against it)."""
+    from ..student.chain import generate, run_chain
 
     sampled, greedy = _decodings(params)
     n, bs = params.dpo.samples, params.generation.batch_size
@@ -181,7 +208,8 @@ def sample_pairs(params: Params, model, tokenizer, questions: list[dict], teache
     # (b) every distinct chosen recall once (a resampled duplicate adds no new context), analyses sampled
     apairs: list[dict] = []
     keys: dict[tuple, list] = {}
-    if params.dpo.stage_type in ("analyze", "recall_analyze"):
+    kinds = pair_kinds(params.dpo.stage_type)
+    if "analyze" in kinds:
         for p in rpairs:
             keys.setdefault((p["qid"], p["chosen"]), []).append(p["analyses"])
     if keys:
@@ -196,7 +224,21 @@ def sample_pairs(params: Params, model, tokenizer, questions: list[dict], teache
         groups = [{**qmap[qid], "recall": P.close_sentence(rc), "chains": runs[k::len(key_list)],
                    "backup": keys[(qid, rc)]} for k, (qid, rc) in enumerate(key_list)]
         apairs = analyze_pairs(groups, rng)
-    return rpairs, apairs, recall_runs, len(keys)
+
+    # (c) every distinct summarize prompt of (a) summarized n more times, sampled; its greedy summary counts too
+    spairs: list[dict] = []
+    if "summarize" in kinds:
+        first = {}
+        for r in recall_runs:
+            first.setdefault(r["prompt"], r)
+        prompts = list(first)
+        texts = distributed.map_sharded(
+            lambda share: generate(model, tokenizer, share, sampled, bs, f"{desc} summarize samples",
+                                   share_prompts=share_prompts), prompts * n)
+        groups = [{"qid": first[p]["qid"], "gt": first[p]["gt"], "prompt": p,
+                   "summaries": [first[p]["summary"]] + texts[k::len(prompts)]} for k, p in enumerate(prompts)]
+        spairs = summarize_pairs(groups, rng)
+    return rpairs, apairs, spairs, recall_runs, len(keys)
 
 
 def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
@@ -212,9 +254,10 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
     if params.sft.stage_type != "recall_analyze_summarize":
         # Self-reflection ranks the student's own recall/analyze chains; an ablated student has none, so
         # its DPO iterations keep the SFT model (dpo-train copies it when there are no pairs).
-        metrics = {"questions": 0, "questions_with_pairs": 0, "recall_pairs": 0, "analyze_pairs": 0, "skipped": 1}
+        metrics = {"questions": 0, "questions_with_pairs": 0, "recall_pairs": 0, "analyze_pairs": 0,
+                   "summarize_pairs": 0, "skipped": 1}
         if procs.is_main_process:
-            for name in ("recall_pairs", "analyze_pairs"):
+            for name in ("recall_pairs", "analyze_pairs", "summarize_pairs"):
                 write_jsonl(paths.dpo_data(iteration) / f"{name}.jsonl", [])
             write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
         return metrics
@@ -230,17 +273,18 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
         model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
     model.to(procs.device)
     set_seed(distributed.rank_seed(iteration_seed(params.seed, iteration)))
-    rpairs, apairs, recall_runs, analyzed = sample_pairs(params, model, tokenizer, questions, teacher,
-                                                         random.Random(f"{params.seed}/{iteration}"), iteration)
+    rpairs, apairs, spairs, recall_runs, analyzed = sample_pairs(
+        params, model, tokenizer, questions, teacher, random.Random(f"{params.seed}/{iteration}"), iteration)
 
     out = paths.dpo_data(iteration)
     # Only the pairs this stage type trains on are written; dpo-train trains on whatever the files hold.
-    written = [{k: p[k] for k in PAIR_FIELDS} for p in rpairs] if params.dpo.stage_type != "analyze" else []
+    written = [{k: p[k] for k in PAIR_FIELDS} for p in rpairs] if "recall" in pair_kinds(params.dpo.stage_type) else []
     metrics = {
         "questions": len(questions),
-        "questions_with_pairs": len({p["qid"] for p in written + apairs}),
+        "questions_with_pairs": len({p["qid"] for p in written + apairs + spairs}),
         "recall_pairs": len(written),
         "analyze_pairs": len(apairs),
+        "summarize_pairs": len(spairs),
         "analyzed_recalls": analyzed,
         "chosen_from_teacher": sum(p["teacher"] for p in rpairs),
         "sample_accuracy": accuracy(recall_runs),
@@ -248,5 +292,6 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
     if procs.is_main_process:
         write_jsonl(out / "recall_pairs.jsonl", written)
         write_jsonl(out / "analyze_pairs.jsonl", apairs)
+        write_jsonl(out / "summarize_pairs.jsonl", spairs)
         write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
     return metrics

@@ -8,23 +8,24 @@ from ..params import Params
 from ..paths import Paths
 from ..student.training import trainer_kwargs
 
-STAGES = ("recall", "analyze")
+STAGES = ("recall", "analyze", "summarize")
 
 
-def schedule_intervals(n_recall: int, n_analyze: int, batch_size: int) -> dict[str, int]:
-    """Batches per block for each stage that has pairs (spec 6.3); each covers its stage in one block.
+def schedule_intervals(n_recall: int, n_analyze: int, batch_size: int, n_summarize: int = 0) -> dict[str, int]:
+    """Batches per block for each stage that has pairs (spec 6.3); each covers its stage in one block. Summarize
+    pairs (not the paper's) get a block of their own after analyze, sized the way a single stage's is.
 
     `batch_size` is the examples of one optimizer step: the per-process batch x gradient_accumulation_steps x the
     number of processes (n_gpu).
     """
-    if n_recall and n_analyze:
-        recall = n_recall // batch_size + 1
-        return {"recall": recall, "analyze": (n_analyze // n_recall + 1) * recall}
+    out = {}
     if n_recall:
-        return {"recall": n_recall // batch_size + 1}
+        out["recall"] = n_recall // batch_size + 1
     if n_analyze:
-        return {"analyze": n_analyze // batch_size + 1}
-    return {}
+        out["analyze"] = (n_analyze // n_recall + 1) * out["recall"] if n_recall else n_analyze // batch_size + 1
+    if n_summarize:
+        out["summarize"] = n_summarize // batch_size + 1
+    return out
 
 
 def training_args(params: Params, intervals: dict[str, int], ckpt_dir: Path, train_kwargs: dict | None = None,

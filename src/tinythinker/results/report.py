@@ -37,18 +37,20 @@ def collect(params: Params, paths: Paths) -> list[dict]:
     sft = _read(paths.metric("sft"))
     rows = [{"model": "sft", "step": 0, "valid_accuracy": _round(sft.get("valid_accuracy")),
              "test_accuracy": _round(_read(paths.metric("test/sft")).get("accuracy")),
-             "recall_pairs": None, "analyze_pairs": None, "train_steps": sft.get("train_steps")}]
+             "recall_pairs": None, "analyze_pairs": None, "summarize_pairs": None,
+             "train_steps": sft.get("train_steps")}]
     for step, key in enumerate(params.dpo.iterations, 1):
         dpo = _read(paths.metric(f"dpo/{key}"))
         rows.append({"model": key, "step": step, "valid_accuracy": _round(dpo.get("valid_accuracy")),
                      "test_accuracy": _round(_read(paths.metric(f"test/{key}")).get("accuracy")),
                      "recall_pairs": dpo.get("recall_pairs"), "analyze_pairs": dpo.get("analyze_pairs"),
+                     "summarize_pairs": dpo.get("summarize_pairs"),
                      "train_steps": dpo.get("steps")})
     return rows
 
 
 def headline(rows: list[dict], teacher: dict, build: dict, pretrain: dict | None = None) -> dict:
-    pairs = {r["model"]: (r["recall_pairs"] or 0) + (r["analyze_pairs"] or 0) for r in rows[1:]}
+    pairs = {r["model"]: sum(r[f"{s}_pairs"] or 0 for s in ("recall", "analyze", "summarize")) for r in rows[1:]}
     pretrain = pretrain or {}
     return {"test": {r["model"]: r["test_accuracy"] for r in rows},
             "valid": {r["model"]: r["valid_accuracy"] for r in rows},
@@ -157,9 +159,11 @@ def markdown(rows: list[dict], teacher: dict, build: dict, paths: Paths, picture
     pairs = {r["model"]: _read(paths.metric(f"dpo/{r['model']}_pairs")) for r in rows[1:]}
     out = ["# Run report", "",
            "Accuracy (%) of the full generation chain; pairs and steps are those the model was trained on.", "",
-           "| model | valid | test | recall pairs | analyze pairs | steps |", "|---|---|---|---|---|---|"]
+           "| model | valid | test | recall pairs | analyze pairs | summarize pairs | steps |",
+           "|---|---|---|---|---|---|---|"]
     out += [f"| {r['model']} | {_cell(r['valid_accuracy'])} | {_cell(r['test_accuracy'])} | "
-            f"{_cell(r['recall_pairs'])} | {_cell(r['analyze_pairs'])} | {_cell(r['train_steps'])} |" for r in rows]
+            f"{_cell(r['recall_pairs'])} | {_cell(r['analyze_pairs'])} | {_cell(r['summarize_pairs'])} | "
+            f"{_cell(r['train_steps'])} |" for r in rows]
     rejected = {k.removeprefix("rejected_"): v for k, v in build.items() if k.startswith("rejected_") and v}
     pretrain = _read(paths.metric("pretrain"))
     if pretrain:
@@ -174,11 +178,11 @@ def markdown(rows: list[dict], teacher: dict, build: dict, paths: Paths, picture
                                        or "none") + "."]
     if pairs:
         out += ["", "## Self-reflection (DPO)", "",
-                "| iteration | questions sampled | with pairs | sample accuracy | recall pairs | analyze pairs |",
-                "|---|---|---|---|---|---|"]
+                "| iteration | questions sampled | with pairs | sample accuracy | recall pairs | analyze pairs | "
+                "summarize pairs |", "|---|---|---|---|---|---|---|"]
         out += [f"| {k} | {_cell(p.get('questions'))} | {_cell(p.get('questions_with_pairs'))} | "
-                f"{_cell(p.get('sample_accuracy'))} | {_cell(p.get('recall_pairs'))} | {_cell(p.get('analyze_pairs'))} |"
-                for k, p in pairs.items()]
+                f"{_cell(p.get('sample_accuracy'))} | {_cell(p.get('recall_pairs'))} | "
+                f"{_cell(p.get('analyze_pairs'))} | {_cell(p.get('summarize_pairs'))} |" for k, p in pairs.items()]
     if pictures:
         out += ["", "## Curves", ""] + [f"![{stem}](report/{stem}.png)" for stem in pictures]
     return "\n".join(out) + "\n"
