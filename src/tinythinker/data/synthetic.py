@@ -205,12 +205,12 @@ def corpus(cfg: SyntheticParams, seed: int) -> tuple[list[str], list[dict]]:
     questions', not the world's); and one probe per fact, a wording cut before its category, flagged `held_out`
     for the things that answer only valid/test questions (`seed` draws which, as in `generate`)."""
     _, held = _ranked(cfg, random.Random(seed))
-    text, probe = [], []
+    text, probe, clues = [], [], clues_of(cfg)
     for c, es in world(cfg).items():
         for e in es:
             text += [t.format(a=_a(e), e=e, c=c) for t in THING_FACTS]
             probe.append({"prompt": THING_PROBE.format(e=e), "answer": c, "held_out": e in held[c]})
-        for k in clues_of(cfg)[c]:
+        for k in clues[c]:
             text += [t.format(c=c, k=k) for t in CLUE_FACTS]
             probe.append({"prompt": CLUE_PROBE.format(k=k), "answer": c, "held_out": False})
     return text + lists(cfg, seed, len(text)), probe
