@@ -22,8 +22,7 @@ from tinythinker.paths import Paths
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 PARAMS_TEXT = re.sub(r"(?m)^(    num_train:) \d+", r"\1 24", (REPO / "params.yaml").read_text()).replace(
-    "num_valid: 150", "num_valid: 6").replace("num_test: 300", "num_test: 6").replace(
-    "entities_per_category: 120", "entities_per_category: 30")
+    "num_valid: 150", "num_valid: 6").replace("num_test: 300", "num_test: 6")
 
 
 def write_params(root: Path, *edits: tuple[str, str]) -> None:
