@@ -17,7 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 # Small enough for CI on two cores; the shape of every stage is unchanged.
 TINY = {
     "dataset.synthetic.num_train": 48, "dataset.synthetic.num_valid": 12, "dataset.synthetic.num_test": 12,
-    "dataset.synthetic.entities_per_category": 30,
     "student.embedded.vocab_size": 300, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
     "student.embedded.d_kv": 8, "student.embedded.num_heads": 2,
     "student.embedded.num_layers": 1, "student.embedded.num_decoder_layers": 1,
