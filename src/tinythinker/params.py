@@ -21,8 +21,6 @@ from typing import Annotated, Any, Literal, Optional, Union
 from .io import read_yaml
 
 DATASETS = ("synthetic", "csqa", "obqa", "strategyqa")
-STAGE_TYPES = ("recall_analyze_summarize", "summarize", "recall_summarize", "analyze_summarize")
-DPO_STAGE_TYPES = ("recall", "analyze", "recall_analyze", "summarize", "recall_analyze_summarize")
 # Trainer precision: auto = bf16 on a GPU that has it, else fp32. fp16 is for GPUs without bf16; T5 is known
 # to overflow in fp16, so prefer fp32 there.
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
