@@ -109,8 +109,11 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind=None):
     # The trainer seeds pieces from substrings shared by several distinct words, so on a small closed
     # vocabulary (the synthetic task has ~100 words) it ends far below vocab_size and spells frequent words
     # letter by letter. Add the frequent whole words, scored by their unigram log-frequency where that is higher.
-    words = Counter(w for t in texts for w in (p.rstrip(_PUNCT) for p, _ in tok.pre_tokenizer.pre_tokenize_str(t))
-                    if w[1:].isalpha() and not _LETTER_GLUE.fullmatch(w))
+    words = Counter()
+    for word, n in Counter(w for t in texts for w in t.split()).items():  # pre-tokenize each distinct word once
+        for w in (p.rstrip(_PUNCT) for p, _ in tok.pre_tokenizer.pre_tokenize_str(word)):
+            if w[1:].isalpha() and not _LETTER_GLUE.fullmatch(w):
+                words[w] += n
     total = sum(words.values())
     for w, n in sorted(words.items(), key=lambda x: (-x[1], x[0])):
         if len(pieces) + 3 >= vocab_size or n < 2:
