@@ -50,10 +50,11 @@ def main() -> None:
     if a.csqa and not (a.csqa / "dev_rand_split.jsonl").is_file():
         sys.exit(f"--csqa: {a.csqa} has no dev_rand_split.jsonl (the official CSQA files)")
     # --quick: a smoke run, also shorter generations (a barely trained student writes to the token budget)
-    q = {"questions": 8, "steps": 10, "pairs": 128, "requests": 60, "rpm": 1200, "train_steps": 30, "repeats": 1,
-         "max_new_tokens": 16, "original_max_length": 50} if a.quick else \
+    # and a workspace of 600 training questions (the default's 4,800 take a minute to make and tokenise)
+    q = {"questions": 8, "steps": 5, "pairs": 64, "requests": 60, "rpm": 1200, "train_steps": 30, "repeats": 1,
+         "max_new_tokens": 16, "original_max_length": 50, "num_train": 600} if a.quick else \
         {"questions": 64, "steps": 40, "pairs": 640, "requests": 400, "rpm": 1200, "train_steps": 600, "repeats": 3,
-         "max_new_tokens": None, "original_max_length": 200}
+         "max_new_tokens": None, "original_max_length": 200, "num_train": None}
     if a.train_steps is not None:
         q["train_steps"] = a.train_steps
 
@@ -65,12 +66,20 @@ def main() -> None:
     out = a.out or REPO / "bench" / "results" / f"{name}-{tag}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
 
-    def save():  # after every benchmark: a run cut short keeps what it measured
+    t0 = time.perf_counter()
+
+    def save(done: str | None = None):  # after every benchmark: a run cut short keeps what it measured
+        nonlocal t0
+        if done:  # wall seconds of each step, set-up included: what a run of it costs
+            results.setdefault("wall_seconds", {})[done] = round(time.perf_counter() - t0, 1)
+            t0 = time.perf_counter()
         out.write_text(json.dumps(results, indent=2) + "\n")
 
+    overrides = {k: v for k, v in (("generation.max_new_tokens", q["max_new_tokens"]),
+                                    ("dataset.synthetic.num_train", q["num_train"])) if v}
     with tempfile.TemporaryDirectory() as tmp:
-        params, paths = workspace.make(Path(tmp), **({"generation.max_new_tokens": q["max_new_tokens"]}
-                                                     if q["max_new_tokens"] else {}))
+        params, paths = workspace.make(Path(tmp), **overrides) if only - {"overhead"} else (None, None)
+        save("workspace")
         if only & {"chain", "sampling"}:
             import chain_speed
             if a.model:
@@ -82,6 +91,7 @@ def main() -> None:
             model.to("cuda" if torch.cuda.is_available() else "cpu")
             if model.device.type == "cuda" and torch.cuda.is_bf16_supported():
                 model.to(torch.bfloat16)
+            save("student")
             if "chain" in only:
                 results["chain"] = chain_speed.run(
                     params, paths, model, tokenizer, q["questions"], repeats=q["repeats"],
@@ -89,29 +99,29 @@ def main() -> None:
                     csqa=chain_speed.csqa_questions(params, paths, a.csqa, 256) if a.csqa else None)
                 print(table("generation chain (sequences/s; vs_original = ratio to the original's Trainer.predict "
                             "chain at our token budget, vs_loop = to the per-question loop)", results["chain"]))
-                save()
+                save("chain")
             if "sampling" in only:
                 results["sampling"] = chain_speed.sampling(params, paths, model, tokenizer, q["questions"],
                                                             repeats=q["repeats"])
                 print(table("sampling (sequences/s; vs_every_copy = ratio to generating each repeated prompt on "
                             "its own)", results["sampling"]))
-                save()
+                save("sampling")
         if "train" in only:
             import train_speed
             results["train"] = train_speed.run(params, paths, a.student, q["steps"], q["pairs"])
             print(table("training (real tokens/s; vs_stock = ratio to the stock Trainer set-up: SFT length-grouped, DPO "
                         "with a reference model)", results["train"]))
-            save()
+            save("train")
         if "teacher" in only:
             import teacher_rate
             results["teacher"] = teacher_rate.run(params, paths, q["requests"], q["rpm"], latency=0.4, jitter=0.2)
             print(table("teacher against a rate-limited local server", results["teacher"]))
-            save()
+            save("teacher")
     if "overhead" in only:
         import overhead
         results["overhead"] = overhead.run(REPO)
         print(table("pipeline overhead (median of 3)", results["overhead"]))
-    save()
+    save("overhead")
     print(f"\nwritten {out}")
 
 
