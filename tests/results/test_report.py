@@ -92,10 +92,10 @@ def test_the_teacher_line_shows_spend_against_the_cap(tmp_path):
            "analyze_pairs": None, "summarize_pairs": None, "train_steps": 400}
     teacher = {"questions": 10, "questions_covered": 10, "requests_sent": 2, "usd": 0.5, "usd_this_run": 0.25,
                "max_usd": 25.0, "usd_paid_for_request_set": 0.6}
-    md = markdown([row], teacher, {}, Paths(tmp_path), [])
+    md = markdown([row], teacher, {}, {}, Paths(tmp_path), [])
     assert ("spend $0.50 ($0.25 this run); $0.60 of the $25.00 cap (teacher.max_usd) paid for this request set."
             in md)
-    md = markdown([row], {**teacher, "max_usd": None}, {}, Paths(tmp_path), [])
+    md = markdown([row], {**teacher, "max_usd": None}, {}, {}, Paths(tmp_path), [])
     assert "spend $0.50 ($0.25 this run)." in md and "cap" not in md
 
 

@@ -30,6 +30,7 @@ from ..paths import Paths
 from ..protocol import CHAIN_FIELDS, PAIR_FIELDS, read_questions
 from ..student import distributed
 from ..student.chain import is_correct
+from .schedule import STAGES
 
 
 def _unique(items: Sequence, key) -> list:
@@ -48,6 +49,11 @@ def _draw(pool: Sequence, k: int, rng: random.Random) -> list:
     if k <= len(pool):
         return rng.sample(list(pool), k)
     return list(pool) + rng.choices(list(pool), k=k - len(pool))
+
+
+def _repeat(items: list, k: int, rng: random.Random) -> list:
+    """`items` and, when shorter than k, k - len(items) more drawn from them with replacement."""
+    return items + rng.choices(items, k=k - len(items)) if len(items) < k else items
 
 
 def recall_pairs(chains_by_qid: Mapping[str, Sequence[Mapping]], teacher_by_qid: Mapping[str, Sequence[Mapping]],
@@ -76,9 +82,8 @@ def recall_pairs(chains_by_qid: Mapping[str, Sequence[Mapping]], teacher_by_qid:
             if not pool:
                 continue
             chosen += _draw(pool, len(rejected) - len(chosen), rng)
-        elif len(rejected) < len(chosen):
-            # Every distinct wrong recall is used once before any repeats.
-            rejected += rng.choices(rejected, k=len(chosen) - len(rejected))
+        else:  # every distinct wrong recall is used once before any repeats
+            rejected = _repeat(rejected, len(chosen), rng)
         prompt = P.recall_prompt(blocks[qid])
         out += [{"qid": qid, "prompt": prompt, "chosen": c["recall"], "rejected": r["recall"],
                  "analyses": c["analyses"], "teacher": c["teacher"]} for c, r in zip(chosen, rejected)]
@@ -119,8 +124,8 @@ def analyze_pairs(groups: Sequence[Mapping], rng: random.Random) -> list[dict]:
             if not pool:
                 continue
             chosen = chosen + rng.choices(pool, k=len(rejected) - len(chosen))
-        elif len(rejected) < len(chosen):
-            rejected = rejected + rng.choices(rejected, k=len(chosen) - len(rejected))
+        else:
+            rejected = _repeat(rejected, len(chosen), rng)
         for c, r in zip(chosen, rejected):
             for letter in dict.fromkeys((gt, r["prediction"])):  # gt first; the wrong pick unless it is gt
                 if letter not in c:  # a backup chain without this option: no record rather than a crash
@@ -142,10 +147,7 @@ def summarize_pairs(groups: Sequence[Mapping], rng: random.Random) -> list[dict]
         rejected = _unique([t for t in g["summaries"] if P.extract_answer(t) != g["gt"]], key=lambda t: t)
         if not chosen or not rejected:
             continue
-        if len(chosen) < len(rejected):
-            chosen = chosen + rng.choices(chosen, k=len(rejected) - len(chosen))
-        elif len(rejected) < len(chosen):
-            rejected = rejected + rng.choices(rejected, k=len(chosen) - len(rejected))
+        chosen, rejected = _repeat(chosen, len(rejected), rng), _repeat(rejected, len(chosen), rng)
         out += [{"qid": g["qid"], "prompt": g["prompt"], "chosen": c, "rejected": r} for c, r in zip(chosen, rejected)]
     return out
 
@@ -254,11 +256,10 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
     if params.sft.stage_type != "recall_analyze_summarize":
         # Self-reflection ranks the student's own recall/analyze chains; an ablated student has none, so
         # its DPO iterations keep the SFT model (dpo-train copies it when there are no pairs).
-        metrics = {"questions": 0, "questions_with_pairs": 0, "recall_pairs": 0, "analyze_pairs": 0,
-                   "summarize_pairs": 0, "skipped": 1}
+        metrics = {"questions": 0, "questions_with_pairs": 0, **{f"{s}_pairs": 0 for s in STAGES}, "skipped": 1}
         if procs.is_main_process:
-            for name in ("recall_pairs", "analyze_pairs", "summarize_pairs"):
-                write_jsonl(paths.dpo_data(iteration) / f"{name}.jsonl", [])
+            for s in STAGES:
+                write_jsonl(paths.dpo_data(iteration) / f"{s}_pairs.jsonl", [])
             write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
         return metrics
     check_checkpoint(init, f"dpo.iterations.{iteration}.init", tokenizer=False)  # missing or unreadable: one line

@@ -19,6 +19,7 @@ from pathlib import Path
 from ..io import atomic_path, read_json, write_json, write_text
 from ..params import Params
 from ..paths import Paths
+from ..reflect.schedule import STAGES
 
 SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
 
@@ -37,20 +38,19 @@ def collect(params: Params, paths: Paths) -> list[dict]:
     sft = _read(paths.metric("sft"))
     rows = [{"model": "sft", "step": 0, "valid_accuracy": _round(sft.get("valid_accuracy")),
              "test_accuracy": _round(_read(paths.metric("test/sft")).get("accuracy")),
-             "recall_pairs": None, "analyze_pairs": None, "summarize_pairs": None,
+             **{f"{s}_pairs": None for s in STAGES},
              "train_steps": sft.get("train_steps")}]
     for step, key in enumerate(params.dpo.iterations, 1):
         dpo = _read(paths.metric(f"dpo/{key}"))
         rows.append({"model": key, "step": step, "valid_accuracy": _round(dpo.get("valid_accuracy")),
                      "test_accuracy": _round(_read(paths.metric(f"test/{key}")).get("accuracy")),
-                     "recall_pairs": dpo.get("recall_pairs"), "analyze_pairs": dpo.get("analyze_pairs"),
-                     "summarize_pairs": dpo.get("summarize_pairs"),
+                     **{f"{s}_pairs": dpo.get(f"{s}_pairs") for s in STAGES},
                      "train_steps": dpo.get("steps")})
     return rows
 
 
 def headline(rows: list[dict], teacher: dict, build: dict, pretrain: dict | None = None) -> dict:
-    pairs = {r["model"]: sum(r[f"{s}_pairs"] or 0 for s in ("recall", "analyze", "summarize")) for r in rows[1:]}
+    pairs = {r["model"]: sum(r[f"{s}_pairs"] or 0 for s in STAGES) for r in rows[1:]}
     pretrain = pretrain or {}
     return {"test": {r["model"]: r["test_accuracy"] for r in rows},
             "valid": {r["model"]: r["valid_accuracy"] for r in rows},
@@ -155,7 +155,7 @@ def _pretraining(p: dict) -> str:
             f"{p['first_loss']:.3g} -> {p['last_loss']:.3g}{probe}.")
 
 
-def markdown(rows: list[dict], teacher: dict, build: dict, paths: Paths, pictures: list[str]) -> str:
+def markdown(rows: list[dict], teacher: dict, build: dict, pretrain: dict, paths: Paths, pictures: list[str]) -> str:
     pairs = {r["model"]: _read(paths.metric(f"dpo/{r['model']}_pairs")) for r in rows[1:]}
     out = ["# Run report", "",
            "Accuracy (%) of the full generation chain; pairs and steps are those the model was trained on.", "",
@@ -165,7 +165,6 @@ def markdown(rows: list[dict], teacher: dict, build: dict, paths: Paths, picture
             f"{_cell(r['recall_pairs'])} | {_cell(r['analyze_pairs'])} | {_cell(r['summarize_pairs'])} | "
             f"{_cell(r['train_steps'])} |" for r in rows]
     rejected = {k.removeprefix("rejected_"): v for k, v in build.items() if k.startswith("rejected_") and v}
-    pretrain = _read(paths.metric("pretrain"))
     if pretrain:
         out += ["", "## Student pretraining", "", _pretraining(pretrain)]
     out += ["", "## Teacher", "",
@@ -190,16 +189,16 @@ def markdown(rows: list[dict], teacher: dict, build: dict, paths: Paths, picture
 
 def report(params: Params, paths: Paths) -> list[dict]:
     rows = collect(params, paths)
-    teacher, build = _read(paths.metric("teacher_request")), _read(paths.metric("build"))
+    teacher, build, pretrain = (_read(paths.metric(m)) for m in ("teacher_request", "build", "pretrain"))
     write_json(paths.metric("iterations"), rows)
-    write_json(paths.metric("summary"), headline(rows, teacher, build, _read(paths.metric("pretrain"))))
+    write_json(paths.metric("summary"), headline(rows, teacher, build, pretrain))
     specs = charts(rows, paths)
     with atomic_path(paths.metrics / "report") as tmp:
         tmp.mkdir()
         for stem, spec in specs.items():
             (tmp / f"{stem}.png").write_bytes(_png(spec))
             (tmp / f"{stem}.vl.json").write_text(json.dumps(spec, indent=1) + "\n")
-    write_text(paths.metrics / "report.md", markdown(rows, teacher, build, paths, list(specs)))
+    write_text(paths.metrics / "report.md", markdown(rows, teacher, build, pretrain, paths, list(specs)))
     import vl_convert
 
     with atomic_path(paths.metrics / "vega" / "vega.js") as tmp:
