@@ -149,3 +149,10 @@ def test_the_teacher_headline_is_what_the_data_cost_not_what_this_run_sent():
     older = {"requests_sent": 99, "requests_from_journal": 41, "usd": 1.25}  # a file without requests_answered
     heads = [headline([], t, {})["teacher"] for t in (straight, resumed, other_machine, older)]
     assert heads == [{"requests": 140, "usd": 1.25}] * 4
+
+
+def test_the_report_counts_every_pair_kind_dpo_trains():
+    from tinythinker.reflect.schedule import STAGES
+    from tinythinker.results import report
+
+    assert report.STAGES == STAGES
