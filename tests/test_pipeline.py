@@ -290,7 +290,7 @@ CSQA = REPO.parent / "shared" / "datasets" / "csqa"
 def test_csqa_slice_through_every_stage_with_a_local_openai_compatible_teacher(tmp_path):
     """The real-data path end to end: official CSQA files capped by dataset.limit, the OpenAI client against
     a chat-completions server on 127.0.0.1, then every stage of dvc.yaml."""
-    from tests.teacher.test_teacher_openai import Teacher
+    from tests.teacher.fakes import Teacher
 
     teacher = Teacher()
     try:

@@ -16,17 +16,12 @@ import sys
 import threading
 import time
 from collections import Counter
-from email.parser import BytesParser
-from email.policy import default as email_policy
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import openai
 import pytest
 
-from tests.teacher.test_teacher_openai import (API_KEY, ERRORS, REPO, assert_key_never_written, closing_servers,
-                                               completion_for, setup_root)
+from tests.teacher.fakes import API_KEY, BATCH, REPO, BatchAPI, assert_key_never_written, setup_root
 
 from tinythinker.io import read_json, read_jsonl, write_jsonl
 from tinythinker.params import ParamsError, load
@@ -37,224 +32,11 @@ from tinythinker.teacher.prompts import BATCH_DISCOUNT, PRICES
 from tinythinker.teacher.request import _usd, request
 from tinythinker.teacher.store import ResponseStore, request_key
 
-BATCH = {"mode": "batch", "batch_poll_seconds": 0.02}
-
-
-class BatchAPI:
-    """An in-memory OpenAI Batch API. Each batch is `validating` at its first retrieve, then `in_progress`
-    for `polls` retrieves (for as long as `hold` is set), then finishes as `finish(batch)` says (completed,
-    expired, failed). `fate(question, body, batch_index)` decides each line: ok | length | 400 | quota, or
-    `skip` (never run: only an expired or cancelled batch leaves such lines)."""
-
-    def __init__(self, fate=lambda q, body, i: "ok", finish=lambda b: "completed", polls: int = 2,
-                 prompt_tokens: int = 100, cached: int = 0, max_requests: int = 50_000):
-        self.fate, self.finish, self.polls, self.max_requests = fate, finish, polls, max_requests
-        self.prompt_tokens, self.cached = prompt_tokens, cached
-        self.hold = threading.Event()
-        # Scripted failures of API calls: (method, path) -> behaviours, one used per call: an ERRORS key (the
-        # call is refused), or "500 after" (the call takes effect, then the answer is lost to a 500).
-        self.faults: dict[tuple[str, str], list[str]] = {}
-        self.files: dict[str, dict] = {}
-        self.batches: dict[str, dict] = {}
-        self.calls: list[tuple[str, str]] = []  # (method, path) of every request, in order
-        self.lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                owner.handle(self, "GET")
-
-            def do_POST(self):
-                owner.handle(self, "POST")
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    # --- what tests look at ---
-    def count(self, method: str, prefix: str) -> int:
-        return sum(m == method and p.startswith(prefix) for m, p in self.calls)
-
-    def created(self) -> list[dict]:
-        return sorted(self.batches.values(), key=lambda b: b["index"])
-
-    def input_lines(self, b: dict) -> list[dict]:
-        return [json.loads(line) for line in self.files[b["input_file_id"]]["data"].splitlines()]
-
-    # --- the API ---
-    def handle(self, h, method: str):
-        path = urlsplit(h.path).path
-        raw = h.rfile.read(int(h.headers.get("Content-Length") or 0))
-        with self.lock:
-            self.calls.append((method, path))
-            queue = self.faults.get((method, path))
-            fault = queue.pop(0) if queue else None
-            try:
-                if fault in ERRORS:
-                    status, error = ERRORS[fault]
-                    payload = {"error": {**error, "message": error["message"].format(auth="sk-...")}}
-                else:
-                    status, payload = self.route(h, method, path, raw)
-                    if fault == "500 after":
-                        status, payload = 500, {"error": ERRORS["500"][1]}
-            except Exception as e:  # a bug in the test server shows up as a 500 with its message
-                status, payload = 500, {"error": {"message": f"test server: {e!r}", "type": "server_error"}}
-        data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        h.send_response(status)
-        h.send_header("Content-Type", "application/octet-stream" if isinstance(payload, bytes) else "application/json")
-        h.send_header("Content-Length", str(len(data)))
-        h.end_headers()
-        h.wfile.write(data)
-
-    def route(self, h, method, path, raw):
-        parts = path.strip("/").split("/")[1:]  # after v1
-        if parts == ["files"] and method == "POST":
-            return 200, self.upload(h, raw)
-        if len(parts) == 3 and parts[0] == "files" and parts[2] == "content":
-            return 200, self.files[parts[1]]["data"]
-        if parts == ["batches"] and method == "POST":
-            return self.create(json.loads(raw))
-        if parts == ["batches"] and method == "GET":
-            data = [self.view(b) for b in sorted(self.batches.values(), key=lambda b: -b["index"])]
-            return 200, {"object": "list", "data": data, "has_more": False,
-                         "first_id": data[0]["id"] if data else None, "last_id": data[-1]["id"] if data else None}
-        if len(parts) == 2 and parts[0] == "batches" and method == "GET":
-            return 200, self.view(self.advance(self.batches[parts[1]]))
-        if len(parts) == 3 and parts[0] == "batches" and parts[2] == "cancel":
-            b = self.batches[parts[1]]
-            b["status"] = "cancelling"
-            return 200, self.view(b)
-        if parts == ["chat", "completions"]:
-            body = json.loads(raw)
-            return 200, self.answer(body, "ok")
-        return 404, {"error": {"message": f"no route {method} {path}", "type": "invalid_request_error"}}
-
-    def upload(self, h, raw):
-        msg = BytesParser(policy=email_policy).parsebytes(
-            f"Content-Type: {h.headers['Content-Type']}\r\n\r\n".encode() + raw)
-        fields = {p.get_param("name", header="content-disposition"): p for p in msg.iter_parts()}
-        assert fields["purpose"].get_content() == "batch"
-        fid = f"file-{len(self.files)}"
-        data = fields["file"].get_payload(decode=True)
-        self.files[fid] = {"data": data, "purpose": "batch"}
-        return {"id": fid, "object": "file", "bytes": len(data), "created_at": int(time.time()),
-                "filename": fields["file"].get_filename(), "purpose": "batch", "status": "processed"}
-
-    def create(self, req):
-        if req["endpoint"] != "/v1/chat/completions" or req["completion_window"] != "24h":
-            return 400, {"error": {"message": "bad endpoint or window", "type": "invalid_request_error"}}
-        bid = f"batch_{len(self.batches)}"
-        self.batches[bid] = {"id": bid, "index": len(self.batches), "input_file_id": req["input_file_id"],
-                             "metadata": req.get("metadata"), "status": "validating", "polls": 0,
-                             "created_at": int(time.time()), "errors": None, "output_file_id": None,
-                             "error_file_id": None, "counts": {"total": 0, "completed": 0, "failed": 0}}
-        return 200, self.view(self.batches[bid])
-
-    def validate(self, b):
-        """The API's own checks of an input file: the errors of a batch that fails validation."""
-        lines = self.input_lines(b)
-        errors = []
-        if len(lines) > self.max_requests:
-            errors.append({"code": "too_many_requests", "line": None,
-                           "message": f"The batch input file has {len(lines)} requests, over {self.max_requests}."})
-        if len({l["body"]["model"] for l in lines}) > 1:
-            errors.append({"code": "mixed_models", "line": None, "message": "All requests must use one model."})
-        if len({l["custom_id"] for l in lines}) < len(lines):
-            errors.append({"code": "duplicate_custom_id", "line": None, "message": "custom_id must be unique."})
-        for i, l in enumerate(lines, 1):
-            if l.get("method") != "POST" or l.get("url") != "/v1/chat/completions":
-                errors.append({"code": "invalid_url", "line": i, "message": "The URL provided for this request "
-                               "does not match the batch endpoint."})
-        return errors
-
-    def advance(self, b):
-        b["polls"] += 1
-        if b["status"] == "validating":
-            errors = self.validate(b) or ([] if self.finish(b) != "failed" else
-                                          [{"code": "invalid_json_line", "line": 2,
-                                            "message": "This line is not parseable as valid JSON."}])
-            b["status"] = "failed" if errors else "in_progress"
-            b["errors"] = {"object": "list", "data": errors} if errors else None
-            b["counts"]["total"] = len(self.input_lines(b))
-        elif b["status"] == "in_progress" and b["polls"] > 1 + self.polls and not self.hold.is_set():
-            self.complete(b, self.finish(b))
-        elif b["status"] == "in_progress":
-            b["counts"]["completed"] = min(b["counts"]["total"], b["counts"]["completed"] + 1)
-        elif b["status"] == "cancelling":
-            self.complete(b, "cancelled")
-        return b
-
-    def answer(self, body, fate, n_event=0):
-        user = body["messages"][-1]["content"]
-        choices = []
-        for i in range(body["n"]):
-            content, finish = completion_for(user, n_event * 10 + i), "stop"
-            if i == 0 and fate == "length":
-                content, finish = content[:30], "length"
-            choices.append({"index": i, "message": {"role": "assistant", "content": content},
-                            "finish_reason": finish, "logprobs": None})
-        p = self.prompt_tokens
-        usage = {"prompt_tokens": p, "completion_tokens": 20 * body["n"], "total_tokens": p + 20 * body["n"]}
-        if self.cached:
-            usage["prompt_tokens_details"] = {"cached_tokens": self.cached}
-        return {"id": f"chatcmpl-{n_event}", "object": "chat.completion", "created": int(time.time()),
-                "model": body["model"], "choices": choices, "usage": usage}
-
-    def complete(self, b, status):
-        """Finish `b` as `status`: answered lines to the output file, errors to the error file; an expired
-        batch lists the lines it never ran as batch_expired, a cancelled one leaves them out."""
-        out, err = [], []
-        for j, line in enumerate(self.input_lines(b)):
-            body = line["body"]
-            fate = self.fate(body["messages"][-1]["content"].split("\n")[0], body, b["index"])
-            base = {"id": f"batch_req_{b['index']}_{j}", "custom_id": line["custom_id"]}
-            if fate == "skip" or (status == "cancelled" and j % 2):
-                if status == "expired":
-                    err.append({**base, "response": None, "error": {
-                        "code": "batch_expired",
-                        "message": "This request could not be executed before the completion window expired."}})
-                continue
-            if fate in ("400", "quota"):
-                code = "invalid_prompt" if fate == "400" else "insufficient_quota"
-                status_code = 400 if fate == "400" else 429
-                err.append({**base, "response": {"status_code": status_code, "request_id": f"req_{j}", "body": {
-                    "error": {"message": f"refused: {code}", "type": code, "code": code}}}, "error": None})
-                continue
-            out.append({**base, "response": {"status_code": 200, "request_id": f"req_{j}",
-                                             "body": self.answer(body, fate, b["index"] * 1000 + j)}, "error": None})
-        for name, rows in (("output_file_id", out), ("error_file_id", err)):
-            if rows:
-                fid = f"file-{len(self.files)}"
-                self.files[fid] = {"data": "".join(json.dumps(r) + "\n" for r in rows).encode(),
-                                   "purpose": "batch_output"}
-                b[name] = fid
-        b["status"] = status
-        b["counts"] = {"total": b["counts"]["total"], "completed": len(out), "failed": len(err)}
-
-    def view(self, b):
-        return {"id": b["id"], "object": "batch", "endpoint": "/v1/chat/completions", "errors": b["errors"],
-                "input_file_id": b["input_file_id"], "completion_window": "24h", "status": b["status"],
-                "output_file_id": b["output_file_id"], "error_file_id": b["error_file_id"],
-                "created_at": b["created_at"], "request_counts": b["counts"], "metadata": b["metadata"]}
-
 
 @pytest.fixture(autouse=True)
 def api_key(monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-
-
-@pytest.fixture
-def api_factory():
-    yield from closing_servers(BatchAPI)
 
 
 def batch_root(root: Path, api: BatchAPI, k: int, **teacher):

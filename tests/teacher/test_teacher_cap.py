@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from tests.teacher.test_teacher_batch import BATCH, BatchAPI
-from tests.teacher.test_teacher_openai import (API_KEY, BASE, REPO, Teacher, closing_servers, completion_for,
-                                               records, send_json, setup_root)
+from tests.teacher.fakes import (API_KEY, BASE, BATCH, REPO, BatchAPI, Teacher, closing_servers, completion_for,
+                                records, send_json, setup_root)
 
 from tinythinker.io import read_jsonl
 from tinythinker.params import ParamsError, load
@@ -343,7 +342,7 @@ def test_describe_reads_as_a_few_lines():
 
 def test_the_offline_teacher_is_free_under_any_cap(tmp_path):
     """No price check, no reservation: a cap with the offline teacher changes nothing; its dry run costs $0."""
-    from tests.teacher.test_teacher_offline import SMALL, make_root
+    from tests.teacher.fakes import SMALL, make_root
 
     params = BASE.replace(**SMALL, **{"teacher.max_usd": 0.0001, "teacher.rounds": 2})
     paths = make_root(tmp_path, params)

@@ -9,8 +9,7 @@ import time
 
 import pytest
 
-from tests.teacher.test_teacher_openai import (API_KEY, assert_key_never_written, outage_after,  # noqa: F401 (fixture)
-                                               records, server_factory, setup_root)
+from tests.teacher.fakes import API_KEY, assert_key_never_written, outage_after, records, setup_root
 
 from tinythinker.io import read_json, read_jsonl
 from tinythinker.paths import Paths

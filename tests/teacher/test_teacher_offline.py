@@ -1,33 +1,16 @@
 """The offline teacher through the same journal, rounds and parser; the journal's crash tolerance."""
 import json
 import os
-from pathlib import Path
 
 import pytest
 
-from tinythinker.data import synthetic
-from tinythinker.io import DataError, read_jsonl, write_jsonl
-from tinythinker.params import load
-from tinythinker.paths import Paths
+from tests.teacher.fakes import BASE, SMALL, make_root
+
+from tinythinker.io import DataError, read_jsonl
 from tinythinker.teacher.backend import TeacherError
 from tinythinker.teacher.build import build
-from tinythinker.teacher.prompts import prompt
 from tinythinker.teacher.request import request
 from tinythinker.teacher.store import Journal, request_key
-
-BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
-
-SMALL = {"dataset.synthetic.num_train": 30, "dataset.synthetic.num_valid": 5, "dataset.synthetic.num_test": 5,
-         "teacher.offline_fault_rate": 0.3}
-
-
-def make_root(root, params):
-    splits = synthetic.generate(params.dataset.synthetic, params.dataset.seed)
-    paths = Paths(root)
-    for name, rows in splits.items():
-        write_jsonl(paths.split(name), rows)
-    prompt(params, paths)
-    return paths
 
 
 def test_offline_rounds_faults_and_build(tmp_path):

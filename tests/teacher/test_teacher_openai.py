@@ -8,204 +8,23 @@ or the response store holds.
 """
 import json
 import os
-import secrets
 import signal
-import socket
-import struct
 import subprocess
 import sys
-import threading
 import time
-from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tinythinker.io import read_json, read_jsonl, write_jsonl
-from tinythinker.params import Params, load, to_dict
+from tests.teacher.fakes import API_KEY, assert_key_never_written, records, setup_root
+
+from tinythinker.io import read_json, read_jsonl
 from tinythinker.paths import Paths
-from tinythinker.teacher.backend import KEY_HEADER, TeacherError
+from tinythinker.teacher.backend import TeacherError
 from tinythinker.teacher.prompts import build_requests, message_tokens
 from tinythinker.teacher.request import request
 
 # A fresh sentinel per run, so no key-shaped literal is tracked; the tests check it never reaches a file or log.
-API_KEY = f"test-key-{secrets.token_hex(8)}"
-REPO = Path(__file__).resolve().parents[2]
-BASE = load(REPO / "params.yaml")  # params.yaml holds every value
-
-
-def completion_for(user: str, i: int) -> str:
-    """A well-formed rationale answering the rationalisation template in `user`."""
-    lines = user.split("\n")
-    verdicts = [l.replace("Explanations: ", "").replace(" Because", "") for l in lines[3:]]
-    body = [f"{v} Because reason {i} about option {v[0]}." for v in verdicts]
-    return f"Key Information: fact {i} of {lines[0]}\nExplanations: " + "\n".join(body)
-
-
-# Error answers as OpenAI sends them: (status, error object). "401" echoes the Authorization header back.
-ERRORS = {
-    "429": (429, {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}),
-    "500": (500, {"message": "The server had an error while processing your request. Sorry about that!",
-                  "type": "server_error", "code": None}),
-    "400": (400, {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. "
-                             "Use 'max_completion_tokens' instead.", "type": "invalid_request_error",
-                  "param": "max_tokens", "code": "unsupported_parameter"}),
-    "quota": (429, {"message": "You exceeded your current quota, please check your plan and billing details.",
-                    "type": "insufficient_quota", "code": "insufficient_quota"}),
-    "401": (401, {"message": "Incorrect API key provided: {auth}.", "type": "invalid_request_error",
-                  "code": "invalid_api_key"}),
-}
-
-
-def send_json(h, payload: bytes, status: int = 200, headers: dict | None = None) -> None:
-    """One HTTP answer of a test server: `payload` (bytes) as application/json, with `headers`."""
-    h.send_response(status)
-    h.send_header("Content-Type", "application/json")
-    h.send_header("Content-Length", str(len(payload)))
-    for name, value in (headers or {}).items():
-        h.send_header(name, value)
-    h.end_headers()
-    h.wfile.write(payload)
-    h.wfile.flush()
-
-
-class Teacher:
-    """A scripted chat-completions server. `script(question, attempt, body)` picks a behaviour per request:
-    ok | hang | reset | notjson | length | malformed | garbage (no choice parses) | a key of ERRORS; `attempt`
-    counts the requests for the same key."""
-
-    def __init__(self, script=lambda q, a, b: "ok", delay: float = 0.0, hang: float = 2.5):
-        self.script, self.delay, self.hang = script, delay, hang
-        self.events: list[dict] = []
-        self.lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                owner.handle(self)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def handle(self, h):
-        body = json.loads(h.rfile.read(int(h.headers["Content-Length"])))
-        key = h.headers.get(KEY_HEADER)
-        user = body["messages"][-1]["content"]
-        question = user.split("\n")[0]
-        with self.lock:
-            attempt = sum(e["key"] == key for e in self.events)
-            behaviour = self.script(question, attempt, body)
-            event = {"t": time.monotonic(), "key": key, "question": question, "n": body["n"],
-                     "max_tokens": body.get("max_tokens", body.get("max_completion_tokens")),
-                     "fields": sorted(body), "auth": h.headers.get("Authorization"),
-                     "behaviour": behaviour, "answered": False}
-            self.events.append(event)
-        if behaviour == "hang":
-            time.sleep(self.hang)  # the client has timed out and gone; no answer counts
-            return
-        if behaviour == "reset":  # the connection reset after the request arrived (RST, no answer)
-            h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            h.connection.close()
-            return
-        if behaviour == "notjson":  # a 200 from a proxy in the way: an HTML page
-            send_json(h, b"<html><body>502 Bad Gateway</body></html>")
-            return
-        if behaviour in ERRORS:
-            status, error = ERRORS[behaviour]
-            error = {**error, "message": error["message"].format(auth=h.headers.get("Authorization"))}
-            send_json(h, json.dumps({"error": error}).encode(), status,
-                      {"Retry-After": "1"} if behaviour == "429" else None)
-            return
-        time.sleep(self.delay)
-        choices = []
-        for i in range(body["n"]):
-            content, finish = completion_for(user, len(self.events) * 10 + i), "stop"
-            if i == 0 and behaviour == "length":
-                content, finish = content[:30], "length"
-            if (i == 0 and behaviour == "malformed") or behaviour == "garbage":
-                content = "Sure! I believe the answer is the first one."
-            choices.append({"index": i, "message": {"role": "assistant", "content": content},
-                            "finish_reason": finish, "logprobs": None})
-        payload = json.dumps({"id": f"chatcmpl-{len(self.events)}", "object": "chat.completion",
-                              "created": int(time.time()), "model": body["model"], "choices": choices,
-                              "usage": {"prompt_tokens": 100, "completion_tokens": 20 * body["n"],
-                                        "total_tokens": 100 + 20 * body["n"]}}).encode()
-        send_json(h, payload)
-        with self.lock:
-            event["answered"] = True
-
-    def answered(self) -> Counter:
-        with self.lock:
-            return Counter(e["key"] for e in self.events if e["answered"])
-
-
-def outage_after(answers: int):
-    """(script, state): the server answers `answers` requests, then every request gets a 500 until the test
-    sets ``state["answers"] = None`` (the server is back)."""
-    state = {"answers": answers}
-
-    def script(q, attempt, body):
-        if state["answers"] is None:
-            return "ok"
-        state["answers"] -= 1
-        return "ok" if state["answers"] >= 0 else "500"
-    return script, state
-
-
-def records(k: int) -> list[dict]:
-    return [{"id": f"q{i}", "question": f"Question {i}?", "answer": "ABCD"[i % 4],
-             "choices": [{"label": l, "text": f"option {l}{i}"} for l in "ABCD"]} for i in range(k)]
-
-
-def setup_root(root: Path, server: Teacher, k: int, **teacher) -> Params:
-    overrides = {"teacher.backend": "openai", "teacher.base_url": server.url, "teacher.samples": 3,
-                 "teacher.max_tokens": 64, "teacher.timeout": 1.0, "teacher.max_retries": 4,
-                 **{f"teacher.{key}": v for key, v in teacher.items()}}
-    params = BASE.replace(**overrides)
-    paths = Paths(root)
-    train = records(k)
-    write_jsonl(paths.split("train"), train)
-    write_jsonl(paths.requests, build_requests(params, train))
-    (root / "params.yaml").write_text(yaml.safe_dump(to_dict(params), sort_keys=False))
-    return params
-
-
-def assert_key_never_written(root: Path, *texts: str):
-    for path in root.rglob("*"):
-        if path.is_file():
-            assert API_KEY not in path.read_text(errors="replace"), path
-    for text in texts:
-        assert API_KEY not in text
-
-
-def closing_servers(cls):
-    """A fixture's body: a maker of `cls` servers, every one closed when the test ends."""
-    servers = []
-
-    def make(*a, **kw):
-        servers.append(cls(*a, **kw))
-        return servers[-1]
-    yield make
-    for s in servers:
-        s.close()
-
-
-@pytest.fixture
-def server_factory():
-    yield from closing_servers(Teacher)
-
 
 def test_retries_rounds_and_no_double_answers(tmp_path, monkeypatch, server_factory):
     monkeypatch.setenv("OPENAI_API_KEY", API_KEY)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.teacher.test_teacher_openai import API_KEY, REPO, server_factory, setup_root  # noqa: F401 (a fixture)
+from tests.teacher.fakes import API_KEY, REPO, setup_root
+
 from tinythinker.io import read_jsonl
 from tinythinker.paths import STORE_ENV, Paths
 from tinythinker.teacher.backend import TeacherError

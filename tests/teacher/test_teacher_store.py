@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.teacher.test_teacher_offline import SMALL, make_root
-from tests.teacher.test_teacher_openai import (API_KEY, REPO, outage_after, server_factory,  # noqa: F401 (a fixture)
-                                               setup_root)
+from tests.teacher.fakes import API_KEY, REPO, SMALL, make_root, outage_after, setup_root
 
 from tinythinker.io import read_jsonl
 from tinythinker.params import load
