@@ -54,9 +54,9 @@ ERRORS = {
 def send_json(h, payload: bytes, status: int = 200, headers: dict | None = None) -> None:
     """One HTTP answer of a test server: `payload` (bytes) as application/json, with `headers`."""
     h.send_response(status)
-    h.send_header("Content-Type", "application/json")
+    headers = {"Content-Type": "application/json", **(headers or {})}
     h.send_header("Content-Length", str(len(payload)))
-    for name, value in (headers or {}).items():
+    for name, value in headers.items():
         h.send_header(name, value)
     h.end_headers()
     h.wfile.write(payload)
@@ -114,6 +114,12 @@ class Teacher:
         if behaviour == "notjson":  # a 200 from a proxy in the way: an HTML page
             send_json(h, b"<html><body>502 Bad Gateway</body></html>")
             return
+        if behaviour == "html":  # the same page, sent as what it is
+            send_json(h, b"<html><body>Sign in to the proxy</body></html>", headers={"Content-Type": "text/html"})
+            return
+        if behaviour.startswith("raw:"):  # a 200 with this JSON body, whatever its shape
+            send_json(h, behaviour[4:].encode())
+            return
         if behaviour in ERRORS:
             status, error = ERRORS[behaviour]
             error = {**error, "message": error["message"].format(auth=h.headers.get("Authorization"))}
@@ -132,11 +138,14 @@ class Teacher:
                             "finish_reason": finish, "logprobs": None})
         payload = json.dumps({"id": f"chatcmpl-{len(self.events)}", "object": "chat.completion",
                               "created": int(time.time()), "model": body["model"], "choices": choices,
-                              "usage": {"prompt_tokens": 100, "completion_tokens": 20 * body["n"],
-                                        "total_tokens": 100 + 20 * body["n"]}}).encode()
-        send_json(h, payload)
-        with self.lock:
+                              "usage": self.usage(body)}).encode()
+        with self.lock:  # billed once the answer is made, whether or not the client is still there to read it
             event["answered"] = True
+        send_json(h, payload)
+
+    def usage(self, body: dict):
+        """What the server reports it used (a test may report the impossible)."""
+        return {"prompt_tokens": 100, "completion_tokens": 20 * body["n"], "total_tokens": 100 + 20 * body["n"]}
 
     def answered(self) -> Counter:
         with self.lock:

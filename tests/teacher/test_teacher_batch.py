@@ -250,13 +250,13 @@ def test_cost_at_the_batch_price_with_cached_prompt_tokens(tmp_path, api_factory
     model = "gpt-4o-2024-08-06"
     price = PRICES[model]
     assert price.cached_input is not None
-    api = api_factory(prompt_tokens=10_000, cached=6_000)
+    api = api_factory(prompt_tokens=1_000, cached=600)  # possible: the prompt holds more than 1,000 bytes
     params = batch_root(tmp_path, api, 4, rounds=1, model=model)
     m = request(params, Paths(tmp_path))
-    # Per request: 10,000 prompt tokens, 6,000 of them cached, and 20 completion tokens per sample (n = 3).
-    live = 4_000 * price.input + 6_000 * price.cached_input + 60 * price.output
-    assert live == pytest.approx(0.0181) and m["usd"] == m["usd_this_run"] == 0.0362  # 4 x half of it
-    assert m["cached_prompt_tokens"] == 4 * 6_000 and m["prompt_tokens"] == 4 * 10_000
+    # Per request: 1,000 prompt tokens, 600 of them cached, and 20 completion tokens per sample (n = 3).
+    live = 400 * price.input + 600 * price.cached_input + 60 * price.output
+    assert live == pytest.approx(0.00235) and m["usd"] == m["usd_this_run"] == 0.0047  # 4 x half of it
+    assert m["cached_prompt_tokens"] == 4 * 600 and m["prompt_tokens"] == 4 * 1_000
     entry = read_jsonl(Paths(tmp_path).journal)[0]
     assert _usd(entry) == pytest.approx(live * BATCH_DISCOUNT)
     assert _usd({k: v for k, v in entry.items() if k != "batch"}) == pytest.approx(live)  # as a live answer
