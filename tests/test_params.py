@@ -159,6 +159,44 @@ def test_every_numeric_knob_has_a_range():
     assert sum(1 for *_, tp in _schema(Params) if "Range" in repr(tp)) >= 50
 
 
+def test_every_integer_knob_that_sizes_memory_has_a_bound_naming_its_cost():
+    """An unbounded count is only one whose size holds nothing in memory (a rate, a cap, a count of failures);
+    every other names what a value over its bound would cost (`dataset.synthetic.num_train: 10**20` once grew
+    past 18 GB before anything said so)."""
+    def unbounded_int(tp):
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is typing.Annotated:
+            return args[0] is int and any(isinstance(m, Range) and m.hi == float("inf") for m in tp.__metadata__)
+        if origin in (typing.Union, types.UnionType):
+            return any(unbounded_int(a) for a in args)
+        return False
+
+    unbounded = sorted(k for k, _, tp in _schema(Params) if unbounded_int(tp))
+    assert unbounded == sorted([
+        "dataset.limit", "dpo.max_questions",  # caps: larger means all, nothing more
+        "teacher.requests_per_minute", "teacher.tokens_per_minute",  # rates of a server, paced, nothing held
+        "teacher.max_failures_in_a_row", "teacher.max_retries",  # counts of failures before stopping
+        "teacher.num_shots",  # at most the exemplars of the file
+        "dataset.synthetic.clues_per_category",  # bounded in __post_init__ by MAX_CLUES
+        "sft.gradient_accumulation_steps", "dpo.gradient_accumulation_steps",  # time, not memory
+        "sft.eval_every", "generation.top_k", "dpo.top_k",  # a cadence, a cut
+        "dataset.synthetic.num_categories", "dataset.synthetic.entities_per_category",  # MAX_* in __post_init__
+    ])
+    for key, value, needle in [
+        ("dataset.synthetic.num_train", 10**20, "at most 1,000,000, got 100,000,000,000,000,000,000: every question "
+                                                "is generated and held in memory"),
+        ("generation.times", 10**9, "each run is a pass over the test set"),
+        ("student.embedded.d_model", 10**6, "a layer's weights grow with its width"),
+        ("student.embedded", {**to_dict(BASE.student.embedded), "d_model": 20_000, "d_ff": 20_000},
+         "weights, more than 1e+09"),
+        ("sft.batch_size", 50_000, "tokens in one micro-batch"),
+        ("generation.batch_size", 60_000, "generation.batch_size: 60,000 sequences of up to"),
+        ("teacher.samples", 1000, "the OpenAI API allows at most 128"),
+    ]:
+        with pytest.raises(ParamsError, match=re.escape(needle)):
+            BASE.replace(**{key: value})
+
+
 @pytest.mark.parametrize("key,value,needle", [
     ("seed", -1, "must be in [0, 4294967295]"),
     ("seed", 2**32, "must be in [0, 4294967295]"),

@@ -6,6 +6,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence, Union
@@ -50,11 +51,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     path = Path(path)
     prefix = f".{path.name}.tmp-"
     with naming(path, str(path.parent / prefix)):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in sorted(path.parent.glob(glob.escape(prefix) + "*")):
-            if (stale / "old").exists() and not path.exists():
-                os.replace(stale / "old", path)
-            shutil.rmtree(stale, ignore_errors=True)
+        clear_leftovers(path)
         tmp_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     try:
         with naming(path, str(path.parent / prefix)):
@@ -71,6 +68,21 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
                 os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if tmp_dir.exists():  # a file it could not remove: said now, and removed by the next write of `path`
+            print(f"warning: could not remove all of {tmp_dir}; the next write of {path} removes it",
+                  file=sys.stderr)
+
+
+def clear_leftovers(path: str | Path) -> None:
+    """Put right what a killed or failed earlier write of `path` left beside it: an old directory still aside
+    (the kill fell between the renames) goes back into place, temporaries are removed. A stage that writes a
+    directory calls it first, so leftovers go even when the stage then fails before writing."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in sorted(path.parent.glob(glob.escape(f".{path.name}.tmp-") + "*")):
+        if (stale / "old").exists() and not path.exists():
+            os.replace(stale / "old", path)
+        shutil.rmtree(stale)
 
 
 def replace_dir(src: Path, dest: Path) -> None:

@@ -42,10 +42,20 @@ class Range:
     hi: float = math.inf
     lo_open: bool = False
     hi_open: bool = False
+    cost: str = ""  # what the upper bound guards against, said with the error
+
 
     def __contains__(self, v: float) -> bool:
         return ((self.lo < v if self.lo_open else self.lo <= v)
                 and (v < self.hi if self.hi_open else v <= self.hi))
+
+    def violation(self, v: float) -> str:
+        """The error for `v`, not in the range; over a bound with a cost: the bound and what it guards against."""
+        if not self.cost:
+            return f"must be {self}, got {v!r}"
+        if v in Range(self.lo, lo_open=self.lo_open):
+            return f"must be at most {self.hi:,}, got {v:,}: {self.cost}"
+        return f"must be {Range(self.lo, lo_open=self.lo_open)}, got {v!r}"
 
     def __str__(self) -> str:
         num = lambda x: str(int(x)) if float(x).is_integer() else f"{x:g}"  # noqa: E731
@@ -62,6 +72,25 @@ Positive = Annotated[float, Range(0, lo_open=True)]  # > 0
 NonNegative = Annotated[float, Range(0)]  # >= 0
 Share = Annotated[float, Range(0, 1, hi_open=True)]  # [0, 1)
 TopP = Annotated[float, Range(0, 1, lo_open=True)]  # (0, 1]
+
+
+def Size(most: int, cost: str) -> Any:
+    """A count of things held or computed at once, bounded where it would exhaust memory (or time); `cost` says
+    what a value over the bound would cost, in the error."""
+    return Annotated[int, Range(1, most, cost=cost)]
+
+
+MAX_EMBEDDED_WEIGHTS = 1_000_000_000
+MAX_BATCH_TOKENS = 16_777_216
+
+Questions = Size(1_000_000, "every question is generated and held in memory (about 1 KB each, with its "
+                            "prompts and chains several times that)")
+BatchSize = Size(65_536, "a batch's activations are held in memory at once")
+SeqLength = Size(32_768, "tokens per sequence; a sequence's activations (its attention's grow with the square) "
+                         "are held in memory")
+Steps = Size(100_000_000, "optimizer steps, each a batch's forward and backward pass (and a log line kept)")
+Width = Size(65_536, "a layer's weights grow with its width (and its square): more would not fit in memory")
+Depth = Size(256, "layers, each holding its weights in memory")
 
 # A name that becomes a path (data/dpo/<key>, models/dpo/<key>, metrics/<name>): plain parts only, so it can
 # neither climb out of the repository ('..') nor leave it (an absolute path).
@@ -85,9 +114,9 @@ MAX_CATEGORIES, MAX_ENTITIES, MAX_CLUES = 8, 120, 40
 @dataclass(frozen=True)
 class SyntheticParams:
     """The embedded offline task (see tinythinker.data.synthetic)."""
-    num_train: Count
-    num_valid: Count
-    num_test: Count
+    num_train: Questions
+    num_valid: Questions
+    num_test: Questions
     num_options: Annotated[int, Range(2, 5)]
     num_categories: Count
     entities_per_category: Count
@@ -137,18 +166,18 @@ class TeacherParams:
     batch_fallback: Literal["next_round", "live"]
     model: str
     base_url: Optional[str]  # any OpenAI-compatible server; the key comes from $OPENAI_API_KEY only
-    samples: Optional[Count]  # completions per question; None = the task's default (8 CSQA, 4 OBQA/SQA)
+    samples: Optional[Size(128, 'completions per request (the OpenAI API allows at most 128)')]  # completions per question; None = the task's default (8 CSQA, 4 OBQA/SQA)
     temperature: NonNegative
-    max_tokens: Count
+    max_tokens: Size(1_000_000, 'output tokens per sample, reserved against the spend cap at the output price')
     # Reasoning models (o1, o3, gpt-5) refuse `max_tokens` and any non-default temperature with a 400.
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"]
     send_temperature: bool
-    rounds: Optional[Count]  # re-ask rounds for missing/invalid samples (spec 3.1); None = task default
+    rounds: Optional[Size(100, 'each round asks again what earlier rounds left without a valid completion')]  # re-ask rounds for missing/invalid samples (spec 3.1); None = task default
     exemplars: Optional[str]  # few-shot file in the original *_cot.json format; None = shipped ones
     num_shots: Optional[Natural]  # None = all exemplars of the file
     requests_per_minute: Count
     tokens_per_minute: Count
-    max_concurrency: Count  # 0 would wait forever for a free slot
+    max_concurrency: Size(10_000, 'one open connection and task per request in flight')  # 0 would wait forever for a free slot
     timeout: Positive
     max_retries: Natural
     max_retry_seconds: Positive  # one request stops retrying after this long (plus one timeout)
@@ -172,20 +201,27 @@ class TeacherParams:
 class EmbeddedModelParams:
     """A small T5 (or, for embedded-causal, a Llama-shaped model of num_layers + num_decoder_layers layers) built
     from config (no download); its tokenizer is trained on the stage datasets."""
-    vocab_size: Count
-    d_model: Count
-    d_ff: Count
-    d_kv: Count
-    num_heads: Count
-    num_layers: Count
-    num_decoder_layers: Count
+    vocab_size: Size(1_000_000, 'an embedding row per token, in memory')
+    d_model: Width
+    d_ff: Width
+    d_kv: Width
+    num_heads: Size(1_024, 'attention heads of d_kv each, in every layer')
+    num_layers: Depth
+    num_decoder_layers: Depth
     dropout_rate: Share
+
+    def __post_init__(self):
+        layer = 4 * self.d_model * self.num_heads * self.d_kv + 3 * self.d_model * self.d_ff
+        weights = self.vocab_size * self.d_model + (self.num_layers + self.num_decoder_layers) * layer
+        _check(weights <= MAX_EMBEDDED_WEIGHTS, "student.embedded",
+               f"about {weights:.3g} weights, more than {MAX_EMBEDDED_WEIGHTS:.0e} (4 GB in fp32, 16 GB to train "
+               "with Adam): not a small student; use a Hub model for a large one")
 
 
 @dataclass(frozen=True)
 class LoraParams:
     """LoRA adapters (peft) on every linear layer of a decoder-only student; folded into the weights when saved."""
-    rank: Natural  # 0 = full fine-tuning
+    rank: Annotated[int, Range(0, 65_536, cost="two matrices of d_model x rank per layer, in memory")]  # 0 = full fine-tuning
     alpha: Positive
     dropout: Share
 
@@ -194,9 +230,9 @@ class LoraParams:
 class PretrainParams:
     """Stage `pretrain` of an embedded student on data/corpus: T5 span corruption, next-token prediction for a
     decoder-only one. A Hub or local student is pretrained already and skips it."""
-    steps: Natural  # 0 = the student sft starts from is the freshly initialised one (from scratch)
+    steps: Annotated[int, Range(0, 100_000_000, cost='optimizer steps, each a forward and backward pass')]  # 0 = the student sft starts from is the freshly initialised one (from scratch)
     learning_rate: Positive
-    batch_size: Count
+    batch_size: BatchSize
     warmup_ratio: Share
     noise_density: Annotated[float, Range(0, 1, lo_open=True, hi_open=True)]  # T5: share of tokens masked
     mean_span_length: Annotated[float, Range(1)]  # T5: mean length of a masked span, in tokens
@@ -223,26 +259,26 @@ class GenerationParams:
     temperature: Positive
     top_k: Natural  # 0 = no top-k cut
     top_p: TopP
-    times: Count  # test runs over the test set; > 1 with sampling adds a majority-vote accuracy
-    batch_size: Count
-    max_new_tokens: Count
+    times: Size(1_000, 'each run is a pass over the test set, every prediction kept')  # test runs over the test set; > 1 with sampling adds a majority-vote accuracy
+    batch_size: BatchSize
+    max_new_tokens: SeqLength
 
 
 @dataclass(frozen=True)
 class SFTParams:
     stage_type: Literal["recall_analyze_summarize", "summarize", "recall_summarize", "analyze_summarize"]
-    batch_size: Count
+    batch_size: BatchSize
     learning_rate: Positive
     epochs: Positive
-    interval: Count  # steps per recall / summarize block; analyze blocks are interval x options
+    interval: Steps  # steps per recall / summarize block; analyze blocks are interval x options
     warmup_ratio: Share
     weight_decay: NonNegative
     max_grad_norm: NonNegative  # 0 = no clipping
     group_by_length: bool
     precision: Precision
     tf32: bool  # allow TF32 matmuls on an Ampere+ GPU (faster, not bit-fp32); the paper presets turn it off
-    max_source_length: Count
-    max_target_length: Count
+    max_source_length: SeqLength
+    max_target_length: SeqLength
     # Optimizer steps between validations/checkpoints; "cycle" = one curriculum cycle, I x (2 + options) for the
     # full chain (spec 5.1 table), recomputed from stage_type, interval and the dataset's options.
     eval_every: Union[Count, Literal["cycle"]]
@@ -250,6 +286,13 @@ class SFTParams:
     # curriculum counts optimizer steps, so `interval` keeps its meaning.
     gradient_accumulation_steps: Count
     gradient_checkpointing: bool  # recompute activations in backward: less memory, ~30 % slower
+
+    def __post_init__(self):
+        tokens = self.batch_size * (self.max_source_length + self.max_target_length)
+        _check(tokens <= MAX_BATCH_TOKENS, "sft.batch_size",
+               f"{self.batch_size} x (max_source_length + max_target_length) = {tokens:,} tokens in one micro-batch, "
+               f"more than {MAX_BATCH_TOKENS:,} (their activations are held in memory at once); use "
+               "gradient_accumulation_steps for a larger effective batch")
 
 
 @dataclass(frozen=True)
@@ -262,7 +305,7 @@ class DPOParams:
     # The pair kinds trained (spec 6.1: recall, analyze, recall_analyze). Summarize pairs are this project's
     # addition, not the paper's (docs/embedded-task.md): the student's own sampled summaries of its own chains.
     stage_type: Literal["recall", "analyze", "recall_analyze", "summarize", "recall_analyze_summarize"]
-    samples: Annotated[int, Range(2)]  # sampled chains per training question (spec 6.2); pairs need several
+    samples: Annotated[int, Range(2, 1_000, cost="sampled chains per question, held in memory")]  # sampled chains per training question (spec 6.2); pairs need several
     max_questions: Optional[Count]  # seeded subset of training questions sampled per iteration; None = all
     temperature: Positive
     top_k: Natural
@@ -272,8 +315,8 @@ class DPOParams:
     loss_weights: tuple[NonNegative, ...]
     beta: Positive
     learning_rate: Positive
-    batch_size: Count
-    passes: Count  # max_steps = passes x (recall + analyze [+ summarize] schedule interval), spec 6.3
+    batch_size: BatchSize
+    passes: Size(100_000, 'each pass is one schedule of DPO steps over the pairs')  # max_steps = passes x (recall + analyze [+ summarize] schedule interval), spec 6.3
     warmup_ratio: Share
     max_grad_norm: NonNegative
     precision: Precision  # also the precision of the precomputed reference log-probs
@@ -312,6 +355,14 @@ class Params:
     def __post_init__(self):
         _check(self.launcher.split()[-1:] in (["-m"], ["--module"]), "launcher",
                f"must end with -m (the module tinythinker follows it), got {self.launcher!r}")
+        length = self.sft.max_source_length + self.sft.max_target_length  # the DPO and chain inputs are cut so too
+        for key, batch, per in (("generation.batch_size", self.generation.batch_size,
+                                 self.sft.max_source_length + self.generation.max_new_tokens),
+                                ("dpo.batch_size", self.dpo.batch_size, 2 * length),  # chosen and rejected
+                                ("student.pretrain.batch_size", self.student.pretrain.batch_size, length)):
+            _check(batch * per <= MAX_BATCH_TOKENS, key,
+                   f"{batch:,} sequences of up to {per:,} tokens in one batch, more than {MAX_BATCH_TOKENS:,} tokens "
+                   "(their activations are held in memory at once)")
 
     def replace(self, **overrides: Any) -> "Params":
         """Copy with dotted-key overrides: ``p.replace(**{"sft.epochs": 1})``; validated like a load."""
@@ -333,7 +384,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is Annotated:
         value = _coerce(args[0], value, key)
         for rule in tp.__metadata__:
-            _check(value in rule, key, f"must be {rule}, got {value!r}")
+            _check(value in rule, key, rule.violation(value))
         return value
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

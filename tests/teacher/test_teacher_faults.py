@@ -236,3 +236,21 @@ def test_a_dry_run_on_a_fresh_clone_builds_the_requests_or_names_the_command(tmp
     paths.requests.unlink()  # prepared, not yet prompted: the requests are built as `prompt` would
     assert dry_run(params, paths) == expected and not paths.requests.exists()
     assert_key_never_written(tmp_path)
+
+
+def test_a_failed_build_leaves_no_temporaries_behind(tmp_path):
+    """What a build killed mid-swap left beside data/sft goes at the next build, even one that then fails."""
+    from tinythinker.teacher.build import build
+
+    params = BASE.replace(**SMALL)
+    paths = make_root(tmp_path, params)
+    request(params, paths)
+    build(params, paths)
+    stale = paths.sft_data.parent / ".sft.tmp-killed" / "old" / "summarize"
+    stale.mkdir(parents=True)
+    (stale / "summarize.jsonl").write_text("{}\n")
+    paths.completions.write_text("not json\n")  # this build fails before it writes anything
+    with pytest.raises(DataError, match="completions.jsonl:1"):
+        build(params, paths)
+    assert not any(p.name.startswith(".sft.tmp-") for p in paths.sft_data.parent.iterdir())
+    assert (paths.sft_data / "chains.jsonl").exists()  # the previous build stays whole

@@ -12,7 +12,7 @@ from collections import Counter
 
 from .. import protocol as P
 from ..data.prepare import read_split
-from ..io import DataError, atomic_path, iter_jsonl, write_json, write_jsonl
+from ..io import DataError, atomic_path, clear_leftovers, iter_jsonl, write_json, write_jsonl
 from ..params import Params
 from ..paths import Paths
 from ..protocol import COMPLETION_FIELDS
@@ -117,6 +117,7 @@ def read_completions(path) -> list[dict]:
 
 
 def build(params: Params, paths: Paths) -> dict:
+    clear_leftovers(paths.sft_data)  # a killed or failed earlier build's temporaries go, whatever this one does
     stats: Counter = Counter()
     train = {r["id"]: r for r in read_split(paths, "train")}
     held_out = {split: read_split(paths, split) for split in ("valid", "test")}
