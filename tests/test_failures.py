@@ -170,6 +170,23 @@ def test_broken_or_missing_model_directory(repo, tiny_model, damage, needle):
     assert not (repo / "metrics" / "broken.json").exists()
 
 
+@pytest.mark.parametrize("damage,needle", [
+    (lambda w: (w.unlink(), w.symlink_to(w.parent / "gone" / "cache-file")), "a link to {w}/../gone/cache-file"),
+    (lambda w: (w.unlink(), w.mkdir()), "a directory, not a weights file (--model)"),
+    (lambda w: w.write_bytes(w.read_bytes()[:1000]), "not a complete safetensors file (1000 bytes; --model)"),
+    (lambda w: w.write_bytes(b""), "not a complete safetensors file (0 bytes; --model)"),
+])
+def test_unreadable_weights_are_said_as_what_they_are(repo, tiny_model, damage, needle):
+    """Not the loader's "no file named model.safetensors" for weights that are there but cannot be read."""
+    assert cli(repo, "build").exit_code == 0
+    model = repo / "models" / "broken"
+    shutil.copytree(tiny_model, model)
+    weights = model / "model.safetensors"
+    damage(weights)
+    needle = needle.replace("{w}/..", str(model))
+    fails(cli(repo, "test", "--model", str(model), "--name", "broken"), f"{weights}: {needle}")
+
+
 def test_nonexistent_model_in_a_real_process(repo):
     """The issue's exact command, as a user types it: one line on stderr, exit 2, no traceback."""
     assert cli(repo, "build").exit_code == 0

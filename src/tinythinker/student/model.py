@@ -8,6 +8,7 @@ datasets (no download); anything else is a Hub id or local directory loaded with
 """
 from __future__ import annotations
 
+import os
 import re
 import string
 from pathlib import Path
@@ -149,6 +150,34 @@ def check_checkpoint(path: Path, what: str, model: bool = True, tokenizer: bool 
     missing = [" or ".join(names) for names in needs if not present & set(names)]
     if missing:
         raise DataError(f"{path}: not a complete checkpoint ({what}): no {', no '.join(missing)}")
+    if model and tokenizer:
+        _check_weights(path / WEIGHTS, what)
+
+
+WEIGHTS = "model.safetensors"  # what save_pretrained writes for a model of this size (one shard)
+
+
+def _check_weights(weights: Path, what: str) -> None:
+    """The weights file, if the checkpoint names one, must be a readable safetensors file: a dangling link (a DVC
+    checkout whose cache is gone), a directory, an unreadable or truncated file is said as what it is, not as the
+    "no such file" the loader reports."""
+    if not weights.is_symlink() and not weights.exists():
+        return  # sharded or another format: the loader decides
+    if weights.is_symlink() and not weights.exists():
+        raise DataError(f"{weights}: a link to {os.readlink(weights)}, which is missing ({what}); `dvc checkout` "
+                        "or `dvc pull` restores it")
+    if weights.is_dir():
+        raise DataError(f"{weights}: a directory, not a weights file ({what})")
+    try:
+        with weights.open("rb") as f:
+            head = f.read(8)
+            size = os.fstat(f.fileno()).st_size
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(weights)) from None
+    header = int.from_bytes(head, "little") if len(head) == 8 else None
+    if header is None or header + 8 > size:
+        raise DataError(f"{weights}: not a complete safetensors file ({size} bytes; {what}): truncated or "
+                        "overwritten; rerun the stage that wrote it")
 
 
 def _pretrained(cls, source: str | Path, what: str, local: bool = True, **kwargs):
