@@ -92,10 +92,10 @@ def test_the_teacher_line_shows_spend_against_the_cap(tmp_path):
            "analyze_pairs": None, "summarize_pairs": None, "train_steps": 400}
     teacher = {"questions": 10, "questions_covered": 10, "requests_sent": 2, "usd": 0.5, "usd_this_run": 0.25,
                "max_usd": 25.0, "usd_paid_for_request_set": 0.6}
-    md = markdown([row], teacher, {}, {}, Paths(tmp_path), [])
+    md = markdown([row], teacher, {}, {}, {}, [])
     assert ("spend $0.50 ($0.25 this run); $0.60 of the $25.00 cap (teacher.max_usd) paid for this request set."
             in md)
-    md = markdown([row], {**teacher, "max_usd": None}, {}, {}, Paths(tmp_path), [])
+    md = markdown([row], {**teacher, "max_usd": None}, {}, {}, {}, [])
     assert "spend $0.50 ($0.25 this run)." in md and "cap" not in md
 
 
@@ -156,3 +156,24 @@ def test_the_report_counts_every_pair_kind_dpo_trains():
     from tinythinker.results import report
 
     assert report.STAGES == STAGES
+
+
+def test_a_missing_metrics_file_is_an_error_naming_it_and_its_stage(tmp_path):
+    """A report of nulls would pass for a result: each file the report reads must be there."""
+    import pytest
+    from typer.testing import CliRunner
+
+    from tinythinker.cli import app
+
+    for name, stage in [("sft", "sft"), ("test/iter1", "test@iter1"), ("dpo/iter2_pairs", "dpo_sample@iter2"),
+                        ("build", "build")]:
+        paths = Paths(tmp_path / name.replace("/", "-"))
+        run_metrics(paths)
+        paths.metric(name).unlink()
+        with pytest.raises(Exception, match=rf"{name}.json: no such file; the report needs it: `dvc repro {stage}`"):
+            report(PARAMS, paths)
+        assert not paths.metric("summary").exists()
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / "params.yaml").write_text(yaml.safe_dump(yaml.safe_load((REPO / "params.yaml").read_text())))
+    res = CliRunner().invoke(app, ["report", "--root", str(tmp_path / "cli")])
+    assert res.exit_code == 2 and res.output.startswith("error: ") and "metrics/sft.json: no such file" in res.output

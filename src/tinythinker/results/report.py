@@ -16,7 +16,7 @@ import csv
 import json
 from pathlib import Path
 
-from ..io import atomic_path, read_json, write_json, write_text
+from ..io import DataError, atomic_path, read_json, write_json, write_text
 from ..params import Params
 from ..paths import Paths
 
@@ -27,9 +27,12 @@ STAGES = ("recall", "analyze", "summarize")
 SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
 
 
-def _read(path: Path) -> dict:
-    """A stage's JSON, or {} where the stage has not run (a broken file is a DataError naming it)."""
-    return read_json(path) if path.exists() else {}
+def _read(path: Path, stage: str) -> dict:
+    """A stage's JSON; a missing one is a DataError naming it and the stage that writes it (a report of nulls
+    would pass for a result), as is a broken one."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file; the report needs it: `dvc repro {stage}` writes it")
+    return read_json(path)
 
 
 def _round(x):
@@ -38,15 +41,15 @@ def _round(x):
 
 def collect(params: Params, paths: Paths) -> list[dict]:
     """One row per model (SFT, then each DPO iteration): accuracies, pairs and steps."""
-    sft = _read(paths.metric("sft"))
+    sft = _read(paths.metric("sft"), "sft")
     rows = [{"model": "sft", "step": 0, "valid_accuracy": _round(sft.get("valid_accuracy")),
-             "test_accuracy": _round(_read(paths.metric("test/sft")).get("accuracy")),
+             "test_accuracy": _round(_read(paths.metric("test/sft"), "test_sft").get("accuracy")),
              **{f"{s}_pairs": None for s in STAGES},
              "train_steps": sft.get("train_steps")}]
     for step, key in enumerate(params.dpo.iterations, 1):
-        dpo = _read(paths.metric(f"dpo/{key}"))
+        dpo = _read(paths.metric(f"dpo/{key}"), f"dpo_train@{key}")
         rows.append({"model": key, "step": step, "valid_accuracy": _round(dpo.get("valid_accuracy")),
-                     "test_accuracy": _round(_read(paths.metric(f"test/{key}")).get("accuracy")),
+                     "test_accuracy": _round(_read(paths.metric(f"test/{key}"), f"test@{key}").get("accuracy")),
                      **{f"{s}_pairs": dpo.get(f"{s}_pairs") for s in STAGES},
                      "train_steps": dpo.get("steps")})
     return rows
@@ -158,8 +161,7 @@ def _pretraining(p: dict) -> str:
             f"{p['first_loss']:.3g} -> {p['last_loss']:.3g}{probe}.")
 
 
-def markdown(rows: list[dict], teacher: dict, build: dict, pretrain: dict, paths: Paths, pictures: list[str]) -> str:
-    pairs = {r["model"]: _read(paths.metric(f"dpo/{r['model']}_pairs")) for r in rows[1:]}
+def markdown(rows: list[dict], teacher: dict, build: dict, pretrain: dict, pairs: dict, pictures: list[str]) -> str:
     out = ["# Run report", "",
            "Accuracy (%) of the full generation chain; pairs and steps are those the model was trained on.", "",
            "| model | valid | test | recall pairs | analyze pairs | summarize pairs | steps |",
@@ -192,7 +194,9 @@ def markdown(rows: list[dict], teacher: dict, build: dict, pretrain: dict, paths
 
 def report(params: Params, paths: Paths) -> list[dict]:
     rows = collect(params, paths)
-    teacher, build, pretrain = (_read(paths.metric(m)) for m in ("teacher_request", "build", "pretrain"))
+    teacher, build, pretrain = (_read(paths.metric(m), stage) for m, stage in
+                                (("teacher_request", "request"), ("build", "build"), ("pretrain", "pretrain")))
+    pairs = {r["model"]: _read(paths.metric(f"dpo/{r['model']}_pairs"), f"dpo_sample@{r['model']}") for r in rows[1:]}
     write_json(paths.metric("iterations"), rows)
     write_json(paths.metric("summary"), headline(rows, teacher, build, pretrain))
     specs = charts(rows, paths)
@@ -201,7 +205,7 @@ def report(params: Params, paths: Paths) -> list[dict]:
         for stem, spec in specs.items():
             (tmp / f"{stem}.png").write_bytes(_png(spec))
             (tmp / f"{stem}.vl.json").write_text(json.dumps(spec, indent=1) + "\n")
-    write_text(paths.metrics / "report.md", markdown(rows, teacher, build, pretrain, paths, list(specs)))
+    write_text(paths.metrics / "report.md", markdown(rows, teacher, build, pretrain, pairs, list(specs)))
     import vl_convert
 
     with atomic_path(paths.metrics / "vega" / "vega.js") as tmp:
