@@ -76,6 +76,21 @@ def test_tokenizer_needs_stage_data(tmp_path):
         tokenizer_stage(PARAMS, Paths(tmp_path))
 
 
+def test_tokenizer_refuses_stage_data_of_another_training_split(paths):
+    """The split emptied or changed after the build (which then refused it): the old data/sft is not trained on."""
+    write_jsonl(paths.sft_data / "train_questions.jsonl", [{"qid": "q1", "block": BLOCK, "options": ["A", "B"],
+                                                            "gt": "B"}])
+    question = {"id": "q1", "question": "Which is a metal?", "answer": "B",
+                "choices": [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron, cast"}]}
+    write_jsonl(paths.split("train"), [question])
+    tokenizer_stage(PARAMS, paths)  # the split it was built from: fine
+    for rows in ([], [{**question, "id": "q2"}]):
+        write_jsonl(paths.split("train"), rows)
+        with pytest.raises(DataError, match=r"data/sft: built from another training split than .*train.jsonl "
+                                            rf"\(1 questions with chains, {len(rows)} in the split\); rerun"):
+            tokenizer_stage(PARAMS, paths)
+
+
 def test_load_student_embedded_and_checkpoint(paths, tmp_path):
     import torch
 

@@ -54,6 +54,7 @@ def _corpus(paths: Paths) -> Iterator[str]:
     files = sorted(paths.sft_data.glob("*/*.jsonl"))
     if not files:
         raise DataError(f"{paths.sft_data}: no stage datasets (run the build stage first)")
+    _check_fresh(paths)
     for row in read_jsonl(paths.corpus / "text.jsonl", TEXT_FIELDS):
         yield row["text"]
     for f in files:
@@ -63,6 +64,19 @@ def _corpus(paths: Paths) -> Iterator[str]:
     for split in ("valid", "test"):
         for row in read_jsonl(paths.sft_data / f"{split}.jsonl", QUESTION_FIELDS):
             yield row["block"]
+
+
+def _check_fresh(paths: Paths) -> None:
+    """The stage datasets must come from the training split as it is now: a split emptied or changed since the
+    build (which then refused it) would otherwise train a tokenizer on the old data and exit 0."""
+    split = paths.split("train")
+    if not split.exists():
+        return  # stage datasets made elsewhere (a test, a copied workspace): nothing to compare
+    train = {row["id"] for row in read_jsonl(split, ["id"])}
+    built = {row["qid"] for row in read_jsonl(paths.sft_data / "train_questions.jsonl", ["qid"])}
+    if not train or not built <= train:
+        raise DataError(f"{paths.sft_data}: built from another training split than {split} ({len(built)} questions "
+                        f"with chains, {len(train)} in the split); rerun `dvc repro build`")
 
 
 _LETTER_GLUE = re.compile(r"▁?[(\[]?[A-Z][)\],.:;?!]?")
