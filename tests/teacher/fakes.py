@@ -120,6 +120,23 @@ class Teacher:
         if behaviour.startswith("raw:"):  # a 200 with this JSON body, whatever its shape
             send_json(h, behaviour[4:].encode())
             return
+        if behaviour.startswith("reply:"):  # reply:<status>|<content type>|<body>: any answer at all
+            status, kind, payload = behaviour[6:].split("|", 2)
+            send_json(h, payload.encode(), int(status), {"Content-Type": kind})
+            return
+        if behaviour == "close":  # the connection closed after the request arrived, no answer, no RST
+            h.close_connection = True
+            h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if behaviour == "stall":  # headers and half a body, then nothing until the client gives up
+            h.send_response(200)
+            h.send_header("Content-Type", "application/json")
+            h.send_header("Content-Length", "1000")
+            h.end_headers()
+            h.wfile.write(b'{"id": "chatcmpl-1", "choi')
+            h.wfile.flush()
+            time.sleep(self.hang)
+            return
         if behaviour in ERRORS:
             status, error = ERRORS[behaviour]
             error = {**error, "message": error["message"].format(auth=h.headers.get("Authorization"))}

@@ -51,24 +51,31 @@ def _count(value) -> float:
     return value if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0 else 0
 
 
+def _price_of_answer(entry: dict, given: Optional[PriceParams]) -> Optional[Price]:
+    if given is not None:
+        return price_of("", given)
+    model = entry["response"].get("model")
+    if model != "offline" and model not in PRICES:
+        model = entry["body"]["model"]
+    return PRICES.get(model)
+
+
+def counted_at_worst(entry: dict, given: Optional[PriceParams] = None) -> Optional[str]:
+    """Why a priced answer is counted at its request's worst case (`usage_problem`), or None."""
+    return usage_problem(entry) if _price_of_answer(entry, given) is not None else None
+
+
 def _usd(entry: dict, given: Optional[PriceParams] = None) -> float:
     """Spend of one answer (a journal entry): by `teacher.price` when given, else by the answering model's price in
     the table (the body's model when the server names an alias): cached prompt tokens at the cached-input price
     where there is one, and the batch share of it all for a Batch API answer (`batch` in the entry). The offline
     teacher and models without a price cost nothing."""
-    resp = entry["response"]
-    if given is None:
-        model = resp.get("model")
-        if model != "offline" and model not in PRICES:
-            model = entry["body"]["model"]
-        price = PRICES.get(model)
-    else:
-        price = price_of("", given)
+    price = _price_of_answer(entry, given)
     if price is None:
         return 0.0
-    if usage_problem(entry) is not None:  # a negative or impossible count: the most the request could cost
+    if usage_problem(entry) is not None:  # none, negative or impossible: the most the request could cost
         return worst_usd(entry["body"], price, batch_share(given) if entry.get("batch") else None)
-    usage = resp.get("usage") or {}
+    usage = entry["response"]["usage"]
     cached = cached_tokens(usage)
     usd = ((_count(usage.get("prompt_tokens")) - cached) * price.input
            + cached * (price.input if price.cached_input is None else price.cached_input)
@@ -77,12 +84,13 @@ def _usd(entry: dict, given: Optional[PriceParams] = None) -> float:
 
 
 def usage_problem(entry: dict) -> Optional[str]:
-    """What is impossible in the usage an answer reports (a negative or non-numeric count, more prompt tokens than
-    the prompt's bytes, more completion tokens than `n` x the output limit), or None. Such an answer is counted at
-    its request's worst case: a server's bookkeeping error must neither lift the spend cap nor exhaust it."""
+    """What is missing or impossible in the usage an answer reports (none, a negative or non-numeric count, more
+    prompt tokens than the prompt's bytes, more completion tokens than `n` x the output limit), or None. A priced
+    answer so is counted at its request's worst case: a server's bookkeeping must neither lift the spend cap nor
+    exhaust it."""
     usage = entry["response"].get("usage")
     if usage is None:
-        return None
+        return "no usage reported"
     if not isinstance(usage, dict):
         return f"usage {json.dumps(usage)[:40]} is not an object"
     body = entry["body"]

@@ -43,7 +43,7 @@ from ..paths import Paths, store_dir
 from .backend import Backend, RequestFailed, TeacherError, origin
 from .claims import Claims
 from .cost import (CapReached, SpendCap, SpendCapReached, _usd, batch_share, cached_tokens, check_prices, paid_for,
-                   price_of, usage_problem)
+                   counted_at_worst, price_of, usage_problem)
 from .parse import completions, count_valid
 from .prompts import _tiktoken_counter, approx_tokens, limit_key, message_tokens, read_requests
 from .store import Journal, ResponseStore, read_journal, request_key
@@ -196,7 +196,7 @@ class Rounds:
             return None, True
         entry = self.keep({"key": key, "origin": self.who, "round": salt, "body": body, "response": resp,
                            **self.backend.provenance(key)})
-        if entry is not None and (why := usage_problem(entry)) is not None:
+        if entry is not None and (why := counted_at_worst(entry, self.params.teacher.price)) is not None:
             self.stats["usage_impossible"] += 1
             tqdm.write(f"teacher: {self.who} reported impossible usage for {qid} ({why}); counted at the "
                        "request's worst case", file=sys.stderr)
@@ -336,7 +336,7 @@ class Stopped(Exception):
 
 async def _run(params: Params, requests: list[dict], backend, journal: Journal, store: Optional[ResponseStore],
                stats: Counter, breaker: Breaker, cap: SpendCap, signals: list[int], used: set[str]) -> dict:
-    """The rounds under Ctrl-C / SIGTERM handling: the first signal stops sending, waits up to `teacher.timeout`
+    """The rounds under Ctrl-C / SIGTERM / SIGHUP (a closed terminal) handling: the first signal stops sending, waits up to `teacher.timeout`
     for the requests in flight and keeps their answers (paid for), then stops the stage; a second one exits at
     once (what was stored stays stored: every answer is fsync'd as it arrives)."""
     loop = asyncio.get_running_loop()
@@ -354,7 +354,7 @@ async def _run(params: Params, requests: list[dict], backend, journal: Journal, 
         loop.call_later(params.teacher.timeout, main.cancel)
 
     backend.stopping = stopping
-    handled = [s for s in (signal.SIGINT, signal.SIGTERM) if _can_handle(loop, s, on_signal)]
+    handled = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if _can_handle(loop, s, on_signal)]
     state = {r["id"]: {"req": r, "needed": r["body"]["n"], "max_tokens": r["body"][limit_key(r["body"])],
                        "completions": [], "rounds": 0, "valid": 0} for r in requests}
     try:
