@@ -66,3 +66,26 @@ def test_fresh_clone_report_finds_its_pictures(clone):
     readme = (clone / "README.md").read_text(encoding="utf-8")
     for rel in re.findall(r"!\[[^\]]*\]\((metrics/[^)\s]+)\)", readme):
         assert (clone / rel).is_file(), f"README.md: {rel} is not in a fresh clone"
+
+
+NO_REMOTE = "No remote provided and no default remote set."  # DVC's line when a repository names no remote
+
+
+def test_dvc_pull_without_a_remote_says_so(clone):
+    """Git names no remote (the old default, ../tinythinker-dvc-storage, existed on no clone's machine): `dvc pull`
+    exits 1 with DVC's line that no remote is set, not with ~45 hashes 'missing' from a directory that does not
+    exist; and the docs name that line with the command that adds a remote."""
+    import os
+
+    out = subprocess.run("dvc pull", shell=True, cwd=clone, capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    text = out.stdout + out.stderr
+    assert out.returncode == 1
+    assert NO_REMOTE in text, text[-2000:]
+    assert "do not exist neither locally nor on remote" not in text, text[-2000:]
+    guide = (REPO / "docs" / "experiments.md").read_text(encoding="utf-8")
+    at = guide.find(NO_REMOTE)
+    assert at >= 0 and "dvc remote add -d" in guide[at - 600:at + 600], \
+        "docs/experiments.md: DVC's no-remote line and `dvc remote add -d` beside it"
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert "dvc remote add -d" in readme or "docs/experiments.md#sharing-data-and-checkpoints-through-a-remote" in readme
