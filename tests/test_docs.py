@@ -188,3 +188,14 @@ def test_readme_keeps_two_setup_commands_and_no_lab_notes():
     assert not re.findall(r"\b\d[\d,]* tests\b", body), "test counts in README.md"
     timings = re.findall(r"\b\d+ min(?: \d+ s)?\b|\b\d+ s\b|~\d+ min", body)
     assert not timings, f"timings in README.md: {timings}"
+
+
+def test_experiments_md_says_sequential_runs_stack_and_how_to_run_them_independently():
+    """`dvc exp run -S a` then `dvc exp run -S b` runs b on top of a (the workspace keeps the last experiment); the
+    ablation docs say so and show the two ways to independent runs (committed params back, or a queue)."""
+    text = (REPO / "docs" / "experiments.md").read_text(encoding="utf-8")
+    section = _section(text, "## Experiments")
+    assert "on top of" in section and "git checkout params.yaml" in section and "dvc exp run --queue" in section
+    assert section.index("on top of") < section.index("The ablation grid")
+    readme = README.read_text(encoding="utf-8")
+    assert "stack" in _section(readme, "## One-flag switches")
