@@ -8,7 +8,7 @@ from ruamel.yaml import YAML
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-PAGES = ["embedded-task", "experiments", "paper", "teacher", "decoder-only", "scale-out", "performance",
+PAGES = ["method", "embedded-task", "experiments", "paper", "teacher", "decoder-only", "scale-out", "performance",
          "architecture"]
 
 
