@@ -27,7 +27,7 @@ class Interrupted(Exception):
 
 
 @contextlib.contextmanager
-def naming(path: Path, temporaries: str) -> Iterator[None]:
+def _naming(path: Path, temporaries: str) -> Iterator[None]:
     """An OSError that names no file (disk full does not) or a temporary of `path` is re-raised naming `path`."""
     try:
         yield
@@ -49,7 +49,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     prefix = f".{path.name}.tmp-"
-    with naming(path, str(path.parent / prefix)):
+    with _naming(path, str(path.parent / prefix)):
         path.parent.mkdir(parents=True, exist_ok=True)
         for stale in sorted(path.parent.glob(glob.escape(prefix) + "*")):
             if (stale / "old").exists() and not path.exists():
@@ -57,7 +57,7 @@ def atomic_path(path: str | Path, suffix: str = "") -> Iterator[Path]:
             shutil.rmtree(stale, ignore_errors=True)
         tmp_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=path.parent))
     try:
-        with naming(path, str(path.parent / prefix)):
+        with _naming(path, str(path.parent / prefix)):
             tmp = tmp_dir / f"out{suffix}"
             yield tmp
             if path.is_dir() and not path.is_symlink():

@@ -41,7 +41,6 @@ from ..params import Params
 from .backend import Backend, RequestFailed, TeacherError
 from .cost import CapReached, SpendCap
 from .live import OpenAIBackend
-from .parse import response_problem
 from .store import ResponseStore
 
 # The API's limits on one input file; module constants so that tests can lower them.
@@ -83,7 +82,7 @@ def input_files(missing: list[tuple[dict, str, str]]) -> list[tuple[str, list[st
 def _error_text(line: dict) -> tuple[str, str]:
     """(code, one-line message) of an error-file line: an HTTP error the request got, or a batch-level error
     (`batch_expired`, `batch_cancelled`) for a request that never ran."""
-    resp = line.get("response") if isinstance(line.get("response"), dict) else {}
+    resp = line.get("response") or {}
     err = line.get("error") or ((resp.get("body") or {}).get("error") if isinstance(resp.get("body"), dict) else None)
     err = err if isinstance(err, dict) else {"message": str(err or resp.get("body") or "no answer")}
     code = str(err.get("code") or err.get("type") or "")
@@ -319,13 +318,9 @@ class BatchBackend(Backend):
                                    f"{raw[:200]!r}") from None
             if key not in want:
                 continue  # answered meanwhile (another run), or never ours
-            resp = line.get("response") if isinstance(line.get("response"), dict) else {}
-            problem = response_problem(resp.get("body"))
-            if resp.get("status_code") == 200 and not line.get("error") and problem is None:
+            resp = line.get("response") or {}
+            if resp.get("status_code") == 200 and isinstance(resp.get("body"), dict) and not line.get("error"):
                 self.answers[key] = (resp["body"], batch.id)
-            elif resp.get("status_code") == 200 and not line.get("error"):
-                self.stats["malformed_responses"] += 1
-                self.failures[key] = RequestFailed(f"batch {batch.id}: malformed answer: {problem}", transient=False)
             else:
                 code, message = _error_text(line)
                 expired = code in ("batch_expired", "batch_cancelled")

@@ -39,12 +39,8 @@ class Claims:
                 for old in self.dir.glob(f".stale-{key}-{self.pid}-*"):
                     old.unlink(missing_ok=True)
                 continue
-            try:
-                with os.fdopen(fd, "w") as f:
-                    json.dump({"host": self.host, "pid": self.pid, "time": time.time()}, f)
-            except OSError as e:  # a full disk: no half-written claim is left to stall other processes
-                path.unlink(missing_ok=True)
-                raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+            with os.fdopen(fd, "w") as f:
+                json.dump({"host": self.host, "pid": self.pid, "time": time.time()}, f)
             return True
         return False
 

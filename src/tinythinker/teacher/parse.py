@@ -68,25 +68,6 @@ def parse_completion(content: str, num_options: int) -> tuple[Optional[dict], Op
             "answer": answer}, None
 
 
-def response_problem(response) -> Optional[str]:
-    """What keeps `response` from being read as a chat completion (choices of messages with text content and a
-    finish reason, a usage object), or None."""
-    if not isinstance(response, dict):
-        return f"a JSON {type(response).__name__}, not an object"
-    choices = response.get("choices")
-    if not isinstance(choices, list):
-        return "no list of choices"
-    for i, c in enumerate(choices):
-        message = c.get("message") if isinstance(c, dict) else None
-        if not isinstance(message, dict) or not isinstance(message.get("content", ""), (str, type(None))):
-            return f"choice {i} has no message with text content"
-        if not isinstance(c.get("finish_reason", ""), (str, type(None))):
-            return f"choice {i}'s finish_reason is not a string"
-    if not isinstance(response.get("usage", {}), (dict, type(None))):
-        return "usage is not an object"
-    return None
-
-
 def completions(response: Optional[dict]) -> list[dict]:
     """The completions of a chat-completions response as completions.jsonl holds them: content and finish reason."""
     return [{"content": (c.get("message") or {}).get("content") or "", "finish_reason": c.get("finish_reason")}

@@ -37,13 +37,13 @@ import sys
 from collections import Counter
 from typing import Optional
 
-from ..io import DataError, Interrupted, describe_os_error, read_jsonl, write_json, write_jsonl
+from ..io import Interrupted, read_jsonl, write_json, write_jsonl
 from ..params import Params
 from ..paths import Paths, store_dir
 from .backend import Backend, RequestFailed, TeacherError, origin
 from .claims import Claims
 from .cost import (CapReached, SpendCap, SpendCapReached, _usd, batch_share, cached_tokens, check_prices, paid_for,
-                   price_of, usage_problem)
+                   price_of)
 from .parse import completions, count_valid
 from .prompts import _tiktoken_counter, approx_tokens, limit_key, message_tokens, read_requests
 from .store import Journal, ResponseStore, read_journal, request_key
@@ -105,219 +105,152 @@ def _round_requests(body: dict, rnd: int, repeat_n: bool) -> list[tuple[dict, st
     return [(body, f"round{rnd}")]
 
 
-class Rounds:
-    """The re-ask rounds of one run. Every answer is kept as it arrives (the store, then the journal); `used` collects
-    the key of every answer the data use (sent now, or found stored). An error after which no new request may be
-    sent (quota, a refused key, a server down, a full disk) halts the run: nothing new is sent, the requests
-    already in flight finish and keep their answers (they are paid for), then the error is raised."""
+async def _gather(params: Params, requests: list[dict], backend, journal: Journal,
+                  store: Optional[ResponseStore], stats: Counter, breaker: Breaker, cap: SpendCap,
+                  stopping: asyncio.Event, used: set[str]) -> dict:
+    """The rounds; `used` collects the key of every answer the data use (sent now, or found stored)."""
+    from tqdm import tqdm
 
-    def __init__(self, params: Params, backend, journal: Journal, store: Optional[ResponseStore], stats: Counter,
-                 breaker: Breaker, cap: SpendCap, stopping: asyncio.Event, used: set[str]):
-        t = params.teacher
-        self.params, self.backend, self.journal, self.store, self.stats = params, backend, journal, store, stats
-        self.breaker, self.cap, self.stopping, self.used = breaker, cap, stopping, used
-        self.who = origin(params)
-        self.sem = asyncio.Semaphore(t.max_concurrency)
-        # Another process sharing the store (a parallel experiment) may be buying a request this run needs: the
-        # first to send it owns it, the others wait for its answer (claims.py).
-        self.claims = (Claims(store.root, t.timeout * (t.max_retries + 1) + t.max_retry_seconds)
-                       if store is not None else None)
-        self.halted: Optional[Exception] = None
+    t = params.teacher
+    who = origin(params)
+    state = {r["id"]: {"req": r, "needed": r["body"]["n"], "max_tokens": r["body"][limit_key(r["body"])],
+                       "completions": [], "rounds": 0, "valid": 0} for r in requests}
+    sem = asyncio.Semaphore(t.max_concurrency)
+    # Another process sharing the store (a parallel experiment) may be buying a request this run needs: the first
+    # to send it owns it, the others wait for its answer (claims.py).
+    claims = Claims(store.root, t.timeout * (t.max_retries + 1) + t.max_retry_seconds) if store is not None else None
 
-    def halt(self, err: Exception) -> None:
-        """No new request from now on; `err` (the first such) is raised once those in flight are kept."""
-        if self.halted is None:
-            self.halted = err
-        self.stopping.set()
-
-    def found(self, key: str) -> Optional[dict]:
-        entry = self.journal.get(key)
+    def found(key: str) -> Optional[dict]:
+        entry = journal.get(key)
         if entry is not None:
-            self.stats["from_journal"] += 1
-        elif self.store is not None and (entry := self.store.get(key)) is not None:
-            self.journal.put(entry)  # paid in another run, experiment or checkout: the journal records it too
-            self.stats["from_store"] += 1
+            stats["from_journal"] += 1
+        elif store is not None and (entry := store.get(key)) is not None:
+            journal.put(entry)  # paid in another run, experiment or checkout: the journal records it too
+            stats["from_store"] += 1
         return entry
 
-    def keep(self, entry: dict) -> Optional[dict]:
-        """The store first (it outlives the workspace), then the journal. An answer one of them cannot take (a
-        full disk) still reaches the other, and the run halts naming the one that failed; None when neither
-        could take it."""
-        in_store = False
-        if self.store is not None:
+    def keep(entry: dict) -> dict:
+        """The store first (it outlives the workspace), then the journal; an answer one of them cannot take (a
+        full disk) still reaches the other, and the error names the one that failed."""
+        failed = None
+        if store is not None:
             try:
-                entry, in_store = self.store.put(entry), True
+                entry = store.put(entry)
             except OSError as e:
-                self.halt(_disk_error(e, "the response store", self.store.root, self.journal.path))
+                failed = _named(e, store.root)
         try:
-            self.journal.put(entry)  # a kill after this line loses nothing paid for
+            journal.put(entry)  # a kill after this line loses nothing paid for
         except OSError as e:
-            self.halt(_disk_error(e, "the journal", self.journal.path, self.store.root if in_store else None))
-            return entry if in_store else None
+            raise _named(e, journal.path) from None
+        if failed is not None:
+            raise failed
         return entry
 
-    async def claim(self, key: str) -> Optional[dict]:
-        """Wait until this process owns `key` (None), or another's answer to it is stored (returned)."""
-        while not self.claims.take(key):
-            if self.stopping.is_set():
+    async def claim(key: str) -> Optional[dict]:
+        """Wait until this process owns `key`, or another's answer to it is stored (returned)."""
+        while not claims.take(key):
+            if stopping.is_set():
                 return None
             await asyncio.sleep(_CLAIM_POLL)
-            if self.store.get(key) is not None:
-                return self.found(key)
-        if self.store.get(key) is not None:  # the owner stored it and let go just before this claim
-            self.claims.release(key)
-            return self.found(key)
+            if store.get(key) is not None:
+                return found(key)
+        if store.get(key) is not None:  # the owner stored it and let go just before this claim
+            claims.release(key)
+            return found(key)
         return None
 
-    async def send(self, body: dict, salt: str, key: str, qid: str) -> tuple[Optional[dict], bool]:
-        """(the answer, stored or None, whether it was asked at all: not after a signal, a halt or the cap)."""
-        from tqdm import tqdm
-
+    async def send(body: dict, salt: str, key: str, qid: str) -> Optional[dict]:
+        """The answer, stored; None when none came (a failure, the spend cap, a signal)."""
         try:
-            async with self.sem:
-                if self.stopping.is_set():  # a signal or a halt: nothing new is sent
+            async with sem:
+                if stopping.is_set():  # a signal came: nothing new is sent
                     raise Stopped()
-                resp = await self.backend.complete(body, key, qid, salt)
+                resp = await backend.complete(body, key, qid, salt)
         except Stopped:
-            self.stats["requests_not_sent_stopping"] += 1
-            return None, False
+            stats["requests_not_sent_interrupted"] += 1
+            return None
         except CapReached:  # not sent: the round ends with what is in flight, then the stage stops
-            self.stats["requests_capped"] += 1
-            return None, False
-        except TeacherError as e:  # quota, key, access: no new request can succeed
-            self.halt(e)
-            return None, True
+            stats["requests_capped"] += 1
+            return None
         except RequestFailed as e:
-            self._log_failure(qid, salt, e)
-            try:
-                self.breaker.fail(e)
-            except TeacherError as down:
-                self.halt(down)
-            return None, True
-        entry = self.keep({"key": key, "origin": self.who, "round": salt, "body": body, "response": resp,
-                           **self.backend.provenance(key)})
-        if entry is not None and (why := usage_problem(entry)) is not None:
-            self.stats["usage_impossible"] += 1
-            tqdm.write(f"teacher: {self.who} reported impossible usage for {qid} ({why}); counted at the "
-                       "request's worst case", file=sys.stderr)
-        if entry is not None:
-            self.stats["sent"] += 1
-            self.stats["usd_micro_sent"] += round(1e6 * _usd(entry, self.params.teacher.price))
-        return entry, True
+            if breaker.failed < _LOGGED_FAILURES:
+                tqdm.write(f"teacher: no answer for {qid} ({salt}): {e}", file=sys.stderr)
+            elif breaker.failed == _LOGGED_FAILURES:
+                tqdm.write("teacher: further unanswered requests are only counted "
+                           "(metrics/teacher_request.json)", file=sys.stderr)
+            breaker.fail(e)
+            return None
+        entry = keep({"key": key, "origin": who, "round": salt, "body": body, "response": resp,
+                      **backend.provenance(key)})
+        stats["sent"] += 1
+        stats["usd_micro_sent"] += round(1e6 * _usd(entry, t.price))
+        return entry
 
-    def _log_failure(self, qid: str, salt: str, e: RequestFailed) -> None:
-        from tqdm import tqdm
-
-        if self.breaker.failed < _LOGGED_FAILURES:
-            tqdm.write(f"teacher: no answer for {qid} ({salt}): {e}", file=sys.stderr)
-        elif self.breaker.failed == _LOGGED_FAILURES:
-            tqdm.write("teacher: further unanswered requests are only counted "
-                       "(metrics/teacher_request.json)", file=sys.stderr)
-
-    async def ask(self, body: dict, salt: str, key: str, qid: str, bar) -> Optional[dict]:
-        entry = self.found(key)
-        if entry is None and self.claims is not None:
-            try:
-                entry = await self.claim(key)
-            except OSError as e:  # the claim file cannot be written (a full disk): nothing sent for it
-                self.halt(_disk_error(e, "a claim in the response store", self.claims.dir, None))
-                return None
+    async def ask(body: dict, salt: str, key: str, qid: str, bar) -> Optional[dict]:
+        entry = found(key)
+        if entry is None and claims is not None:
+            entry = await claim(key)
         if entry is None:
             try:
-                entry, asked = await self.send(body, salt, key, qid)
+                entry = await send(body, salt, key, qid)
             finally:  # answered and stored, or failed: a waiting process may go on
-                if self.claims is not None:
-                    self.claims.release(key)
+                if claims is not None:
+                    claims.release(key)
             if entry is None:
-                if asked:  # a request never sent is not progress
-                    bar.update(1)
+                bar.update(1)
                 return None
-        self.breaker.ok()
-        self.used.add(key)
-        self._count(entry, bar)
-        return entry["response"]
-
-    def _count(self, entry: dict, bar) -> None:
-        usage = entry["response"].get("usage")
-        usage = usage if isinstance(usage, dict) and usage_problem(entry) is None else {}
-        stats = self.stats
+        breaker.ok()
+        used.add(key)
+        resp = entry["response"]
+        usage = resp.get("usage") or {}
         stats["prompt_tokens"] += usage.get("prompt_tokens") or 0
         stats["cached_prompt_tokens"] += cached_tokens(usage)
         stats["completion_tokens"] += usage.get("completion_tokens") or 0
-        stats["usd_micro"] += round(1e6 * _usd(entry, self.params.teacher.price))
+        stats["usd_micro"] += round(1e6 * _usd(entry, t.price))
         bar.update(1)
         bar.set_postfix(sent=stats["sent"], cached=stats["from_journal"] + stats["from_store"],
                         tokens=stats["prompt_tokens"] + stats["completion_tokens"],
                         usd=f"{stats['usd_micro'] / 1e6:.2f}", refresh=False)
+        return resp
 
-    def _jobs(self, todo: list[dict], rnd: int) -> list[tuple]:
+    from ..data.tasks import get_task
+
+    rounds = t.rounds or get_task(params.dataset.name).teacher.rounds
+    for rnd in range(1, rounds + 1):
+        todo = [s for s in state.values() if s["needed"] > 0]
+        if not todo:
+            break
         jobs = []
         for s in todo:
             body = {**s["req"]["body"], "n": s["needed"], limit_key(s["req"]["body"]): s["max_tokens"]}
-            jobs += [(s, b, salt, request_key(b, salt, self.who))
-                     for b, salt in _round_requests(body, rnd, self.params.teacher.repeat_n)]
-        return jobs
-
-    async def _ask_all(self, jobs: list[tuple], label: str) -> list[Optional[dict]]:
-        from tqdm import tqdm
-
-        if self.backend.batched:
+            jobs += [(s, b, salt, request_key(b, salt, who)) for b, salt in _round_requests(body, rnd, t.repeat_n)]
+        label = f"teacher round {rnd}/{rounds}"
+        if backend.batched:
             missing = [(b, salt, k) for _, b, salt, k in jobs
-                       if self.journal.get(k) is None and (self.store is None or self.store.get(k) is None)]
-            if await self.backend.prepare_round(missing, label):
-                self.breaker.ok()  # the server answers: a failed line is that request's problem, not a refusal
+                       if journal.get(k) is None and (store is None or store.get(k) is None)]
+            if await backend.prepare_round(missing, label):
+                breaker.ok()  # the server answers: a failed line is that request's problem, not a refusal of all
         with tqdm(total=len(jobs), desc=label, unit="req", mininterval=1.0) as bar:
-            responses = await _all(self.ask(b, salt, k, s["req"]["id"], bar) for s, b, salt, k in jobs)
-        self.backend.finish_round()
-        return responses
-
-    async def run(self, state: dict) -> dict:
-        from ..data.tasks import get_task
-
-        t = self.params.teacher
-        rounds = t.rounds or get_task(self.params.dataset.name).teacher.rounds
-        for rnd in range(1, rounds + 1):
-            todo = [s for s in state.values() if s["needed"] > 0]
-            if not todo:
-                break
-            jobs = self._jobs(todo, rnd)
-            responses = await self._ask_all(jobs, f"teacher round {rnd}/{rounds}")
-            if self.halted is not None:  # what was in flight is kept: now the error
-                raise self.halted
-            if self.stopping.is_set():  # a signal: what was in flight is stored, stop before the round's verdicts
-                raise Stopped()
-            self.breaker.end_round()
-            _tally(todo, jobs, responses, rnd)
-            if self.cap.reached:
-                raise SpendCapReached(_cap_message(self.cap, state))
-        return state
-
-
-def _tally(todo: list[dict], jobs: list[tuple], responses: list[Optional[dict]], rnd: int) -> None:
-    """A round's answers into each question's state: valid completions counted, the rest needed again."""
-    got: dict[str, list[dict]] = {}
-    for (s, *_), resp in zip(jobs, responses):
-        got.setdefault(s["req"]["id"], []).extend(completions(resp))
-    for s in todo:
-        mine = got.get(s["req"]["id"], [])
-        valid, double = count_valid(mine, s["req"]["options"])
-        s["completions"] += mine
-        s["rounds"] = rnd
-        s["valid"] += valid
-        s["needed"] = max(0, s["needed"] - valid)
-        if double:
-            s["max_tokens"] *= 2  # spec 3.2 step 3: a completion cut off by length gets twice the room
-
-
-def _disk_error(e: OSError, what: str, path, kept_in) -> TeacherError:
-    """One line for a write that failed on disk: the path (`path` where the error names none), the system's
-    words, where the answers are instead."""
-    if e.filename is None:
-        e = OSError(e.errno, e.strerror or str(e), str(path))
-    where = (f"the answers received are also kept in {kept_in}, and a rerun " if kept_in is not None else
-             "a rerun ")
-    return TeacherError(f"{describe_os_error(e)} (writing {what}); {where}buys nothing already kept: "
-                        "free space there (or fix the path) and rerun")
+            responses = await _all(ask(b, salt, k, s["req"]["id"], bar) for s, b, salt, k in jobs)
+        backend.finish_round()
+        if stopping.is_set():  # what was in flight is stored: stop before the round's verdicts
+            raise Stopped()
+        breaker.end_round()
+        got: dict[str, list[dict]] = {}
+        for (s, *_), resp in zip(jobs, responses):
+            got.setdefault(s["req"]["id"], []).extend(completions(resp))
+        for s in todo:
+            mine = got.get(s["req"]["id"], [])
+            valid, double = count_valid(mine, s["req"]["options"])
+            s["completions"] += mine
+            s["rounds"] = rnd
+            s["valid"] += valid
+            s["needed"] = max(0, s["needed"] - valid)
+            if double:
+                s["max_tokens"] *= 2  # spec 3.2 step 3: a completion cut off by length gets twice the room
+        if cap.reached:
+            raise SpendCapReached(_cap_message(cap, state))
+    return state
 
 
 def _cap_message(cap: SpendCap, state: dict) -> str:
@@ -355,10 +288,8 @@ async def _run(params: Params, requests: list[dict], backend, journal: Journal, 
 
     backend.stopping = stopping
     handled = [s for s in (signal.SIGINT, signal.SIGTERM) if _can_handle(loop, s, on_signal)]
-    state = {r["id"]: {"req": r, "needed": r["body"]["n"], "max_tokens": r["body"][limit_key(r["body"])],
-                       "completions": [], "rounds": 0, "valid": 0} for r in requests}
     try:
-        return await Rounds(params, backend, journal, store, stats, breaker, cap, stopping, used).run(state)
+        return await _gather(params, requests, backend, journal, store, stats, breaker, cap, stopping, used)
     except asyncio.CancelledError:
         if not stopping.is_set():
             raise
@@ -375,6 +306,13 @@ def _can_handle(loop, signum: int, handler) -> bool:
         return True
     except (RuntimeError, ValueError):
         return False
+
+
+def _named(e: OSError, path) -> OSError:
+    """`e` naming `path` where it names no file or a temporary (a full disk reports no file name)."""
+    if e.filename is not None and str(e.filename) == str(path):
+        return e
+    return OSError(e.errno, e.strerror or str(e), str(path))
 
 
 def open_backend(params: Params, paths: Paths, stats: Counter,
@@ -401,19 +339,6 @@ def open_backend(params: Params, paths: Paths, stats: Counter,
     return OpenAIBackend(t, stats, cap), ResponseStore(store_dir())
 
 
-def _journal_into_store(journal: Journal, store: ResponseStore, stats: Counter) -> None:
-    """Paid answers of the journal the store lacks (a pulled journal, a run whose store disk was full) go into it,
-    so they serve every checkout; the offline teacher's free answers stay in the journal alone."""
-    for entry in journal:
-        if entry.get("origin", "offline").startswith("offline") or entry["key"] in store:
-            continue
-        try:
-            store.put(entry)
-        except OSError as e:
-            raise _disk_error(e, "the response store", store.root, journal.path) from None
-        stats["journal_entries_stored"] += 1
-
-
 def request(params: Params, paths: Paths) -> dict:
     """Run the rounds; write completions.jsonl and metrics/teacher_request.json; return the metrics.
     Raises TeacherError (and writes neither) when the teacher fails, the spend cap is reached or
@@ -427,7 +352,10 @@ def request(params: Params, paths: Paths) -> dict:
     backend, store = open_backend(params, paths, stats, cap)
     with Journal(paths.journal) as journal:
         if store is not None:  # a pulled (or older) journal feeds the store: its answers serve every checkout
-            _journal_into_store(journal, store, stats)
+            for entry in journal:
+                if "origin" in entry and entry["key"] not in store:
+                    store.put(entry)
+                    stats["journal_entries_stored"] += 1
             # What this request set has cost before this run, in any round, run, experiment or workspace.
             cap.paid_before = paid_for(store.entries(), origin(params), requests, t.price)
         signals: list[int] = []
@@ -469,7 +397,7 @@ def request(params: Params, paths: Paths) -> dict:
         # every answer of this request set the response store holds, bought in this run or before it
         "usd_paid_for_request_set": round(cap.paid_before + stats["usd_micro_sent"] / 1e6, 4),
         **{k: stats[k] for k in ("retries", "rate_limited", "server_errors", "timeouts_or_connection_errors",
-                                 "malformed_responses", "rejected_requests", "failed_requests", "usage_impossible",
+                                 "malformed_responses", "rejected_requests", "failed_requests",
                                  "prompt_tokens", "cached_prompt_tokens", "completion_tokens",
                                  # batch mode (batch.py): batches sent now, running ones taken up again,
                                  # error-file lines, requests an expired or cancelled batch left unanswered
@@ -498,7 +426,7 @@ def dry_run(params: Params, paths: Paths) -> dict:
     request set has paid, and the cap. Sends nothing, writes nothing (the journal is only read). Later rounds
     re-ask only what round 1 leaves without valid completions, so they are not counted."""
     t = params.teacher
-    requests = _planned_requests(params, paths)
+    requests = read_requests(paths)
     check_prices(params, requests)  # as the run would refuse
     who = origin(params)
     journal = read_journal(paths.journal)
@@ -547,21 +475,6 @@ def dry_run(params: Params, paths: Paths) -> dict:
             fit += 1
         plan["fit_under_cap"] = fit
     return plan
-
-
-def _planned_requests(params: Params, paths: Paths) -> list[dict]:
-    """The request set as the `prompt` stage writes it, or, before it ran (a fresh clone), as it would write it
-    from the prepared training split; without that either, the command that makes them."""
-    if paths.requests.exists() or not paths.split("train").exists():
-        if not paths.requests.exists():
-            raise DataError(f"{paths.requests}: no such file, nor the training split it is built from; "
-                            "`dvc repro prompt` makes both (download, prepare, prompt: nothing is sent to the "
-                            "teacher), then look again")
-        return read_requests(paths)
-    from ..data.prepare import read_split
-    from .prompts import build_requests
-
-    return build_requests(params, read_split(paths, "train"))
 
 
 def describe(plan: dict) -> str:

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-from ..io import DataError, naming
+from ..io import DataError
 
 
 def request_key(body: dict, salt: str = "", origin: str = "") -> str:
@@ -124,12 +124,7 @@ class ResponseStore:
 def _durable(path: Path, data: bytes, replace: bool = True) -> bool:
     """Write `data` whole to `path`, fsync'd, then renamed (`replace`) or hard-linked (never replacing) into
     place; the directory is fsync'd so the name itself survives a power cut. False: `path` existed and was
-    kept (only without `replace`). An OSError (a full disk, a directory in the way) names `path`."""
-    with naming(path, str(path.parent / ".")):
-        return _write_durable(path, data, replace)
-
-
-def _write_durable(path: Path, data: bytes, replace: bool) -> bool:
+    kept (only without `replace`)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".", suffix=".tmp")
     try:
