@@ -8,7 +8,7 @@ from ruamel.yaml import YAML
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
-PAGES = ["embedded-task", "experiments", "paper", "teacher", "decoder-only", "scale-out", "performance",
+PAGES = ["method", "embedded-task", "experiments", "paper", "teacher", "decoder-only", "scale-out", "performance",
          "architecture"]
 
 
@@ -146,3 +146,56 @@ def test_tinythinker_commands_in_the_docs_parse(path):
         known = {o for p in sub.params for o in getattr(p, "opts", [])}
         bad += [f"{m.group(0)} ({w})" for w in words[1:] if w.startswith("--") and w not in known]
     assert not bad, f"{path.relative_to(REPO)}: commands that do not parse: {bad}"
+
+
+def _leaves(tree, prefix=""):
+    """The dotted column names DVC shows for a metrics file: one per leaf."""
+    if isinstance(tree, dict):
+        return [c for k, v in tree.items() for c in _leaves(v, f"{prefix}{k}.")]
+    return [prefix[:-1]]
+
+
+def test_experiments_md_counts_the_headline_columns_the_committed_run_has():
+    """docs/experiments.md's "(N columns for the default run)" is the number of columns `dvc metrics show` prints for
+    the committed metrics/summary.json, and every column family is named there."""
+    import json
+
+    text = (REPO / "docs" / "experiments.md").read_text(encoding="utf-8")
+    stated = [int(n) for n in re.findall(r"\((\d+) columns for the default run\)", text)]
+    summary = json.loads((REPO / "metrics" / "summary.json").read_text(encoding="utf-8"))
+    columns = _leaves(summary)
+    assert stated == [len(columns)], f"docs/experiments.md states {stated}; metrics/summary.json has {len(columns)}"
+    section = text.split("**`metrics/summary.json`**", 1)[1].split("\n- ", 1)[0]
+    for family in summary:
+        assert f"`{family}." in section or f"`{family}`" in section, f"{family}.* columns not named"
+
+
+def _section(text: str, heading: str) -> str:
+    return text.split(heading, 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_keeps_two_setup_commands_and_no_lab_notes():
+    """README states the results; what changes with every commit (commit hashes, test counts, timings) lives in docs/
+    and DEVELOPERS.md. Its quick start is exactly two commands."""
+    text = README.read_text(encoding="utf-8")
+    quick = _section(text, "## Quick start")
+    (block,) = re.findall(r"```bash\n(.*?)```", quick, flags=re.S)
+    commands = [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert len(commands) == 2, commands
+    body = prose(text)
+    hashes = [h for h in re.findall(r"\b[0-9a-f]{7,40}\b", body) if re.search(r"\d", h) and re.search(r"[a-f]", h)]
+    assert not hashes, f"commit hashes in README.md: {hashes}"
+    assert not re.findall(r"\b\d[\d,]* tests\b", body), "test counts in README.md"
+    timings = re.findall(r"\b\d+ min(?: \d+ s)?\b|\b\d+ s\b|~\d+ min", body)
+    assert not timings, f"timings in README.md: {timings}"
+
+
+def test_experiments_md_says_sequential_runs_stack_and_how_to_run_them_independently():
+    """`dvc exp run -S a` then `dvc exp run -S b` runs b on top of a (the workspace keeps the last experiment); the
+    ablation docs say so and show the two ways to independent runs (committed params back, or a queue)."""
+    text = (REPO / "docs" / "experiments.md").read_text(encoding="utf-8")
+    section = _section(text, "## Experiments")
+    assert "on top of" in section and "git checkout params.yaml" in section and "dvc exp run --queue" in section
+    assert section.index("on top of") < section.index("The ablation grid")
+    readme = README.read_text(encoding="utf-8")
+    assert "stack" in _section(readme, "## One-flag switches")

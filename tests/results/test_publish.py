@@ -53,8 +53,8 @@ def test_card_front_matter_and_body_from_params_and_metrics(tmp_path):
     assert result["metrics"][0]["type"] == "accuracy" and result["metrics"][0]["value"] == 57.68
     assert "| sft | 55.10 | 54.32 |" in body and "| iter2 | 58.25 | 57.68 |" in body
     assert "the final model is **iter2**" in body
-    assert "`gpt-4o-2024-05-13` (openai backend), 8 rationales per training question" in body  # task default
-    assert "2 iteration(s) of DPO" in body and "1 x sigmoid + 0.5 x sft" in body
+    assert "`gpt-4o-2024-05-13` through an OpenAI-compatible chat API, 8 rationales per training question" in body
+    assert "2 iterations of DPO" in body and "1 x sigmoid + 0.5 x sft" in body
     assert "Recall:" in body and "Analyze: For option A," in body and "Summarize:" in body
     assert "t5" in meta["tags"]
 
@@ -191,3 +191,68 @@ def test_dvc_stage_and_artifacts():
     arts = dvc["artifacts"]
     assert {a["path"]: a["type"] for a in arts.values()} == {"models/sft": "model", "models/final": "model"}
     assert all(a["desc"] and a["labels"] for a in arts.values())
+
+
+# Every dataset x student family x teacher kind the card can describe (issue 33: "A embedded student that answers
+# Embedded closed-world category questions questions", "1 epochs", the offline teacher named as gpt-4o).
+CONFIGS = [
+    ("synthetic", "embedded", "offline", {"model_type": "t5", "is_encoder_decoder": True}),
+    ("synthetic", "embedded-causal", "offline", {"model_type": "llama"}),
+    ("synthetic", "google-t5/t5-small", "offline", {"model_type": "t5", "is_encoder_decoder": True}),
+    ("csqa", "google-t5/t5-small", "openai", {"model_type": "t5", "is_encoder_decoder": True}),
+    ("csqa", "embedded", "openai", {"model_type": "t5", "is_encoder_decoder": True}),
+    ("obqa", "Qwen/Qwen2.5-0.5B", "openai", {"model_type": "qwen2"}),
+    ("obqa", "embedded-causal", "openai", {"model_type": "llama"}),
+    ("strategyqa", "HuggingFaceTB/SmolLM2-360M", "openai", {"model_type": "llama"}),
+    ("strategyqa", "google-t5/t5-small", "openai", {"model_type": "t5", "is_encoder_decoder": True}),
+]
+
+
+def _prose(body: str) -> str:
+    """The card's sentences: without the code blocks (prompts, params) and the results table."""
+    import re
+
+    body = re.sub(r"```.*?```", "", body, flags=re.S)
+    return "\n".join(line for line in body.splitlines() if not line.startswith("|"))
+
+
+@pytest.mark.parametrize("dataset,student,backend,config", CONFIGS,
+                         ids=[f"{d}-{s.rsplit('/', 1)[-1]}-{b}" for d, s, b, _ in CONFIGS])
+@pytest.mark.parametrize("epochs,iterations", [(1.0, 1), (2.0, 3)])
+def test_card_reads_as_english(tmp_path, dataset, student, backend, config, epochs, iterations):
+    import re
+
+    its = {"iter1": {"init": "models/sft"}, "iter2": {"init": "models/dpo/iter1"},
+           "iter3": {"init": "models/dpo/iter2"}}
+    p = PARAMS.replace(**{"dataset.name": dataset, "student.model": student, "teacher.backend": backend,
+                          "student.revision": None, "sft.epochs": epochs,
+                          "dpo.iterations": dict(list(its.items())[:iterations])})
+    meta, body = split_card(model_card(p, fixture_repo(tmp_path, config=config)))
+    text = _prose(body)
+    words = re.findall(r"[A-Za-z][\w'-]*", text)
+    doubled = [a for a, b in zip(words, words[1:]) if a.lower() == b.lower()]
+    assert not doubled, f"doubled words {doubled}:\n{text}"
+    # "a" before a vowel sound, "an" before a consonant: none of "A embedded", "a encoder", "an student"
+    assert not re.search(r"\b[Aa] [aeiouAEIOU`]", text), text
+    assert not re.search(r"\b[Aa]n [b-df-hj-np-tv-zB-DF-HJ-NP-TV-Z]", text), text
+    # numbers agree with their nouns
+    assert not re.search(r"(?<![\d.])1 (epochs|iterations|rationales|chains)\b", text), text
+    assert not re.search(r"\b(?!1\b)\d+(\.\d+)? (epoch|iteration|rationale|chain)\b(?! step)", text), text
+    assert "(s)" not in text
+    assert ("1 epoch," if epochs == 1 else "2 epochs,") in text
+    assert ("1 iteration of DPO" if iterations == 1 else "3 iterations of DPO") in text
+    # the opening sentence names the student as what it is
+    first = body.split("\n\n")[1]
+    if student.startswith("embedded"):
+        assert first.startswith("A small ") and "built and pretrained by the pipeline" in first
+        assert ("decoder-only" in first) == (student == "embedded-causal")
+    else:
+        assert first.startswith(f"A student fine-tuned from `{student}` that answers")
+    assert {"synthetic": "closed-world category questions", "csqa": "CommonsenseQA", "obqa": "OpenBookQA",
+            "strategyqa": "StrategyQA yes/no questions"}[dataset] in first
+    teacher = body.split("**Teacher:**", 1)[1].split("\n- ", 1)[0]
+    if backend == "offline":
+        assert "the project's offline teacher" in teacher and "no language model" in teacher
+        assert "gpt" not in body.lower() and PARAMS.teacher.model not in body  # no OpenAI model id anywhere
+    else:
+        assert f"`{PARAMS.teacher.model}`" in teacher and "offline" not in teacher

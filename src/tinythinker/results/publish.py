@@ -61,6 +61,48 @@ def _pct(value) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
+def _count(n, noun: str) -> str:
+    """`1 epoch`, `2 epochs`, `0.5 epochs`: a number with its noun, plural unless the number is exactly one."""
+    return f"{n:g} {noun}" if n == 1 else f"{n:g} {noun}s"
+
+
+# What the student answers, per dataset: a noun phrase that already ends in "questions".
+QUESTIONS = {"synthetic": "closed-world category questions (the project's embedded synthetic task)",
+             "csqa": "CommonsenseQA commonsense questions", "obqa": "OpenBookQA science questions",
+             "strategyqa": "StrategyQA yes/no questions"}
+
+
+def _questions(name: str, description: str) -> str:
+    """The dataset's questions as a noun phrase: "OpenBookQA science questions"; for a task without an entry the
+    description's name ("Foo (v2), 4-way ..." -> "Foo questions"), never "... questions questions"."""
+    if name in QUESTIONS:
+        return QUESTIONS[name]
+    head = description.split(",")[0].split(" (")[0].strip()
+    return head if head.lower().endswith("questions") else f"{head} questions"
+
+
+def _student(model: str, decoder_only: bool) -> str:
+    """The opening noun phrase of the card, with its article: who the student is."""
+    if model.startswith("embedded"):
+        kind = "decoder-only" if decoder_only else "encoder-decoder (T5)"
+        return f"A small {kind} student, built and pretrained by the pipeline itself,"
+    return f"A student fine-tuned from `{model}`"
+
+
+def _teacher(t, samples: int) -> str:
+    """Who wrote the rationales: the project's offline teacher (no language model behind it) or a chat model."""
+    if t.backend == "offline":
+        who = ("the project's offline teacher (a program that writes rationales from the synthetic world's facts, "
+               "with deliberate format faults and wrong facts; no language model)")
+    else:
+        who = f"`{t.model}` through an OpenAI-compatible chat API"
+        if t.mode == "batch":
+            who += " (Batch API)"
+    return (f"{who}, {_count(samples, 'rationale')} per training question"
+            + ("" if t.backend == "offline" else f" at temperature {t.temperature:g}")
+            + ", each given the gold answer (rationalisation)")
+
+
 def _architecture(params: Params, paths: Paths) -> tuple[str, bool]:
     """(model_type, decoder-only) of the final model, from its config as `student.model.family` reads it; before there
     is one (or for a card of a bare run), from the embedded student's name."""
@@ -106,14 +148,17 @@ def model_card(params: Params, paths: Paths) -> str:
     block = "<question>\n(A) <option> (B) <option> ..."
     key = {k: _param(params, k) for k in KEY_PARAMS}
     key["dpo.iterations"] = {k: v["init"] for k, v in key["dpo.iterations"].items()}
+    if t.backend == "offline":  # the offline teacher is no model: teacher.model is not read
+        del key["teacher.model"]
+    tuned = "the student" if params.student.model.startswith("embedded") else f"`{params.student.model}`"
     limit = (f"\n**Smoke run:** every split was capped at {params.dataset.limit} questions (`dataset.limit`); "
              "these accuracies are not comparable to the paper's.\n" if params.dataset.limit else "")
     body = f"""
 # {name}
 
-A {student} student that answers {task.description.split(",")[0]} questions by reasoning in three steps,
-**recall → analyze → summarize**, distilled with the method of *{PAPER}*. Trained by the
-TinyThinker DVC pipeline; this card is generated from its `params.yaml` and metrics.
+{_student(params.student.model, decoder_only)} that answers {_questions(params.dataset.name, task.description)}
+by reasoning in three steps, **recall → analyze → summarize**, distilled with the method of *{PAPER}*. Trained by
+the TinyThinker DVC pipeline; this card is generated from its `params.yaml` and metrics.
 {limit}
 ## Results
 
@@ -125,16 +170,15 @@ Accuracy (%) of the full greedy chain; the final model is **{final["model"]}**.
 
 ## How it was trained
 
-- **Teacher:** `{t.model}` ({t.backend} backend), {samples} rationales per training question at temperature
-  {t.temperature}, given the gold answer (rationalisation).
-- **Phase 1, reasoning acquisition:** curriculum fine-tuning of `{params.student.model}` on the stage type
-  `{s.stage_type}`: blocks of {s.interval} recall, {s.interval} x options analyze and {s.interval} summarize
-  steps; batch {s.batch_size * s.gradient_accumulation_steps}, learning rate {s.learning_rate}, {s.epochs:g} epochs,
-  precision {s.precision}; the checkpoint with the best validation chain accuracy is kept.
-- **Phase 2, self-reflection:** {iterations} iteration(s) of DPO on the student's own chains ({d.samples} sampled
-  per training question; `{d.stage_type}` pairs), loss {loss},
-  beta {d.beta}, learning rate {d.learning_rate}, batch {d.batch_size * d.gradient_accumulation_steps}; each iteration
-  starts from (and is referenced to) the previous model and keeps its best validation checkpoint.
+- **Teacher:** {_teacher(t, samples)}.
+- **Phase 1, reasoning acquisition:** curriculum fine-tuning of {tuned} on the stage type
+  `{s.stage_type}`: blocks of {_count(s.interval, "recall step")}, {_count(s.interval, "analyze step")} per option
+  and {_count(s.interval, "summarize step")}; batch {s.batch_size * s.gradient_accumulation_steps}, learning rate {s.learning_rate:g},
+  {_count(s.epochs, "epoch")}, precision {s.precision}; the checkpoint with the best validation chain accuracy is kept.
+- **Phase 2, self-reflection:** {_count(iterations, "iteration")} of DPO on chains the student samples itself,
+  {_count(d.samples, "chain")} per training question (`{d.stage_type}` pairs), loss {loss},
+  beta {d.beta:g}, learning rate {d.learning_rate:g}, batch {d.batch_size * d.gradient_accumulation_steps}; each
+  iteration starts from (and is referenced to) the previous model and keeps its best validation checkpoint.
 
 ## Usage
 
