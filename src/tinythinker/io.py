@@ -154,6 +154,8 @@ def read_json(path: str | Path) -> Any:
         return json.loads(read_text(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: not valid JSON: {e.msg}") from None
+    except RecursionError:
+        raise DataError(f"{path}: JSON nested too deep to read") from None
 
 
 def iter_jsonl(path: str | Path, fields: Fields = ()) -> Iterator[tuple[int, Any]]:
@@ -175,6 +177,8 @@ def iter_jsonl(path: str | Path, fields: Fields = ()) -> Iterator[tuple[int, Any
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{lineno}: not valid JSON: {e.msg}") from None
+            except RecursionError:
+                raise DataError(f"{path}:{lineno}: JSON nested too deep to read") from None
             if fields:
                 if not isinstance(obj, dict):
                     raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")

@@ -51,6 +51,15 @@ ERRORS = {
 }
 
 
+class QuietServer(ThreadingHTTPServer):
+    """A client that gave up (a timeout, a kill) breaks the pipe of an answer: the server's business, not the
+    output of the stage under test."""
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass
+
+
 def send_json(h, payload: bytes, status: int = 200, headers: dict | None = None) -> None:
     """One HTTP answer of a test server: `payload` (bytes) as application/json, with `headers`."""
     h.send_response(status)
@@ -81,7 +90,7 @@ class Teacher:
             def do_POST(self):
                 owner.handle(self)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
@@ -117,7 +126,9 @@ class Teacher:
         if behaviour == "html":  # the same page, sent as what it is
             send_json(h, b"<html><body>Sign in to the proxy</body></html>", headers={"Content-Type": "text/html"})
             return
-        if behaviour.startswith("raw:"):  # a 200 with this JSON body, whatever its shape
+        if behaviour.startswith("raw:"):  # a 200 with this JSON body, whatever its shape: billed as made
+            with self.lock:
+                event["answered"] = True
             send_json(h, behaviour[4:].encode())
             return
         if behaviour.startswith("reply:"):  # reply:<status>|<content type>|<body>: any answer at all
@@ -268,7 +279,7 @@ class BatchAPI:
             def do_POST(self):
                 owner.handle(self, "POST")
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"

@@ -254,3 +254,20 @@ def test_a_failed_build_leaves_no_temporaries_behind(tmp_path):
         build(params, paths)
     assert not any(p.name.startswith(".sft.tmp-") for p in paths.sft_data.parent.iterdir())
     assert (paths.sft_data / "chains.jsonl").exists()  # the previous build stays whole
+
+
+def test_json_nested_past_the_parser_is_a_data_error_naming_the_line(tmp_path):
+    """A line of `[` x 100,000 (a hand edit, a broken tool) is no RecursionError traceback."""
+    from tinythinker.io import read_json
+    from tinythinker.teacher.store import Journal
+
+    deep = "[" * 100_000 + "]" * 100_000
+    (tmp_path / "rows.jsonl").write_text('{"a": 1}\n' + deep + "\n")
+    with pytest.raises(DataError, match=r"rows.jsonl:2: JSON nested too deep to read"):
+        read_jsonl(tmp_path / "rows.jsonl")
+    (tmp_path / "one.json").write_text(deep)
+    with pytest.raises(DataError, match=r"one.json: JSON nested too deep to read"):
+        read_json(tmp_path / "one.json")
+    (tmp_path / "journal.jsonl").write_text(deep + "\n" + '{"key": "b"}\n')
+    with pytest.raises(DataError, match=r"journal.jsonl:1: not a journal entry"):
+        Journal(tmp_path / "journal.jsonl")

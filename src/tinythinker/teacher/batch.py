@@ -314,7 +314,7 @@ class BatchBackend(Backend):
             try:
                 line = json.loads(raw)
                 key = line["custom_id"]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise TeacherError(f"batch {batch.id}: a line of its {what} file is not a batch result: "
                                    f"{raw[:200]!r}") from None
             if key not in want:

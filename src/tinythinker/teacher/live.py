@@ -133,6 +133,8 @@ class OpenAIBackend(Backend):
             else:  # sent, then the connection was reset or closed before an answer came
                 msg = (f"connection to {self.server} lost before an answer ("
                        f"{type(cause).__name__ if cause is not None else 'closed'}{f': {cause}' if str(cause or '') else ''})")
+        elif isinstance(err, RecursionError):
+            msg = f"malformed response from {self.server}: JSON nested too deep to read"
         elif isinstance(err, json.JSONDecodeError):  # a 200 whose body is not JSON
             msg = f"malformed response from {self.server}: not JSON ({err})"
         elif isinstance(err, ValueError):  # not a chat completion (`_chat_completion`)
@@ -194,7 +196,8 @@ class OpenAIBackend(Backend):
                         reserved = None
                     self.stats["timeouts_or_connection_errors"] += 1
                     why, delay = self._message(e), self._delay(attempt, e)
-                except (o.APIResponseValidationError, ValueError) as e:  # a 200 the SDK cannot read, or not JSON
+                except (o.APIResponseValidationError, ValueError, RecursionError) as e:  # a 200 the SDK cannot
+                    # read: not JSON, JSON nested past the parser's depth, not a chat completion
                     self.cap.maybe_billed(reserved)  # answered, so billed, but its usage cannot be read
                     reserved = None
                     self.stats["malformed_responses"] += 1

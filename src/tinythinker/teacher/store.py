@@ -58,7 +58,7 @@ class ResponseStore:
             entry = json.loads(self._path(key).read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):  # unreadable (a disk fault or a hand edit): absent, replaced by the next answer
+        except (OSError, ValueError, RecursionError):  # unreadable (a disk fault or a hand edit): absent, replaced by the next answer
             return None
         ok = isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("response"), dict)
         return entry if ok else None
@@ -105,7 +105,7 @@ class ResponseStore:
             try:
                 record = json.loads(path.read_bytes())
                 ok = isinstance(record, dict) and {"name", "origin", "custom_ids", "input_file_id"} <= record.keys()
-            except ValueError:
+            except (ValueError, RecursionError):
                 ok = False
             if not ok:
                 raise DataError(f"{path}: not a batch record; look the batch up on the server (its input file "
@@ -169,7 +169,7 @@ def read_journal(path: str | Path) -> dict[str, dict]:
         try:
             entry = json.loads(line)
             entries[entry["key"]] = entry
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             pass
     return entries
 
@@ -199,7 +199,7 @@ class Journal:
             try:  # a complete entry whose newline never reached the disk is still a paid response
                 json.loads(tail)
                 tail += b"\n"
-            except ValueError:
+            except (ValueError, RecursionError):
                 tail = b""
             with self.path.open("r+b") as f:
                 f.truncate(cut)
@@ -214,7 +214,7 @@ class Journal:
             try:
                 entry = json.loads(line)
                 self._entries[entry["key"]] = entry
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise DataError(f"{self.path}:{lineno}: not a journal entry; the journal is append-only, "
                                 "restore it from the DVC remote or remove the line") from None
 
