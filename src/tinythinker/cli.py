@@ -219,5 +219,44 @@ def forget_answers(dry_run: bool = typer.Option(False, "--dry-run", help="Say wh
     _run(lambda: typer.echo(describe(forget_rejected(*_ctx(root), dry_run))))
 
 
+seeds_app = typer.Typer(help="The run over several seeds as DVC experiments, and what they reached together.",
+                        no_args_is_help=True)
+app.add_typer(seeds_app, name="seeds")
+SEEDS_NAME = typer.Option("seeds", "--name", help="The experiments are named <name>-<seed>.")
+
+
+def _seed_list(text: str) -> list[int]:
+    from .io import DataError
+
+    try:
+        return [int(s) for s in text.replace(" ", "").split(",") if s]
+    except ValueError:
+        raise DataError(f"--seeds: {text!r} is not a comma-separated list of integers (e.g. 42,43,44)") from None
+
+
+@seeds_app.command("queue")
+def seeds_queue(seeds: str = typer.Option(..., "--seeds", help="Comma-separated seeds, e.g. 42,43,44."),
+                sets: list[str] = typer.Option([], "--set", "-S", help="A params override as `dvc exp run -S` "
+                                               "takes it (repeatable); seed and dataset.seed are set per run."),
+                name: str = SEEDS_NAME, root: Path = ROOT) -> None:
+    """Queue the run once per seed (`dvc exp run --queue`); then `dvc queue start -j 1`, then `seeds report`."""
+    from .results.seeds import queue
+
+    def run():
+        names = queue(root, _seed_list(seeds), sets, name)
+        typer.echo(f"queued {', '.join(names)}: `dvc queue start -j 1` runs them one at a time, "
+                   f"`tinythinker seeds report --name {name}` aggregates them")
+    _run(run)
+
+
+@seeds_app.command("report")
+def seeds_report(name: str = SEEDS_NAME, root: Path = ROOT) -> None:
+    """Mean, spread and 95 % interval per model over the finished experiments, and phase 2's gain:
+    metrics/seeds.md, metrics/seeds.json, metrics/seeds.png."""
+    from .results.seeds import markdown, report
+
+    _run(lambda: typer.echo(markdown(report(root, name), name)))
+
+
 if __name__ == "__main__":
     app()

@@ -1,0 +1,66 @@
+"""Results over seeds: queueing one experiment per seed, and the aggregate of what they reached."""
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from typer.testing import CliRunner
+
+from tinythinker.cli import app
+from tinythinker.io import DataError
+from tinythinker.results.seeds import aggregate, interval, queue, report, runs
+
+
+def row(name, seed, sft, last, state="Success"):
+    return {"Experiment": name, "State": state, "seed": float(seed), "dataset.seed": float(seed),
+            "test.sft": sft, "test.iter1": (sft + last) / 2, "test.iter2": last,
+            "valid.sft": sft - 1, "valid.iter1": sft, "valid.iter2": last - 1}
+
+
+ROWS = [{"Experiment": None, "rev": "workspace", "seed": 42.0, "test.sft": 77.67},  # the workspace: not a run
+        row("seeds-44", 44, 80.0, 86.0), row("seeds-43", 43, 70.0, 71.0), row("seeds-42", 42, 75.0, 80.0),
+        row("seeds-42", 42, 10.0, 10.0),  # an older run of the same seed: the newest (listed first) counts
+        row("seeds-45", 45, 1.0, 1.0, state="Failed"), row("other-46", 46, 1.0, 1.0)]
+
+
+def test_interval_is_the_t_interval_of_the_mean():
+    d = interval([75.0, 70.0, 80.0])
+    assert d["n"] == 3 and d["mean"] == 75.0 and d["sd"] == 5.0 and (d["min"], d["max"]) == (70.0, 80.0)
+    half = 4.303 * 5.0 / math.sqrt(3)
+    assert d["ci95"] == [round(75 - half, 2), round(75 + half, 2)]
+    assert math.isnan(interval([5.0])["ci95"][0])  # one seed: no interval
+
+
+def test_runs_keep_the_named_finished_experiments_one_per_seed():
+    found = runs(ROWS, "seeds")
+    assert [int(r["seed"]) for r in found] == [42, 43, 44] and found[0]["test.sft"] == 75.0
+
+
+def test_aggregate_and_report_over_three_seeds(tmp_path):
+    summary = report(tmp_path, "seeds", rows=ROWS)
+    assert summary["seeds"] == [42, 43, 44] and summary["models"] == ["sft", "iter1", "iter2"]
+    assert summary["test"]["sft"]["mean"] == 75.0 and summary["test"]["iter2"]["mean"] == 79.0
+    assert summary["gain"]["per_seed"] == [5.0, 1.0, 6.0] and summary["gain"]["mean"] == 4.0
+    md = (tmp_path / "metrics" / "seeds.md").read_text()
+    assert "| sft | 75.00 ± 5.00 | [62.58, 87.42] | 70-80 |" in md and "Phase 2's gain (iter2 - sft (test)): +4.00" in md
+    assert json.loads((tmp_path / "metrics" / "seeds.json").read_text())["name"] == "seeds"
+    assert (tmp_path / "metrics" / "seeds.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(DataError, match="no finished experiment"):
+        aggregate(runs(ROWS, "nothing"))
+
+
+def test_queue_sets_both_seeds_and_the_overrides(tmp_path):
+    calls = []
+
+    def run(cmd, **kw):
+        calls.append(cmd)
+        return SimpleNamespace(returncode=0, stdout="", stderr="")
+
+    assert queue(tmp_path, [1, 2], ["sft.epochs=2"], "abl", run=run) == ["abl-1", "abl-2"]
+    assert calls[0] == ["dvc", "exp", "run", "--queue", "-n", "abl-1", "-S", "sft.epochs=2", "-S", "seed=1",
+                        "-S", "dataset.seed=1"]
+    with pytest.raises(DataError, match="--set seed=3: the seeds command sets seed and dataset.seed itself"):
+        queue(tmp_path, [1], ["seed=3"], "abl", run=run)
+    res = CliRunner().invoke(app, ["seeds", "queue", "--seeds", "4x,5", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and "--seeds: '4x,5' is not a comma-separated list of integers" in res.output
