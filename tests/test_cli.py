@@ -48,7 +48,7 @@ def test_help_lists_the_stages_in_pipeline_order():
             in_dvc.append(cmd)
     res = CliRunner().invoke(app, ["--help"], terminal_width=200)
     listed = re.findall(r"^[│|] ([a-z][a-z-]*) ", res.output, flags=re.M)
-    assert listed[: len(in_dvc)] == in_dvc and listed[len(in_dvc):] == ["preset", "forget-answers"], listed
+    assert listed[: len(in_dvc)] == in_dvc and listed[len(in_dvc):] == ["preset", "forget-answers", "seeds"], listed
 
 
 def test_bad_params_exit_2_naming_the_key(tmp_path):
