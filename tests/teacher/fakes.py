@@ -60,6 +60,27 @@ class QuietServer(ThreadingHTTPServer):
         pass
 
 
+class Handler(BaseHTTPRequestHandler):
+    """Hands every GET and POST to its server's `route(handler, method)`."""
+
+    def log_message(self, *a):
+        pass
+
+    def do_GET(self):
+        self.server.route(self, "GET")
+
+    def do_POST(self):
+        self.server.route(self, "POST")
+
+
+def serve(route) -> tuple[QuietServer, str]:
+    """A server on a free port of 127.0.0.1 answering through `route`, in a daemon thread; (server, its /v1 URL)."""
+    httpd = QuietServer(("127.0.0.1", 0), Handler)
+    httpd.route = route
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    return httpd, f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+
+
 def send_json(h, payload: bytes, status: int = 200, headers: dict | None = None) -> None:
     """One HTTP answer of a test server: `payload` (bytes) as application/json, with `headers`."""
     h.send_response(status)
@@ -81,20 +102,7 @@ class Teacher:
         self.script, self.delay, self.hang = script, delay, hang
         self.events: list[dict] = []
         self.lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_POST(self):
-                owner.handle(self)
-
-        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.httpd, self.url = serve(lambda h, method: self.handle(h))
 
     def close(self):
         self.httpd.shutdown()
@@ -267,22 +275,7 @@ class BatchAPI:
         self.batches: dict[str, dict] = {}
         self.calls: list[tuple[str, str]] = []  # (method, path) of every request, in order
         self.lock = threading.Lock()
-        owner = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def do_GET(self):
-                owner.handle(self, "GET")
-
-            def do_POST(self):
-                owner.handle(self, "POST")
-
-        self.httpd = QuietServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.httpd, self.url = serve(self.handle)
 
     def close(self):
         self.httpd.shutdown()

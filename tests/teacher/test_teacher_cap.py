@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from tests.teacher.fakes import (API_KEY, BASE, BATCH, REPO, BatchAPI, Teacher, closing_servers, completion_for,
-                                records, send_json, setup_root)
+from tests.teacher.fakes import (API_KEY, BASE, BATCH, REPO, Teacher, closing_servers, completion_for, records,
+                                send_json, setup_root)
 
 from tinythinker.io import read_jsonl
 from tinythinker.params import ParamsError, load
@@ -77,11 +77,6 @@ class PricedTeacher(Teacher):
 @pytest.fixture
 def priced_factory():
     yield from closing_servers(PricedTeacher)
-
-
-@pytest.fixture
-def api_factory():
-    yield from closing_servers(BatchAPI)
 
 
 def run_cli(root, *args):

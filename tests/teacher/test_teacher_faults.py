@@ -19,9 +19,7 @@ from tinythinker.io import DataError, read_json, read_jsonl, write_jsonl
 from tinythinker.paths import STORE_ENV, Paths
 from tinythinker.teacher import claims as claims_module
 from tinythinker.teacher import store as store_module
-from tinythinker.teacher.backend import TeacherError
 from tinythinker.teacher.request import dry_run, request
-from tinythinker.teacher.store import ResponseStore
 
 
 @pytest.fixture(autouse=True)
