@@ -15,7 +15,6 @@ from tinythinker.student import causal
 from tinythinker.student.chain import Decoding, generate, run_chain
 from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
 from tinythinker.student.model import family, load_student
-from tinythinker.student.stages import tokenizer_stage
 
 # Its module fixture builds what every test here reads: one xdist worker runs them all (`--dist loadgroup`).
 pytestmark = [pytest.mark.xdist_group("causal"), pytest.mark.usefixtures("one_thread")]

@@ -48,7 +48,8 @@ def test_learns_and_resumes(paths, tmp_path_factory):
 
     # dvclive curves on the global step, history replayed across the resume, no step logged twice
     plots = paths.metrics / "sft_live" / "plots" / "metrics"
-    loss = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(open(plots / "train" / "loss.tsv"), delimiter="\t")]
+    loss = [(int(r["step"]), float(r["loss"]))
+            for r in csv.DictReader(open(plots / "train" / "loss.tsv"), delimiter="\t")]
     steps = [s for s, _ in loss]
     assert steps[0] == 1 and len(steps) == len(set(steps)) and steps[-1] >= 350
     assert loss[-1][1] < loss[0][1] / 3
@@ -96,7 +97,8 @@ def test_accumulation_trains_the_same_optimizer_steps(paths, tmp_path_factory):
     for name, params, p in (("plain", base, paths), ("accumulated", accumulated, other)):
         assert sft(params, p, max_steps=6) == {"train_steps": 6, "resumed_from_step": 0}
         # interrupted: its curves are still beside, in the working copy
-        evals = csv.DictReader(open(p.curves_work("sft") / "plots" / "metrics" / "eval" / "accuracy.tsv"), delimiter="\t")
+        evals = csv.DictReader(open(p.curves_work("sft") / "plots" / "metrics" / "eval" / "accuracy.tsv"),
+                               delimiter="\t")
         assert [int(r["step"]) for r in evals] == [5], name
         runs[name] = load_file(p.checkpoints / "sft" / "checkpoint-6" / "model.safetensors")
     a, b = runs["plain"], runs["accumulated"]

@@ -11,6 +11,7 @@ curves read the same for both families.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Mapping, Sequence
 
 from .. import protocol as P
@@ -29,7 +30,7 @@ def arguments(params: Params):
             "precompute_ref_log_probs": True, "precompute_ref_batch_size": d.batch_size, "disable_dropout": True,
             # the prompt as SFT capped it, a response as the chain generates it, and the EOS
             "max_length": params.sft.max_source_length + params.generation.max_new_tokens + 1}
-    return lambda **fields: DPOConfig(**fields, **loss)
+    return partial(DPOConfig, **loss)
 
 
 def train_data(params: Params, model, tokenizer, pairs: Mapping[str, Sequence[dict]]):

@@ -151,8 +151,8 @@ def disable_dropout(model) -> None:
 
 
 class DPOLoss:
-    """The loss half of the T5 DPO trainer, a mixin before the Trainer in its bases (`dpo`: params.dpo): the
-    weighted loss terms of `dpo_loss`, and their TRL-named metrics averaged into every training log."""
+    """The loss half of the T5 DPO trainer, first in its bases (`dpo`: params.dpo): the weighted loss terms of
+    `dpo_loss`, and their TRL-named metrics averaged into every training log."""
 
     # compute_loss returns a mean per micro-batch: the Trainer divides it by gradient_accumulation_steps
     loss_is_scaled_for_ga = False
@@ -185,7 +185,7 @@ class DPOLoss:
 
 def build_trainer(params: Params, model, tokenizer, features: list[dict], valid: list[dict], chain_kwargs: dict, *,
                   args, batch_sampler, callbacks: Sequence = ()):
-    """The DPO trainer over `features` (reference log-probs in them, or put there by a PrePass callback), drawn by
+    """The DPO trainer over `features` (reference log-probs in them, or put there by reference.ReferencePass), drawn by
     the curriculum `batch_sampler`: a plain Trainer with the curriculum, chain validation and the DPO loss."""
     from transformers import Trainer
 

@@ -1,65 +1,44 @@
-"""What a DPO iteration measures with its starting weights before its first step: the starting validation
-accuracy (logged at step 0; the best-of-start selection compares against it) and, unless the trainer computes its
-own (TRL), the reference log-probs of every pair (spec 6.3), both in the training precision. Computed inside the
-Trainer (engine.PrePass), once it has prepared the model (under FSDP / ZeRO-3 only the prepared model has usable
-weights on every process), and saved beside the checkpoints, so a resumed run, whose model then holds trained
-weights, reads both."""
+"""The reference log-probs of a DPO iteration (spec 6.3), for a trainer that does not compute its own
+(`PreferenceTrainer.OWN_REFERENCE`): every pair scored by the starting weights in the training precision, inside the
+Trainer (a callback before the first batch) once it has prepared the model (under FSDP / ZeRO-3 only the prepared
+model has usable weights on every process), each process its share, and saved beside the checkpoints, so a resumed
+run, whose model then holds trained weights, reads them."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from ..io import read_json, write_json
 from ..student import distributed
-from ..student.training import autocast
 
-START, REFERENCE = "start.json", "reference.json"  # beside the iteration's checkpoints
+REFERENCE = "reference.json"  # beside the iteration's checkpoints
 
 
-class StartPass:
-    """Called with the prepared model (an engine.PrePass): `accuracy` of the starting model, the reference
-    log-probs put into `data` (the trainer kind's `set_reference`)."""
+def resume_files(trainer_kind) -> list[str]:
+    """What a resumed iteration of `trainer_kind` needs beside its checkpoints (engine.Run.resume)."""
+    return [] if trainer_kind.OWN_REFERENCE else [REFERENCE]
 
-    def __init__(self, checkpoints: Path, trainer_kind, data, tokenizer, valid: list[dict], chain_kwargs: dict,
-                 precision: str, batch_size: int):
-        self.checkpoints, self.kind, self.data, self.tokenizer = checkpoints, trainer_kind, data, tokenizer
-        self.valid, self.chain_kwargs, self.precision, self.batch_size = valid, chain_kwargs, precision, batch_size
-        have_start, self.have_refs = distributed.from_main(((checkpoints / START).exists(),
-                                                            (checkpoints / REFERENCE).exists()))
-        self.accuracy = read_json(checkpoints / START)["start_valid_accuracy"] if have_start else None
 
-    @staticmethod
-    def keep(trainer_kind) -> list[str]:
-        """The files a resumed run needs beside its checkpoints (engine.Run.resume)."""
-        return [START] + ([] if trainer_kind.OWN_REFERENCE else [REFERENCE])
+class ReferencePass(TrainerCallback):
+    """Once the Trainer has prepared the model, before the first batch is drawn: the reference log-probs into `data`
+    (the trainer kind's `set_reference`), which the loader reads lazily."""
 
-    def logged(self) -> dict:
-        """What the curves show at step 0 (engine.LiveCallback's `start`)."""
-        return {"eval_accuracy": self.accuracy}
+    def __init__(self, checkpoints: Path, trainer_kind, data, pad_id: int, batch_size: int, precision: str):
+        self.file, self.kind, self.data = checkpoints / REFERENCE, trainer_kind, data
+        self.pad_id, self.batch_size, self.precision = pad_id, batch_size, precision
 
-    def __call__(self, prepared) -> None:
-        procs = distributed.state()
-        if self.accuracy is None:
-            with autocast(self.precision, procs.device):  # as the trainer's evaluations
-                self.accuracy = distributed.chain_accuracy(procs, prepared, self.tokenizer, self.valid,
-                                                           desc="valid (start)", **self.chain_kwargs)
-            if procs.is_main_process:
-                write_json(self.checkpoints / START, {"start_valid_accuracy": self.accuracy})
-        if self.kind.OWN_REFERENCE:
-            return
-        if self.have_refs:
-            refs = read_json(self.checkpoints / REFERENCE)
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if distributed.from_main(self.file.exists()):
+            refs = read_json(self.file)
         else:
-            refs = distributed.map_sharded(lambda share: self.kind.reference_logps(
-                prepared, share, self.batch_size, self.tokenizer.pad_token_id, self.precision), self.data)
-            if procs.is_main_process:
-                write_json(self.checkpoints / REFERENCE, refs)
+            self.model = model
+            refs = distributed.map_sharded(self.score, self.data)
+            self.model = None
+            if distributed.is_main():
+                write_json(self.file, refs)
         self.kind.set_reference(self.data, refs)
 
-
-def start_accuracy(model, tokenizer, valid: list[dict], chain_kwargs: dict, precision: str) -> float:
-    """The starting model's validation accuracy outside a Trainer (an iteration without pairs), every process
-    generating its share with its own copy of the model."""
-    procs = distributed.state()
-    model.to(procs.device)
-    with autocast(precision, procs.device):  # as the trainer's evaluations
-        return distributed.chain_accuracy(procs, model, tokenizer, valid, desc="valid (start)", **chain_kwargs)
+    def score(self, share: list) -> list:
+        """The reference log-probs of one process's share of the rows."""
+        return self.kind.reference_logps(self.model, share, self.batch_size, self.pad_id, self.precision)

@@ -37,5 +37,6 @@ def batch_sampler(params: Params, sizes: dict[str, int], intervals: dict[str, in
     """The curriculum over the pair kinds (`sizes`: rows per kind, concatenated in that order) for the processes of
     `args`."""
     d = params.dpo
-    return CurriculumBatchSampler(sizes, intervals, d.batch_size, params.seed, accumulation=d.gradient_accumulation_steps,
-                                  num_replicas=args.world_size, rank=args.process_index)
+    return CurriculumBatchSampler(sizes, intervals, d.batch_size, params.seed,
+                                  accumulation=d.gradient_accumulation_steps, num_replicas=args.world_size,
+                                  rank=args.process_index)

@@ -80,43 +80,41 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     after that many steps (tests of resuming): checkpoints stay, nothing else is written, and a later call with the
     same inputs resumes."""
     from ..student.chain import validation_chain
-    from ..student.engine import PrePass, Run
+    from ..student.engine import START, Run
     from ..student.model import check_checkpoint, family, load_student
-    from ..student.training import resolve_precision
-    from .reference import StartPass
+    from .reference import ReferencePass, resume_files
     from .schedule import batch_sampler, schedule_intervals, training_args
     from .trainers import trainer_for
 
     init, what = paths.root / iteration_init(params, iteration), f"dpo.iterations.{iteration}.init"
     check_checkpoint(init, what, tokenizer=False)  # missing or unreadable: one line
-    kind = family(params, init, what)
-    trainer_kind = trainer_for(kind)
     pairs = {k: read_jsonl(paths.pairs(iteration, k), PAIR_FIELDS) for k in PAIR_KINDS}
+    sizes, d = {k: len(v) for k, v in pairs.items()}, params.dpo
     valid, chain_kwargs = read_questions(paths.sft_data / "valid.jsonl"), validation_chain(params)
-    procs, d = distributed.state(), params.dpo  # the process group before anything else (see distributed.py)
     run = Run(params, paths, f"dpo/{iteration}", "dpo")
-    run.settle()  # TF32 and precision before the first forward pass: start validation and reference log-probs
-    precision = resolve_precision(d.precision, "dpo.precision")
-    sizes = {k: len(v) for k, v in pairs.items()}
     # spec 6.3: intervals count optimizer steps of batch x n_gpu pairs (x gradient_accumulation_steps)
     intervals = schedule_intervals(sizes["recall"], sizes["analyze"],
-                                   d.batch_size * d.gradient_accumulation_steps * procs.num_processes, sizes["summarize"])
+                                   d.batch_size * d.gradient_accumulation_steps * run.processes, sizes["summarize"])
+    kind = family(params, init, what)
+    run.settle()  # TF32 and precision before the first forward pass: start validation and reference log-probs
     if not intervals:  # spec 9.21: nothing to learn from; the starting model passes through unchanged
-        return _pass_through(params, paths, run, init, sizes, valid, chain_kwargs, precision)
+        return _pass_through(params, paths, run, init, sizes, valid, chain_kwargs)
+    trainer_kind = trainer_for(kind)
     # The model after the arguments (ZeRO-3 / FSDP memory-efficient loading, distributed.py)
     args = training_args(run, params, intervals, trainer_kind.arguments(params))
     model, tokenizer = load_student(params, paths, init, what)
     data = trainer_kind.train_data(params, model, tokenizer, pairs)
     inputs = [p for p in init.rglob("*") if p.is_file()] + [paths.pairs(iteration, k) for k in PAIR_KINDS]
-    resume = run.resume(_fingerprint(params, paths, inputs, procs.num_processes), keep=StartPass.keep(trainer_kind))
-    start = StartPass(run.checkpoints, trainer_kind, data, tokenizer, valid, chain_kwargs, precision, d.batch_size)
-    trainer = trainer_kind.build_trainer(
-        params, model, tokenizer, data, valid, chain_kwargs, args=args,
-        batch_sampler=batch_sampler(params, sizes, intervals, args),
-        callbacks=run.callbacks(stop_at=stop_after, start=start.logged, before=[PrePass(start)]))
+    resume = run.resume(_fingerprint(params, paths, inputs, run.processes), keep=[START] + resume_files(trainer_kind))
+    reference = [] if trainer_kind.OWN_REFERENCE else [
+        ReferencePass(run.checkpoints, trainer_kind, data, tokenizer.pad_token_id, d.batch_size, run.precision)]
+    callbacks = run.callbacks(stop_at=stop_after, validate_start=(tokenizer, valid, chain_kwargs), before=reference)
+    trainer = trainer_kind.build_trainer(params, model, tokenizer, data, valid, chain_kwargs, args=args,
+                                         batch_sampler=batch_sampler(params, sizes, intervals, args),
+                                         callbacks=callbacks)
     if not run.train(trainer, resume):
         return {"steps": trainer.state.global_step}  # interrupted on purpose
-    metrics, better = _outcome(trainer.state, start.accuracy, sizes)
+    metrics, better = _outcome(trainer.state, run.start_accuracy, sizes)
     return run.complete(metrics, paths.dpo_model(iteration), trainer=trainer if better else None, family=kind,
                         copy_of=None if better else init)
 
@@ -146,15 +144,16 @@ def _outcome(state, start_accuracy: float, sizes: dict[str, int]) -> tuple[dict,
 
 
 def _pass_through(params: Params, paths: Paths, run, init: Path, sizes: dict[str, int], valid: list[dict],
-                  chain_kwargs: dict, precision: str) -> dict:
+                  chain_kwargs: dict) -> dict:
     """An iteration without pairs: its output is the starting model, validated as the trainer would."""
+    from ..student.engine import validate
     from ..student.model import load_student
-    from .reference import start_accuracy
 
     iteration = run.name.split("/", 1)[1]
     with distributed.replicas():
         model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
-    start = start_accuracy(model, tokenizer, valid, chain_kwargs, precision)
+    model.to(distributed.state().device)
+    start = validate(model, tokenizer, valid, chain_kwargs, run.precision)
     metrics = {"valid_accuracy": start, "start_valid_accuracy": start, "best_step": 0, "steps": 0,
                **P.pair_counts(sizes), "skipped": 1}
     run.log_points({0: {"eval_accuracy": start}})

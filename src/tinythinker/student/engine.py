@@ -23,12 +23,14 @@ from typing import Callable, Iterable, Optional, Sequence
 
 from transformers import TrainerCallback
 
-from ..io import atomic_path, replace_dir, write_json
+from ..io import atomic_path, read_json, replace_dir, write_json
 from ..params import Params
 from ..paths import Paths
 from ..protocol import curve_name
 from . import distributed
-from .training import trainer_kwargs
+from .training import autocast, resolve_precision, trainer_kwargs
+
+START = "start.json"  # the starting model's validation accuracy, beside a run's checkpoints (validate_start)
 
 # bookkeeping the trainers log that makes no useful curve (and wall-clock values would make the curves of two
 # identical runs differ)
@@ -54,15 +56,29 @@ class StopAt(TrainerCallback):
             control.should_training_stop = control.should_save = True
 
 
-class PrePass(TrainerCallback):
-    """`fn(model)` once the Trainer has prepared the model and before the first batch is drawn (under FSDP / ZeRO-3
-    only the prepared model has usable weights on every process)."""
+def validate(model, tokenizer, valid: list[dict], chain_kwargs: dict, precision: str) -> float:
+    """Validation chain accuracy of `model` in the training precision (as the trainer's evaluations), every process
+    generating its share."""
+    procs = distributed.state()
+    with autocast(precision, procs.device):
+        return distributed.chain_accuracy(procs, model, tokenizer, valid, desc="valid (start)", **chain_kwargs)
 
-    def __init__(self, fn: Callable):
-        self.fn = fn
+
+class StartValidation(TrainerCallback):
+    """The starting model's validation accuracy (best-of-start selection; the curves' step 0), once the Trainer has
+    prepared the model and before the first batch; saved beside the checkpoints, so a resumed run, whose model then
+    holds trained weights, reads it."""
+
+    def __init__(self, file: Path, tokenizer, valid: list[dict], chain_kwargs: dict, precision: str):
+        self.file, self.tokenizer, self.valid, self.chain_kwargs, self.precision = (file, tokenizer, valid,
+                                                                                    chain_kwargs, precision)
+        self.accuracy = read_json(file)["start_valid_accuracy"] if distributed.from_main(file.exists()) else None
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.fn(model)
+        if self.accuracy is None:
+            self.accuracy = validate(model, self.tokenizer, self.valid, self.chain_kwargs, self.precision)
+            if distributed.is_main():
+                write_json(self.file, {"start_valid_accuracy": self.accuracy})
 
 
 class LiveCallback(TrainerCallback):
@@ -133,7 +149,18 @@ class Run:
         self.curves_work = paths.curves_work(name)
         self.stop_at: Optional[int] = None
         self.output = None  # the Trainer's TrainOutput
+        self.start: Optional[StartValidation] = None
         self._shared: Optional[dict] = None
+
+    @property
+    def precision(self) -> str:
+        """fp32, bf16 or fp16: the run's `<section>.precision` resolved on this machine."""
+        return resolve_precision(getattr(self.params, self.section).precision, f"{self.section}.precision")
+
+    @property
+    def processes(self) -> int:
+        """The number of processes training together (the process group is set up on first use)."""
+        return distributed.state().num_processes
 
     def settle(self) -> dict:
         """The TrainingArguments fields every trainer shares (training.trainer_kwargs); TF32 and the launcher's
@@ -180,13 +207,22 @@ class Run:
             return get_last_checkpoint(str(self.checkpoints))
 
     def callbacks(self, stop_at: Optional[int] = None, evaluate_at_end: bool = False,
-                  start: Optional[Callable[[], dict]] = None, before: Sequence = ()) -> list:
-        """The run's callbacks: `before` (e.g. a PrePass), the last step evaluated, the curves (`start()` at step 0),
-        a stop at `stop_at`."""
-        self.stop_at = stop_at
-        out = list(before) + ([EvaluateAtEnd()] if evaluate_at_end else [])
+                  validate_start: Optional[tuple] = None, before: Sequence = ()) -> list:
+        """The run's callbacks: with `validate_start` (tokenizer, valid questions, chain kwargs) the starting model
+        validated first (`start_accuracy`, logged at step 0); `before` (more callbacks, e.g. a reference pass); the
+        last step evaluated; the curves; a stop at `stop_at`. Call after `resume`."""
+        self.stop_at, out = stop_at, []
+        if validate_start is not None:
+            self.start = StartValidation(self.checkpoints / START, *validate_start, self.precision)
+            out.append(self.start)
+        out += list(before) + ([EvaluateAtEnd()] if evaluate_at_end else [])
+        start = (lambda: {"eval_accuracy": self.start.accuracy}) if self.start is not None else None
         out.append(LiveCallback(self.curves_work, start))
         return out + ([StopAt(stop_at)] if stop_at is not None else [])
+
+    @property
+    def start_accuracy(self) -> Optional[float]:
+        return None if self.start is None else self.start.accuracy
 
     def train(self, trainer, resume: Optional[str] = None) -> bool:
         """Train (from `resume`); False when the run stopped on purpose at `stop_at` before its last step."""

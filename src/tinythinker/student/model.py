@@ -1,9 +1,10 @@
 """The student: its tokenizer trained on the corpus, loading/building the model, and which family it is.
 
 The families (family.py: `seq2seq`, T5; `causal`, decoder-only) sit behind one contract; `family` reads which one
-from the model's config (`family.family_of`), never from a flag; every stage asks it here. `student.model: embedded` is a small T5 and
-`embedded-causal` a small Llama-shaped model, both built from config with a Unigram tokenizer trained on the stage
-datasets (no download); anything else is a Hub id or local directory loaded with `from_pretrained`.
+from the model's config (`family.family_of`), never from a flag; every stage asks it here. `student.model: embedded`
+is a small T5 and `embedded-causal` a small Llama-shaped model, both built from config with a Unigram tokenizer
+trained on the stage datasets (no download); anything else is a Hub id or local directory loaded with
+`from_pretrained`.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import string
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from ..io import DataError, atomic_path, read_jsonl
+from ..io import DataError, read_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
 from ..protocol import QUESTION_FIELDS, STAGE_FIELDS, TEXT_FIELDS

@@ -1,8 +1,8 @@
 """The encoder-decoder student family (T5): the prompt is the encoder's input, the target the decoder's labels.
 
 One of two modules behind the same contract (`family.StudentFamily`; `causal.py` is the other; `family.family_of`
-picks one from the model's config): the tokenizer around a trained vocabulary, the embedded model, how prompts are padded and outputs cut for
-generation, and phase 1's trainer, arguments and data.
+picks one from the model's config): the tokenizer around a trained vocabulary, the embedded model, how prompts are
+padded and outputs cut for generation, and phase 1's trainer, arguments and data.
 """
 from __future__ import annotations
 

@@ -4,14 +4,14 @@ trainers of sft and dpo-train (the run around a trainer is engine.py).
 
 TF32 is set here, not through `TrainingArguments(tf32=...)`: transformers caches that switch per process (one
 call per value), and a DPO iteration without pairs validates its starting model without any TrainingArguments.
-`dpo_train` calls `trainer_kwargs` (through `engine.Run.settle`) before its first forward pass, so the start validation and the reference
-log-probs (computed inside the Trainer) run under the iteration's TF32 setting and precision.
+`dpo_train` calls `trainer_kwargs` (through `engine.Run.settle`) before its first forward pass, so the start
+validation and the reference log-probs (computed inside the Trainer) run under the iteration's TF32 setting and
+precision.
 """
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
-from pathlib import Path
 
 from ..io import DataError
 from ..params import Params, ParamsError
@@ -90,7 +90,7 @@ def trainer_kwargs(params: Params, paths: Paths, stage: str, run: str) -> dict:
 class CurriculumChainMixin:
     """What every training stage's Trainer adds to its library base (Seq2SeqTrainer, TRL's SFTTrainer and DPOTrainer,
     the project's T5 DPO trainer): batches from the curriculum batch sampler, evaluation = the greedy chain on the
-    validation questions scored by answer accuracy (spec 5.5, 9.13: numbers only). Put it first in the bases."""
+    validation questions scored by answer accuracy (spec 5.5, 9.13: numbers only). Put it before the base."""
 
     def __init__(self, *args, batch_sampler, valid, chain_kwargs, **kwargs):
         super().__init__(*args, **kwargs)
@@ -119,9 +119,9 @@ class CurriculumChainMixin:
 
 
 def curriculum_trainer(base, *mixins, **kwargs):
-    """An instance of the library Trainer class `base` with CurriculumChainMixin first in its bases, then `mixins`
-    (e.g. a loss), then `base` (`kwargs`: the Trainer's and the mixins')."""
-    return type(f"Curriculum{base.__name__}", (CurriculumChainMixin, *mixins, base), {})(**kwargs)
+    """An instance of the library Trainer class `base` with `mixins` (e.g. a loss; their methods first, as a subclass'
+    would be) and CurriculumChainMixin before it in the bases (`kwargs`: the Trainer's and the mixins')."""
+    return type(f"Curriculum{base.__name__}", (*mixins, CurriculumChainMixin, base), {})(**kwargs)
 
 
 def sft_trainer(kind, params: Params, model, tokenizer, rows, valid, **kwargs):
