@@ -165,7 +165,7 @@ def sampling(params, paths, model, tokenizer, num_questions: int, test_runs: int
     from tinythinker.io import read_jsonl
     from tinythinker.reflect.pairs import sample_pairs, teacher_chains
     from tinythinker.student.chain import run_chain
-    from tinythinker.student.evaluate import decodings
+    from tinythinker.student.stages import decodings
 
     train = read_jsonl(paths.sft_data / "train_questions.jsonl")[:num_questions]
     test = read_jsonl(paths.sft_data / "test.jsonl")[:num_questions]
@@ -177,11 +177,10 @@ def sampling(params, paths, model, tokenizer, num_questions: int, test_runs: int
     def dpo(share: bool):
         def fn():
             torch.manual_seed(0)
-            rp, ap, _, runs, analyzed = sample_pairs(params, model, tokenizer, train, teacher, random.Random(0),
-                                                  share_prompts=share)
-            stats[share] = {"recall_pairs": len(rp), "analyze_pairs": len(ap)}
+            got = sample_pairs(params, model, tokenizer, train, teacher, random.Random(0), share_prompts=share)
+            stats[share] = {"recall_pairs": len(got.recall), "analyze_pairs": len(got.analyze)}
             k = len(train[0]["options"])
-            return len(runs) * (2 + k) + analyzed * params.dpo.samples * (1 + k)
+            return len(got.chains) * (2 + k) + got.analyzed * params.dpo.samples * (1 + k)
         return fn
 
     def test_sample(share: bool):

@@ -31,8 +31,7 @@ def control(params, ws, iteration: str) -> dict:
     from tinythinker.paths import Paths
     from tinythinker.protocol import read_questions
     from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
-    from tinythinker.student.evaluate import test
-    from tinythinker.student.sft import _stage_data, sft
+    from tinythinker.student.stages import sft, stage_data, test
 
     d = params.dpo
     dpo = _read(ws.metric(f"dpo/{iteration}"))
@@ -55,7 +54,7 @@ def control(params, ws, iteration: str) -> dict:
                               "sft.eval_every": max(1, row["steps"] // d.passes)})
         paths.tokenizer.parent.mkdir(parents=True)
         os.symlink(init.resolve(), paths.tokenizer)
-        stages = _stage_data(p, paths)
+        stages = stage_data(p, paths)
         s = p.sft
         options = max(len(q["options"]) for q in read_questions(paths.sft_data / "valid.jsonl"))
         per_epoch = len(CurriculumBatchSampler({k: len(v) for k, v in stages.items()},

@@ -22,8 +22,7 @@ def make(root: Path, **overrides):
     from tinythinker.data.prepare import prepare
     from tinythinker.params import load
     from tinythinker.paths import Paths
-    from tinythinker.student.model import tokenizer_stage
-    from tinythinker.student.pretrain import pretrain
+    from tinythinker.student.stages import pretrain, tokenizer_stage
     from tinythinker.teacher.build import build
     from tinythinker.teacher.prompts import prompt
     from tinythinker.teacher.request import request
@@ -70,10 +69,10 @@ def sft_rows(params, paths, tokenizer):
     """The sft stage's tokenised rows (stages in chain order) and its curriculum batch sampler."""
     from tinythinker.student import seq2seq
     from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
-    from tinythinker.student.sft import _stage_data
+    from tinythinker.student.stages import stage_data
 
     s = params.sft
-    stages = _stage_data(params, paths)
+    stages = stage_data(params, paths)
     rows, lengths = seq2seq.sft_data(params, stages, tokenizer)
     intervals = sft_intervals(s.stage_type, s.interval, params.dataset.synthetic.num_options)
     sampler = CurriculumBatchSampler({k: len(v) for k, v in stages.items()}, intervals, s.batch_size, params.seed,

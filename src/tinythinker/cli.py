@@ -116,21 +116,21 @@ def build(root: Path = ROOT) -> None:
 @app.command()
 def tokenizer(root: Path = ROOT) -> None:
     """Train the embedded student's tokenizer on its corpus and the stage datasets, or save the pretrained one."""
-    from .student.model import tokenizer_stage as run
+    from .student.stages import tokenizer_stage as run
     _run(lambda: run(*_ctx(root)))
 
 
 @app.command()
 def pretrain(root: Path = ROOT) -> None:
     """Pretrain the embedded student on data/corpus (span corruption / next token); a Hub student skips it."""
-    from .student.pretrain import pretrain as run
+    from .student.stages import pretrain as run
     _run(lambda: run(*_ctx(root)))
 
 
 @app.command()
 def sft(root: Path = ROOT) -> None:
     """Phase 1: curriculum SFT over recall -> analyze -> summarize; the best checkpoint by validation chain accuracy."""
-    from .student.sft import sft as run
+    from .student.stages import sft as run
     _run(lambda: run(*_ctx(root)))
 
 
@@ -138,7 +138,7 @@ def sft(root: Path = ROOT) -> None:
 def dpo_sample(iteration: str = typer.Argument(..., help="Iteration key of dpo.iterations, e.g. iter1."),
                root: Path = ROOT) -> None:
     """Phase 2: sample the student's own chains on the training questions and build preference pairs."""
-    from .reflect.pairs import dpo_sample as run
+    from .reflect.stages import dpo_sample as run
     _run(lambda: run(*_ctx(root), iteration))
 
 
@@ -146,7 +146,7 @@ def dpo_sample(iteration: str = typer.Argument(..., help="Iteration key of dpo.i
 def dpo_train(iteration: str = typer.Argument(..., help="Iteration key of dpo.iterations, e.g. iter1."),
               root: Path = ROOT) -> None:
     """Phase 2: DPO (+ NLL on chosen) from the iteration's starting model, which is also the reference."""
-    from .reflect.dpo import dpo_train as run
+    from .reflect.stages import dpo_train as run
     _run(lambda: run(*_ctx(root), iteration))
 
 
@@ -155,7 +155,7 @@ def test(model: Path = typer.Option(..., help="Checkpoint directory to evaluate.
          name: str = typer.Option("test", help="Name of the metrics/predictions files written."),
          root: Path = ROOT) -> None:
     """Run the generation chain on the test split; accuracy (and majority vote) to metrics/<name>.json."""
-    from .student.evaluate import test as run
+    from .student.stages import test as run
     _run(lambda: run(*_ctx(root), model, name))
 
 

@@ -73,6 +73,9 @@ class Paths:
     def dpo_data(self, iteration: str) -> Path:
         return self.root / "data" / "dpo" / check_name(iteration, "iteration")
 
+    def pairs(self, iteration: str, kind: str) -> Path:  # one pair kind of an iteration (protocol.PAIR_KINDS)
+        return self.dpo_data(iteration) / f"{kind}_pairs.jsonl"
+
     @property
     def predictions(self) -> Path:
         return self.root / "data" / "predictions"

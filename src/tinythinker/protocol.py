@@ -45,6 +45,29 @@ STAGES = {
     "summarize": ("summarize",),
 }
 
+# The pair kinds of phase 2 (data/dpo/<iter>/<kind>_pairs.jsonl), in the order the DPO trainers concatenate and
+# the curriculum interleaves them; `metrics/dpo/<iter>.json` counts them as `<kind>_pairs`.
+PAIR_KINDS = ("recall", "analyze", "summarize")
+
+# The curves every training run logs (dvclive, metrics/<stage>_live/) and the names its metrics read: the Trainer's
+# and TRL's vocabulary. A Trainer log key `eval_x` is `eval/x`, a key with a slash (TRL's `rewards/margins`) stays,
+# any other is `train/x` (transformers' own rewrite for trackers).
+TRAIN_LOSS, EVAL_ACCURACY = "train/loss", "eval/accuracy"
+REWARD_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+               "logps/chosen", "logps/rejected")
+
+
+def curve_name(key: str) -> str:
+    """The curve a Trainer log key is drawn as: eval_accuracy -> eval/accuracy, loss -> train/loss."""
+    if key.startswith("eval_"):
+        return f"eval/{key[5:]}"
+    return key if "/" in key else f"train/{key}"
+
+
+def pair_counts(counts) -> dict:
+    """`{<kind>_pairs: n}` for every pair kind, from a mapping kind -> count (missing kinds: None)."""
+    return {f"{k}_pairs": counts.get(k) for k in PAIR_KINDS}
+
 
 def question_block(question: str, choices: Sequence[Mapping[str, str]]) -> str:
     """Built from structured choices, so option texts containing ", " survive (fixes spec 9.2)."""

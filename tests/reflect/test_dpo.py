@@ -6,28 +6,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import ANALYZE, BLOCK, RECALL, SUMMARIZE, VALID, dpo_trainer
 from tinythinker import protocol as P
 from tinythinker.io import read_json, write_jsonl
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.reflect.dpo import dpo_train
+from tinythinker.reflect import dpo_seq2seq
 from tinythinker.reflect.dpo_seq2seq import (collate, disable_dropout, dpo_loss, policy_logps, reference_logps,
                                              sequence_logps, tokenize_pairs)
 from tinythinker.reflect.schedule import schedule_intervals
+from tinythinker.reflect.stages import dpo_train
 
 # Its module fixture builds what every test here reads: one xdist worker runs them all (`--dist loadgroup`).
 pytestmark = pytest.mark.xdist_group("dpo")
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
-BLOCK = P.question_block("Which is a metal?", [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron"}])
-VALID = [{"qid": "v1", "block": BLOCK, "options": ["A", "B"], "gt": "B"}]
-RECALL = [{"qid": "q1", "prompt": P.recall_prompt(BLOCK), "chosen": f"Iron is a metal {i}.",
-           "rejected": f"Wood is a metal {i}."} for i in range(3)]
-ANALYZE = [{"qid": "q1", "prompt": P.analyze_prompt(BLOCK, x, "Iron is a metal."), "chosen": f"{x} is right.",
-            "rejected": f"{x} is wrong."} for x in "AB"]
-SUMMARIZE = [{"qid": "q1", "prompt": P.summarize_prompt(BLOCK, "Iron is a metal.", {"A": "no.", "B": "yes."}),
-              "chosen": P.summarize_target("B"), "rejected": P.summarize_target(x)} for x in ("A", "A or B")]
 PARAMS = BASE.replace(**{
     "student.embedded.vocab_size": 90, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
     "student.embedded.d_kv": 8, "student.embedded.num_heads": 2, "student.embedded.num_layers": 1,
@@ -121,7 +115,6 @@ def test_dropout_disabled(sft_model):
 
 
 def test_training_raises_margin_and_leaves_reference_alone(sft_model, tmp_path):
-    from tinythinker.reflect.dpo_seq2seq import build_trainer
     from tinythinker.student.chain import Decoding
 
     short = Decoding(max_new_tokens=6)
@@ -136,8 +129,8 @@ def test_training_raises_margin_and_leaves_reference_alone(sft_model, tmp_path):
 
     params = PARAMS.replace(**{"dpo.passes": 4})
     intervals = schedule_intervals(len(RECALL), len(ANALYZE), 2)
-    trainer = build_trainer(params, model, tok, feats, {"recall": 3, "analyze": 2}, intervals, tmp_path / "ckpt",
-                            VALID, {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), short)})
+    trainer = dpo_trainer(dpo_seq2seq, params, tmp_path, model, tok, feats, {"recall": 3, "analyze": 2}, intervals,
+                          VALID, {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), short)})
     trainer.train()
     assert trainer.state.global_step == 4 * sum(intervals.values())
     assert [(f["ref_chosen"], f["ref_rejected"]) for f in feats] == refs  # precomputed once, never touched
@@ -210,7 +203,7 @@ def test_stage_keeps_best_of_start_and_checkpoints(tmp_path, sft_model, monkeypa
     live = paths.metrics / "dpo_live" / "iter1" / "plots" / "metrics"
     steps = [line.split("\t")[0] for line in (live / "eval" / "accuracy.tsv").read_text().splitlines()[1:]]
     assert steps == ["0", str(cycle), str(2 * cycle)]
-    assert (live / "rewards" / "margins.tsv").exists() and (live / "loss.tsv").exists()
+    assert (live / "rewards" / "margins.tsv").exists() and (live / "train" / "loss.tsv").exists()
     assert not (paths.checkpoints / "dpo" / "iter1").exists()
 
 
@@ -276,7 +269,6 @@ def test_tf32_and_precision_are_set_before_the_first_forward_pass(tmp_path, sft_
 
 def test_accumulation_is_the_same_optimizer_step(sft_model, tmp_path):
     """batch 1 x 2 micro-batches = batch 2: the same optimizer steps over the same pairs, the same weights."""
-    from tinythinker.reflect.dpo_seq2seq import build_trainer
     from tinythinker.student.chain import Decoding
 
     recall = RECALL + [{**RECALL[0], "chosen": "Iron is a metal 9."}]  # 4 recall + 2 analyze pairs: no tails
@@ -290,8 +282,8 @@ def test_accumulation_is_the_same_optimizer_step(sft_model, tmp_path):
         feats = tokenize_pairs(recall + ANALYZE, tok, 64, 16)
         reference_logps(model, feats, 2, tok.pad_token_id)
         intervals = schedule_intervals(4, 2, batch * k)
-        trainer = build_trainer(params, model, tok, feats, {"recall": 4, "analyze": 2}, intervals,
-                                tmp_path / name, VALID, chain_kwargs)
+        trainer = dpo_trainer(dpo_seq2seq, params, tmp_path / name, model, tok, feats, {"recall": 4, "analyze": 2},
+                              intervals, VALID, chain_kwargs)
         seen = []
         original = trainer.compute_loss
         trainer.compute_loss = lambda m, inputs, **kw: (seen.append(len(inputs["labels"]) // 2)

@@ -184,7 +184,7 @@ def test_dpo_sample_stage(tmp_path, monkeypatch, stage_type):
     import tinythinker.student.model as student
     from tinythinker.io import read_json, read_jsonl, write_jsonl
     from tinythinker.paths import Paths
-    from tinythinker.reflect.pairs import dpo_sample
+    from tinythinker.reflect.stages import dpo_sample
 
     paths = Paths(tmp_path)
     (paths.sft_model).mkdir(parents=True)
@@ -253,7 +253,7 @@ def test_ablated_student_gets_no_pairs(tmp_path):
     """A summarize-only student has no recall/analyze chain to reflect on: empty pairs, no model needed."""
     from tinythinker.io import read_json, read_jsonl
     from tinythinker.paths import Paths
-    from tinythinker.reflect.pairs import dpo_sample
+    from tinythinker.reflect.stages import dpo_sample
 
     params = BASE.replace(**{"sft.stage_type": "summarize", "dpo.iterations": {"iter1": {"init": "models/sft"}}})
     paths = Paths(tmp_path)
@@ -268,7 +268,8 @@ def test_each_iteration_samples_with_its_own_seed(tmp_path, monkeypatch):
     import tinythinker.student.model as student
     from tinythinker.io import write_jsonl
     from tinythinker.paths import Paths
-    from tinythinker.reflect.pairs import dpo_sample, iteration_seed
+    from tinythinker.reflect.pairs import iteration_seed
+    from tinythinker.reflect.stages import dpo_sample
 
     paths = Paths(tmp_path)
     paths.sft_model.mkdir(parents=True)

@@ -28,7 +28,7 @@ def run_metrics(paths: Paths) -> None:
     write_json(paths.metric("pretrain"), {"steps": 300, "sentences": 90, "first_loss": 7.5, "last_loss": 0.25,
                                           "probe_accuracy_before": 0.0, "probe_held_out_accuracy_before": 0.0,
                                           "probe_accuracy": 80.0, "probe_held_out_accuracy": 75.0})
-    _tsv(paths.metrics / "pretrain_live" / "plots" / "metrics" / "train_loss.tsv", "train_loss", [7.5, 1.0, 0.25])
+    _tsv(paths.metrics / "pretrain_live" / "plots" / "metrics" / "train" / "loss.tsv", "loss", [7.5, 1.0, 0.25])
     write_json(paths.metric("sft"), {"valid_accuracy": 61.25, "train_steps": 400})
     write_json(paths.metric("test/sft"), {"accuracy": 58.333333})
     write_json(paths.metric("dpo/iter1"), {"valid_accuracy": 66.0, "steps": 30, "recall_pairs": 40, "analyze_pairs": 25,
@@ -42,11 +42,10 @@ def run_metrics(paths: Paths) -> None:
                                                  "recall_pairs": 0, "analyze_pairs": 0})
     write_json(paths.metric("test/iter2"), {"accuracy": 63.0})
     live = paths.metrics / "sft_live" / "plots" / "metrics"
-    _tsv(live / "train_loss.tsv", "train_loss", [5.0, 2.0, 1.0, 0.5])
-    _tsv(live / "eval_accuracy.tsv", "eval_accuracy", [20.0, 61.25])
+    _tsv(live / "train" / "loss.tsv", "loss", [5.0, 2.0, 1.0, 0.5])
+    _tsv(live / "eval" / "accuracy.tsv", "accuracy", [20.0, 61.25])
     dpo = paths.metrics / "dpo_live" / "iter1" / "plots" / "metrics"
-    _tsv(dpo / "train_loss.tsv", "train_loss", [0.55])  # one final value: no curve
-    _tsv(dpo / "loss.tsv", "loss", [0.7, 0.6, 0.5])
+    _tsv(dpo / "train" / "loss.tsv", "loss", [0.7, 0.6, 0.5])
     _tsv(dpo / "rewards" / "margins.tsv", "margins", [0.0, 0.4, 0.9])
     _tsv(dpo / "eval" / "accuracy.tsv", "accuracy", [61.25, 66.0])
 
@@ -74,7 +73,7 @@ def test_report_headline_table_and_pictures(tmp_path):
             "training answers: 0 -> 75 %)") in md
     pictures = sorted(p.name for p in (paths.metrics / "report").glob("*.png"))
     # the DPO accuracy curve of a skipped iteration is one start point: only iter1 draws it
-    assert pictures == ["accuracy.png", "dpo_eval_accuracy.png", "dpo_loss.png", "dpo_rewards_margins.png",
+    assert pictures == ["accuracy.png", "dpo_eval_accuracy.png", "dpo_rewards_margins.png", "dpo_train_loss.png",
                         "pretrain_train_loss.png", "sft_eval_accuracy.png", "sft_train_loss.png"]
     for name in pictures:
         png = (paths.metrics / "report" / name).read_bytes()
@@ -152,10 +151,11 @@ def test_the_teacher_headline_is_what_the_data_cost_not_what_this_run_sent():
 
 
 def test_the_report_counts_every_pair_kind_dpo_trains():
-    from tinythinker.reflect.schedule import STAGES
+    """The pair kinds are spelt once (protocol.PAIR_KINDS), read by the sampler, the trainers and the report."""
+    from tinythinker import protocol as P
     from tinythinker.results import report
 
-    assert report.STAGES == STAGES
+    assert report.PAIR_KINDS is P.PAIR_KINDS
 
 
 def test_a_missing_metrics_file_is_an_error_naming_it_and_its_stage(tmp_path):

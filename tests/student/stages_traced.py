@@ -18,13 +18,11 @@ import transformers
 
 import tinythinker.student.chain as chain
 import tinythinker.student.distributed as distributed
-import tinythinker.student.evaluate as evaluate
+import tinythinker.student.stages as stages
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.reflect.dpo import dpo_train
-from tinythinker.reflect.pairs import dpo_sample
-from tinythinker.student.evaluate import test
-from tinythinker.student.sft import sft
+from tinythinker.reflect.stages import dpo_sample, dpo_train
+from tinythinker.student.stages import sft, test
 
 root, out = Path(sys.argv[1]), Path(sys.argv[2])
 only = sys.argv[3].split(",") if len(sys.argv) > 3 else None
@@ -74,7 +72,7 @@ def run_chain(model, tokenizer, questions, **kwargs):
 
 distributed.prepare_sharded_loader = traced_loader
 transformers.Trainer.training_step = training_step
-chain.run_chain = evaluate.run_chain = run_chain  # evaluate imported it by name
+chain.run_chain = stages.run_chain = run_chain  # stages imported it by name
 
 result = {"rank": rank, "processes": distributed.state().num_processes}
 # map_sharded: order kept, equal shares (the padding repeats an item), every process gets everything

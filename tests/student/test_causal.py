@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reflect.test_dpo import ANALYZE, BLOCK, RECALL, SUMMARIZE, VALID  # noqa: F401 - the same hand-made pairs as the T5 path
-from tests.student.test_sft import one_thread, questions, student_stages, write_task  # noqa: F401 - one_thread: an autouse fixture
+from tests.helpers import (ANALYZE, BLOCK, RECALL, SUMMARIZE, VALID, dpo_trainer,  # noqa: F401 - T5 pairs
+                           questions, student_stages)
 
 from tinythinker import protocol as P
 from tinythinker.params import load
@@ -14,10 +14,10 @@ from tinythinker.paths import Paths
 from tinythinker.student import causal
 from tinythinker.student.chain import Decoding, generate, run_chain
 from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
-from tinythinker.student.model import family, load_student, tokenizer_stage
+from tinythinker.student.model import family, load_student
 
 # Its module fixture builds what every test here reads: one xdist worker runs them all (`--dist loadgroup`).
-pytestmark = pytest.mark.xdist_group("causal")
+pytestmark = [pytest.mark.xdist_group("causal"), pytest.mark.usefixtures("one_thread")]
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 PARAMS = BASE.replace(**{
@@ -31,18 +31,10 @@ PARAMS = BASE.replace(**{
 ST = "recall_analyze_summarize"
 
 
-@pytest.fixture
-def paths(tmp_path):
-    p = Paths(tmp_path)
-    write_task(p, questions(12))
-    student_stages(PARAMS, p)
-    return p
-
-
 def _sft_trainer(params, paths, tmp_path):
-    """The stage's SFT trainer on the causal family, as `sft.sft` builds it, with its sampler."""
+    """The stage's SFT trainer on the causal family, as `stages.sft` builds it, with its sampler."""
     from tinythinker.io import read_jsonl
-    from tinythinker.student.sft import _stage_data
+    from tinythinker.student.stages import stage_data
     from tinythinker.student.training import sft_trainer, trainer_kwargs
 
     kind = family(params)
@@ -51,7 +43,7 @@ def _sft_trainer(params, paths, tmp_path):
                               save_strategy="no", remove_unused_columns=False, use_cpu=True, seed=params.seed,
                               **trainer_kwargs(params, paths, "sft", "sft"))
     model, tokenizer = load_student(params, paths)
-    stages = _stage_data(params, paths)
+    stages = stage_data(params, paths)
     rows, _ = kind.sft_data(params, stages, tokenizer)
     sampler = CurriculumBatchSampler({s: len(r) for s, r in stages.items()}, sft_intervals(ST, 1, 3), 8, params.seed)
     valid = read_jsonl(paths.sft_data / "valid.jsonl")
@@ -132,7 +124,7 @@ def test_sft_stage_learns_and_saves_a_causal_checkpoint(paths):
     from transformers import LlamaForCausalLM
 
     from tinythinker.io import read_json
-    from tinythinker.student.sft import sft
+    from tinythinker.student.stages import sft
 
     params = PARAMS.replace(**{"sft.epochs": 30.0, "sft.eval_every": 90})
     d = Decoding(max_new_tokens=24)
@@ -150,7 +142,7 @@ def test_sft_stage_learns_and_saves_a_causal_checkpoint(paths):
     after = chain_accuracy(paths.sft_model)
     assert before < 50 and after >= 50 and after == m["valid_accuracy"]
     curves = paths.metrics / "sft_live" / "plots" / "metrics"
-    assert (curves / "train_loss.tsv").exists() and (curves / "eval_accuracy.tsv").exists()
+    assert (curves / "train" / "loss.tsv").exists() and (curves / "eval" / "accuracy.tsv").exists()
 
 
 # --- phase 2 -------------------------------------------------------------------------------------------------------
@@ -189,7 +181,7 @@ def test_trl_dpo_step_raises_the_margin_over_a_precomputed_reference(causal_sft,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tinythinker.reflect import dpo_causal
-    from tinythinker.reflect.dpo import REWARD_KEYS
+    from tinythinker.protocol import REWARD_KEYS
     from tinythinker.reflect.schedule import schedule_intervals
 
     model, tok = AutoModelForCausalLM.from_pretrained(causal_sft), AutoTokenizer.from_pretrained(causal_sft)
@@ -198,9 +190,9 @@ def test_trl_dpo_step_raises_the_margin_over_a_precomputed_reference(causal_sft,
     rejected = seq_logps(model, tok, [(r["prompt"], r["rejected"]) for r in RECALL + ANALYZE])
     intervals = schedule_intervals(3, 2, 2)
     short = Decoding(max_new_tokens=6)
-    trainer = dpo_causal.build_trainer(DPO, model, tok, dpo_causal.train_data(DPO, model, tok, pairs),
-                                       {"recall": 3, "analyze": 2}, intervals, tmp_path / "ckpt", VALID,
-                                       {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), short)})
+    trainer = dpo_trainer(dpo_causal, DPO, tmp_path, model, tok, dpo_causal.train_data(DPO, model, tok, pairs),
+                          {"recall": 3, "analyze": 2}, intervals, VALID,
+                          {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), short)})
     # the reference is the starting model, scored once, before any step, recall pairs then analyze pairs
     data = trainer.train_dataset
     assert data["ref_chosen_logps"] == pytest.approx(chosen, abs=1e-4)
@@ -224,7 +216,8 @@ def test_dpo_train_stage_on_trl_reports_the_t5_metric_names(tmp_path, causal_sft
 
     import tinythinker.student.distributed as distributed
     from tinythinker.io import read_json, write_jsonl
-    from tinythinker.reflect.dpo import REWARD_KEYS, dpo_train
+    from tinythinker.protocol import REWARD_KEYS
+    from tinythinker.reflect.stages import dpo_train
     from tinythinker.reflect.schedule import schedule_intervals
 
     scores = iter([50.0, 60.0, 55.0, 58.0, 52.0])  # start, then one per cycle: the first cycle is best
@@ -252,7 +245,7 @@ def test_lora_adapters_are_folded_into_a_plain_checkpoint(paths):
     pytest.importorskip("peft")
     from safetensors.torch import load_file
 
-    from tinythinker.student.sft import sft
+    from tinythinker.student.stages import sft
 
     params = PARAMS.replace(**{"student.lora.rank": 4, "sft.eval_every": 9})
     start, _ = load_student(params, paths)

@@ -238,7 +238,7 @@ def test_evaluate_stage(tmp_path):
 
     from tinythinker.io import read_json, read_jsonl, write_jsonl
     from tinythinker.paths import Paths
-    from tinythinker.student import evaluate
+    from tinythinker.student import stages
     from tinythinker.student.model import train_tokenizer
 
     paths = Paths(tmp_path)
@@ -252,7 +252,7 @@ def test_evaluate_stage(tmp_path):
     tok.save_pretrained(tmp_path / "m")
 
     p = BASE.replace(**{"generation.strategy": "sample", "generation.times": 3, "generation.max_new_tokens": 5})
-    m = evaluate.test(p, paths, tmp_path / "m", "test/x")
+    m = stages.test(p, paths, tmp_path / "m", "test/x")
     assert set(m) == {"accuracy", "questions", "accuracy_run_1", "accuracy_run_2", "accuracy_run_3",
                       "majority_accuracy"} and m["questions"] == 2
     rows = read_jsonl(paths.predictions / "test" / "x.jsonl")
@@ -261,7 +261,7 @@ def test_evaluate_stage(tmp_path):
     assert read_json(paths.metric("test/x")) == m
     assert len({r["recall"] for r in rows if r["qid"] == "q1"}) > 1  # sampled runs differ
 
-    g = evaluate.test(BASE.replace(**{"generation.times": 2, "generation.max_new_tokens": 5}), paths,
+    g = stages.test(BASE.replace(**{"generation.times": 2, "generation.max_new_tokens": 5}), paths,
                       tmp_path / "m", "greedy")
     rows = read_jsonl(paths.predictions / "greedy.jsonl")
     assert rows[0] | {"run": 2} == rows[2] and g["accuracy_run_1"] == g["accuracy_run_2"]

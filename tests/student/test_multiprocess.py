@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.student.test_sft import questions, student_stages, write_task  # noqa: E402
+from tests.helpers import questions, student_stages, write_task
 
 from tinythinker import protocol as P
 from tinythinker.io import read_jsonl, write_jsonl

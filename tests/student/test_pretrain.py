@@ -3,23 +3,19 @@ import csv
 
 import pytest
 
-from tests.student.test_sft import KIND_OF, PARAMS, one_thread, questions, write_task  # noqa: F401 - autouse
+from tests.helpers import KIND_OF, SFT_PARAMS
 from tinythinker.io import read_json
-from tinythinker.paths import Paths
 from tinythinker.student import causal, seq2seq
-from tinythinker.student.model import build_initial, load_student, tokenizer_stage, train_tokenizer
-from tinythinker.student.pretrain import SOURCE, pretrain
+from tinythinker.student.model import build_initial, load_student, train_tokenizer
+from tinythinker.student.pretrain import SOURCE
+from tinythinker.student.stages import pretrain, tokenizer_stage
+
+PARAMS = SFT_PARAMS
+PRETRAIN = False  # the `paths` fixture (tests/student/conftest.py) runs the tokenizer stage only
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 TRAINED = PARAMS.replace(**{"student.pretrain.steps": 400, "student.pretrain.batch_size": 12,
                             "student.pretrain.learning_rate": 1e-2})
-
-
-@pytest.fixture
-def paths(tmp_path):
-    p = Paths(tmp_path)
-    write_task(p, questions(12))
-    tokenizer_stage(PARAMS, p)
-    return p
 
 
 def _tokenizer(kind, n: int = 120):
@@ -86,9 +82,9 @@ def test_pretraining_lowers_the_loss_and_teaches_the_facts(paths, family):
     assert m["probe_accuracy_before"] < 30 and m["probe_accuracy"] >= 75  # 12 facts, 4 categories
     assert read_json(paths.metric("pretrain")) == m
     curves = paths.curves("pretrain") / "plots" / "metrics"
-    loss = [float(r["train_loss"]) for r in csv.DictReader(open(curves / "train_loss.tsv"), delimiter="\t")]
+    loss = [float(r["loss"]) for r in csv.DictReader(open(curves / "train" / "loss.tsv"), delimiter="\t")]
     assert len(loss) > 5 and loss[-1] < loss[0]
-    probe = list(csv.DictReader(open(curves / "probe_accuracy.tsv"), delimiter="\t"))
+    probe = list(csv.DictReader(open(curves / "eval" / "probe_accuracy.tsv"), delimiter="\t"))
     assert [int(r["step"]) for r in probe] == [0, 400] and float(probe[-1]["probe_accuracy"]) == m["probe_accuracy"]
     assert not (paths.checkpoints / "pretrain").exists() and not paths.curves_work("pretrain").exists()
     # sft starts from these weights
@@ -106,12 +102,13 @@ def test_zero_steps_is_the_student_from_scratch(paths):
     fresh, _ = build_initial(PARAMS, paths)
     assert all(torch.equal(a, b) for a, b in zip(saved.state_dict().values(), fresh.state_dict().values()))
     curves = paths.curves("pretrain") / "plots" / "metrics"
-    assert sorted(p.name for p in curves.iterdir()) == ["probe_accuracy.tsv", "probe_held_out_accuracy.tsv"]
+    assert sorted(p.relative_to(curves).as_posix() for p in curves.rglob("*.tsv")) == [
+        "eval/probe_accuracy.tsv", "eval/probe_held_out_accuracy.tsv"]
     # a pretrained run's curves do not outlive a later run from scratch
     pretrain(TRAINED.replace(**{"student.pretrain.steps": 3}), paths)
-    assert (curves / "train_loss.tsv").exists()
+    assert (curves / "train" / "loss.tsv").exists()
     pretrain(PARAMS, paths)
-    assert not (curves / "train_loss.tsv").exists()
+    assert not (curves / "train" / "loss.tsv").exists()
 
 
 def test_a_hub_or_local_student_is_pretrained_already(paths, tmp_path):

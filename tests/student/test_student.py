@@ -7,8 +7,8 @@ from tinythinker import protocol as P
 from tinythinker.io import DataError, write_jsonl
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.student.model import build_initial, load_student, tokenizer_stage
-from tinythinker.student.pretrain import pretrain
+from tinythinker.student.model import build_initial, load_student
+from tinythinker.student.stages import pretrain, tokenizer_stage
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
@@ -32,11 +32,7 @@ def stage_data(paths: Paths):
     write_jsonl(paths.corpus / "probe.jsonl", [{"prompt": "iron is a", "answer": "metal", "held_out": False}])
 
 
-@pytest.fixture
-def paths(tmp_path):
-    p = Paths(tmp_path)
-    stage_data(p)
-    return p
+WORKSPACE = stage_data  # what the `paths` fixture (tests/student/conftest.py) writes
 
 
 PARAMS = BASE.replace(**{"student.embedded.vocab_size": 88, "student.embedded.d_model": 32,

@@ -11,19 +11,18 @@ curves read the same for both families.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from functools import partial
 from typing import Mapping, Sequence
 
 from .. import protocol as P
 from ..params import Params
-from .schedule import STAGES, training_args
 
 KIND = "causal"  # the student family (student/causal.py) this trainer serves
 OWN_REFERENCE = True  # TRL precomputes the reference log-probs in its constructor, from the starting model
 
 
 def arguments(params: Params):
-    """DPOConfig with the dpo.* loss knobs, as a factory of the shared fields (schedule.training_args)."""
+    """DPOConfig with the dpo.* loss knobs, as a factory of the shared fields (engine.Run.arguments)."""
     from trl import DPOConfig
 
     d = params.dpo
@@ -31,41 +30,39 @@ def arguments(params: Params):
             "precompute_ref_log_probs": True, "precompute_ref_batch_size": d.batch_size, "disable_dropout": True,
             # the prompt as SFT capped it, a response as the chain generates it, and the EOS
             "max_length": params.sft.max_source_length + params.generation.max_new_tokens + 1}
-    return lambda **fields: DPOConfig(**fields, **loss)
+    return partial(DPOConfig, **loss)
 
 
 def train_data(params: Params, model, tokenizer, pairs: Mapping[str, Sequence[dict]]):
-    """TRL's preference dataset: the pairs of every stage in STAGES order (as the sampler counts them); TRL
+    """TRL's preference dataset: the pairs of every kind in PAIR_KINDS order (as the sampler counts them); TRL
     tokenises them and turns dropout off itself."""
     from datasets import Dataset
 
     rows = [{"prompt": p["prompt"], "chosen": P.completion(p["chosen"]), "rejected": P.completion(p["rejected"])}
-            for s in STAGES for p in pairs.get(s, ())]
+            for s in P.PAIR_KINDS for p in pairs.get(s, ())]
     return Dataset.from_list(rows)
 
 
-def build_trainer(params: Params, model, tokenizer, dataset, sizes: dict[str, int], intervals: dict[str, int],
-                  ckpt_dir: Path, valid: list[dict], chain_kwargs: dict, callbacks: Sequence = (), args=None):
-    """TRL's DPOTrainer over `dataset` (train_data: the stages concatenated in `sizes` order) with the curriculum
-    sampler and chain validation; `args` default to schedule.training_args with `arguments`. The reference
+def build_trainer(params: Params, model, tokenizer, dataset, valid: list[dict], chain_kwargs: dict, *, args,
+                  batch_sampler, callbacks: Sequence = ()):
+    """TRL's DPOTrainer over `dataset` (train_data) with the curriculum sampler and chain validation. The reference
     log-probs are computed here, by the constructor."""
     from trl import DPOTrainer
 
     from ..student.causal import lora_config
-    from ..student.curriculum import CurriculumBatchSampler
-    from ..student.training import CurriculumChainMixin
+    from ..student.training import curriculum_trainer
 
-    class CurriculumDPOTrainer(CurriculumChainMixin, DPOTrainer):
-        pass
-
-    args = args or training_args(params, intervals, ckpt_dir, arguments=arguments(params))
-    d = params.dpo
-    sampler = CurriculumBatchSampler(sizes, intervals, d.batch_size,
-                                     params.seed, accumulation=d.gradient_accumulation_steps,
-                                     num_replicas=args.world_size, rank=args.process_index)
     # The Trainer wants an eval dataset when it evaluates by steps; evaluation is the chain on `valid` (the mixin's
     # evaluate), so one pair stands in.
-    return CurriculumDPOTrainer(model=model, args=args, train_dataset=dataset, eval_dataset=dataset.select(range(1)),
-                                processing_class=tokenizer, peft_config=lora_config(params),
-                                callbacks=list(callbacks), batch_sampler=sampler, valid=valid,
-                                chain_kwargs=chain_kwargs)
+    return curriculum_trainer(DPOTrainer, model=model, args=args, train_dataset=dataset,
+                              eval_dataset=dataset.select(range(1)), processing_class=tokenizer,
+                              peft_config=lora_config(params), callbacks=list(callbacks),
+                              batch_sampler=batch_sampler, valid=valid, chain_kwargs=chain_kwargs)
+
+
+def reference_logps(model, features, batch_size: int, pad_id: int, precision: str) -> list:
+    raise NotImplementedError("TRL computes the reference log-probs itself (OWN_REFERENCE)")
+
+
+def set_reference(features, refs: list) -> None:
+    raise NotImplementedError("TRL computes the reference log-probs itself (OWN_REFERENCE)")

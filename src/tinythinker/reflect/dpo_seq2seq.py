@@ -12,19 +12,17 @@ weights, no longer the reference).
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 from ..params import Params
-from ..student.training import autocast
-from .schedule import training_args
+from ..student.training import autocast, curriculum_trainer
 
 KIND = "seq2seq"  # the student family (student/seq2seq.py) this trainer serves
 OWN_REFERENCE = False  # the stage computes the reference log-probs (reference_logps) and hands them in (set_reference)
 
 
 def arguments(params: Params):
-    """The arguments' class for the shared fields (schedule.training_args)."""
+    """The arguments' class for the shared fields (engine.Run.arguments)."""
     from transformers import TrainingArguments
 
     return TrainingArguments
@@ -152,58 +150,46 @@ def disable_dropout(model) -> None:
         model.config.dropout_rate = 0.0
 
 
-def _trainer_class():
+class DPOLoss:
+    """The loss half of the T5 DPO trainer, first in its bases (`dpo`: params.dpo): the weighted loss terms of
+    `dpo_loss`, and their TRL-named metrics averaged into every training log."""
+
+    # compute_loss returns a mean per micro-batch: the Trainer divides it by gradient_accumulation_steps
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, dpo, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dpo = dpo
+        self._stored: dict[str, list[float]] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        chosen, rejected, nll = policy_logps(model, inputs)
+        d = self.dpo
+        loss, metrics = dpo_loss(chosen, rejected, inputs["ref_chosen"], inputs["ref_rejected"], nll,
+                                 d.beta, d.loss_type, d.loss_weights)
+        for k, v in metrics.items():
+            self._stored.setdefault(k, []).append(v)
+        return (loss, {}) if return_outputs else loss
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs and self._stored:  # a training log: add the reward means since the last one
+            means = {k: sum(v) / len(v) for k, v in self._stored.items()}
+            if self.accelerator.num_processes > 1:  # each process saw its share: the mean over all
+                import torch
+                t = torch.tensor(list(means.values()), dtype=torch.float64, device=self.accelerator.device)
+                means = dict(zip(means, self.accelerator.reduce(t, reduction="mean").tolist()))
+            logs |= means
+            self._stored = {}
+        super().log(logs, start_time)
+
+
+def build_trainer(params: Params, model, tokenizer, features: list[dict], valid: list[dict], chain_kwargs: dict, *,
+                  args, batch_sampler, callbacks: Sequence = ()):
+    """The DPO trainer over `features` (reference log-probs in them, or put there by reference.ReferencePass), drawn by
+    the curriculum `batch_sampler`: a plain Trainer with the curriculum, chain validation and the DPO loss."""
     from transformers import Trainer
 
-    from ..student.training import CurriculumChainMixin
-
-    class Seq2SeqDPOTrainer(CurriculumChainMixin, Trainer):
-        # compute_loss returns a mean per micro-batch: the Trainer divides it by gradient_accumulation_steps
-        loss_is_scaled_for_ga = False
-
-        def __init__(self, *args, dpo, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.dpo = dpo
-            self._stored: dict[str, list[float]] = {}
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            chosen, rejected, nll = policy_logps(model, inputs)
-            d = self.dpo
-            loss, metrics = dpo_loss(chosen, rejected, inputs["ref_chosen"], inputs["ref_rejected"], nll,
-                                     d.beta, d.loss_type, d.loss_weights)
-            for k, v in metrics.items():
-                self._stored.setdefault(k, []).append(v)
-            return (loss, {}) if return_outputs else loss
-
-        def log(self, logs, start_time=None):
-            if "loss" in logs and self._stored:  # a training log: add the reward means since the last one
-                means = {k: sum(v) / len(v) for k, v in self._stored.items()}
-                if self.accelerator.num_processes > 1:  # each process saw its share: the mean over all
-                    import torch
-                    t = torch.tensor(list(means.values()), dtype=torch.float64, device=self.accelerator.device)
-                    means = dict(zip(means, self.accelerator.reduce(t, reduction="mean").tolist()))
-                logs |= means
-                self._stored = {}
-            super().log(logs, start_time)
-
-    return Seq2SeqDPOTrainer
-
-
-def build_trainer(params: Params, model, tokenizer, features: list[dict], sizes: dict[str, int],
-                  intervals: dict[str, int], ckpt_dir: Path, valid: list[dict], chain_kwargs: dict,
-                  callbacks: Sequence = (), args=None):
-    """The DPO trainer over `features` (reference log-probs in them, or put there by a PrePass callback),
-    stages concatenated in `sizes` order; `args` default to `training_args`."""
-    from ..student.curriculum import CurriculumBatchSampler
-
-    args = args or training_args(params, intervals, ckpt_dir)
-    Trainer = _trainer_class()
-    d = params.dpo
-    sampler = CurriculumBatchSampler(sizes, intervals, d.batch_size, params.seed,
-                                     accumulation=d.gradient_accumulation_steps,
-                                     num_replicas=args.world_size, rank=args.process_index)
-    return Trainer(model=model, args=args, train_dataset=features, eval_dataset=valid, processing_class=tokenizer,
-                   data_collator=lambda f: collate(f, tokenizer.pad_token_id), callbacks=list(callbacks),
-                   batch_sampler=sampler, valid=valid, chain_kwargs=chain_kwargs, dpo=d)
-
-
+    return curriculum_trainer(Trainer, DPOLoss, model=model, args=args, train_dataset=features, eval_dataset=valid,
+                              processing_class=tokenizer, data_collator=lambda f: collate(f, tokenizer.pad_token_id),
+                              callbacks=list(callbacks), batch_sampler=batch_sampler, valid=valid,
+                              chain_kwargs=chain_kwargs, dpo=params.dpo)

@@ -1,4 +1,5 @@
-"""Stage `dpo-sample`: the student's own chains on the training questions -> preference pairs (spec 6.2).
+"""Phase 2's preference pairs from the student's own chains on the training questions (spec 6.2); the stage is
+`stages.dpo_sample`.
 
 (a) Recall pairs: the chain runs `dpo.samples` times per question with a sampled recall and greedy
 analyze/summarize; a recall is chosen when its chain ends at the gold option, rejected otherwise.
@@ -21,16 +22,16 @@ from __future__ import annotations
 import hashlib
 import random
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from .. import protocol as P
-from ..io import read_jsonl, write_json, write_jsonl
+from ..io import read_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
-from ..protocol import CHAIN_FIELDS, PAIR_FIELDS, read_questions
+from ..protocol import CHAIN_FIELDS
 from ..student import distributed
 from ..student.chain import is_correct
-from .schedule import STAGES
 
 
 def _unique(items: Sequence, key) -> list:
@@ -186,16 +187,30 @@ def teacher_chains(paths: Paths) -> dict[str, list[dict]]:
     return teacher
 
 
+@dataclass
+class SampledPairs:
+    """What one round of sampling gives: the pairs of each kind, the recall-sampling chains (their accuracy is the
+    student's) and how many distinct chosen recalls were analysed. Recall pairs carry ``analyses`` and ``teacher``
+    beyond the pair fields (recall_pairs)."""
+
+    recall: list[dict]
+    analyze: list[dict]
+    summarize: list[dict]
+    chains: list[dict]
+    analyzed: int
+
+    def of(self, kind: str) -> list[dict]:
+        return getattr(self, kind)
+
+
 def sample_pairs(params: Params, model, tokenizer, questions: list[dict], teacher: Mapping[str, Sequence[Mapping]],
-                 rng: random.Random, desc: str = "dpo", share_prompts: bool = True):
-    """The student's chains on `questions` -> (recall pairs, analyze pairs, summarize pairs, the recall-sampling
-    chains, the number of analysed recalls). Each process samples its share (`distributed.map_sharded`);
+                 rng: random.Random, desc: str = "dpo", share_prompts: bool = True) -> SampledPairs:
+    """The student's chains on `questions` -> its pairs. Each process samples its share (`distributed.map_sharded`);
     `share_prompts=False` generates every repeated prompt on its own (bench/ measures against it)."""
-    from ..student.chain import generate, run_chain
+    from ..student.chain import run_chain
 
     sampled, greedy = _decodings(params)
     n, bs = params.dpo.samples, params.generation.batch_size
-
     # (a) one batched chain over all questions x samples; results come back in input order
     recall_runs = distributed.map_sharded(
         lambda share: run_chain(model, tokenizer, share, recall=sampled, analyze=greedy, summarize=greedy,
@@ -204,95 +219,51 @@ def sample_pairs(params: Params, model, tokenizer, questions: list[dict], teache
     by_qid: dict[str, list] = {q["qid"]: [] for q in questions}
     for r in recall_runs:
         by_qid[r["qid"]].append(r)
-    blocks = {q["qid"]: q["block"] for q in questions}
-    rpairs = recall_pairs(by_qid, teacher, rng, blocks)
-
-    # (b) every distinct chosen recall once (a resampled duplicate adds no new context), analyses sampled
-    apairs: list[dict] = []
-    keys: dict[tuple, list] = {}
+    rpairs = recall_pairs(by_qid, teacher, rng, {q["qid"]: q["block"] for q in questions})
     kinds = pair_kinds(params.dpo.stage_type)
-    if "analyze" in kinds:
-        for p in rpairs:
-            keys.setdefault((p["qid"], p["chosen"]), []).append(p["analyses"])
-    if keys:
-        qmap = {q["qid"]: q for q in questions}
-        key_list = list(keys)
-        key_questions = [qmap[qid] for qid, _ in key_list]
-        runs = distributed.map_sharded(
-            lambda share: run_chain(model, tokenizer, [q for q, _ in share], recalls=[rc for _, rc in share],
-                                    recall=greedy, analyze=sampled, summarize=greedy, batch_size=bs,
-                                    desc=f"{desc} analyze samples", share_prompts=share_prompts),
-            list(zip(key_questions * n, [rc for _, rc in key_list] * n)))
-        groups = [{**qmap[qid], "recall": P.close_sentence(rc), "chains": runs[k::len(key_list)],
-                   "backup": keys[(qid, rc)]} for k, (qid, rc) in enumerate(key_list)]
-        apairs = analyze_pairs(groups, rng)
-
-    # (c) every distinct summarize prompt of (a) summarized n more times, sampled; its greedy summary counts too
-    spairs: list[dict] = []
-    if "summarize" in kinds:
-        first = {}
-        for r in recall_runs:
-            first.setdefault(r["prompt"], r)
-        prompts = list(first)
-        texts = distributed.map_sharded(
-            lambda share: generate(model, tokenizer, share, sampled, bs, f"{desc} summarize samples",
-                                   share_prompts=share_prompts), prompts * n)
-        groups = [{"qid": first[p]["qid"], "gt": first[p]["gt"], "prompt": p,
-                   "summaries": [first[p]["summary"]] + texts[k::len(prompts)]} for k, p in enumerate(prompts)]
-        spairs = summarize_pairs(groups, rng)
-    return rpairs, apairs, spairs, recall_runs, len(keys)
+    draw = {"model": model, "tokenizer": tokenizer, "n": n, "batch_size": bs, "sampled": sampled, "greedy": greedy,
+            "desc": desc, "share_prompts": share_prompts}
+    apairs, analyzed = _analyze_step(rpairs, questions, rng, **draw) if "analyze" in kinds else ([], 0)
+    spairs = _summarize_step(recall_runs, rng, **draw) if "summarize" in kinds else []
+    return SampledPairs(rpairs, apairs, spairs, recall_runs, analyzed)
 
 
-def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
-    """Sample, build the pairs, write them (main process). Under several processes (`launcher`) each samples
-    its share of the chains with its own copy of the model and its own seed; pairs are built from all of them."""
-    from transformers import set_seed
+def _analyze_step(rpairs: list[dict], questions: list[dict], rng: random.Random, *, model, tokenizer, n: int,
+                  batch_size: int, sampled, greedy, desc: str, share_prompts: bool) -> tuple[list[dict], int]:
+    """(b) every distinct chosen recall once (a resampled duplicate adds no new context), analyses sampled:
+    (analyze pairs, the number of recalls analysed)."""
+    from ..student.chain import run_chain
 
-    from ..student.chain import accuracy
-    from ..student.model import check_checkpoint, load_student
+    keys: dict[tuple, list] = {}
+    for p in rpairs:
+        keys.setdefault((p["qid"], p["chosen"]), []).append(p["analyses"])
+    if not keys:
+        return [], 0
+    qmap = {q["qid"]: q for q in questions}
+    key_list = list(keys)
+    key_questions = [qmap[qid] for qid, _ in key_list]
+    runs = distributed.map_sharded(
+        lambda share: run_chain(model, tokenizer, [q for q, _ in share], recalls=[rc for _, rc in share],
+                                recall=greedy, analyze=sampled, summarize=greedy, batch_size=batch_size,
+                                desc=f"{desc} analyze samples", share_prompts=share_prompts),
+        list(zip(key_questions * n, [rc for _, rc in key_list] * n)))
+    groups = [{**qmap[qid], "recall": P.close_sentence(rc), "chains": runs[k::len(key_list)],
+               "backup": keys[(qid, rc)]} for k, (qid, rc) in enumerate(key_list)]
+    return analyze_pairs(groups, rng), len(keys)
 
-    init = paths.root / iteration_init(params, iteration)
-    procs = distributed.state()
-    if params.sft.stage_type != "recall_analyze_summarize":
-        # Self-reflection ranks the student's own recall/analyze chains; an ablated student has none, so
-        # its DPO iterations keep the SFT model (dpo-train copies it when there are no pairs).
-        metrics = {"questions": 0, "questions_with_pairs": 0, **{f"{s}_pairs": 0 for s in STAGES}, "skipped": 1}
-        if procs.is_main_process:
-            for s in STAGES:
-                write_jsonl(paths.dpo_data(iteration) / f"{s}_pairs.jsonl", [])
-            write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
-        return metrics
-    check_checkpoint(init, f"dpo.iterations.{iteration}.init", tokenizer=False)  # missing or unreadable: one line
-    questions = read_questions(paths.sft_data / "train_questions.jsonl")
-    k = params.dpo.max_questions
-    if k is not None and k < len(questions):  # a fresh seeded subset each iteration, in file order
-        keep = set(random.Random(f"{params.seed}/{iteration}/questions").sample(range(len(questions)), k))
-        questions = [q for i, q in enumerate(questions) if i in keep]
-    teacher = teacher_chains(paths)
 
-    with distributed.replicas():
-        model, tokenizer = load_student(params, paths, init, f"dpo.iterations.{iteration}.init")
-    model.to(procs.device)
-    set_seed(distributed.rank_seed(iteration_seed(params.seed, iteration)))
-    rpairs, apairs, spairs, recall_runs, analyzed = sample_pairs(
-        params, model, tokenizer, questions, teacher, random.Random(f"{params.seed}/{iteration}"), iteration)
+def _summarize_step(recall_runs: list[dict], rng: random.Random, *, model, tokenizer, n: int, batch_size: int,
+                    sampled, greedy, desc: str, share_prompts: bool) -> list[dict]:
+    """(c) every distinct summarize prompt of (a) summarized n more times, sampled; its greedy summary counts too."""
+    from ..student.chain import generate
 
-    out = paths.dpo_data(iteration)
-    # Only the pairs this stage type trains on are written; dpo-train trains on whatever the files hold.
-    written = [{k: p[k] for k in PAIR_FIELDS} for p in rpairs] if "recall" in pair_kinds(params.dpo.stage_type) else []
-    metrics = {
-        "questions": len(questions),
-        "questions_with_pairs": len({p["qid"] for p in written + apairs + spairs}),
-        "recall_pairs": len(written),
-        "analyze_pairs": len(apairs),
-        "summarize_pairs": len(spairs),
-        "analyzed_recalls": analyzed,
-        "chosen_from_teacher": sum(p["teacher"] for p in rpairs),
-        "sample_accuracy": accuracy(recall_runs),
-    }
-    if procs.is_main_process:
-        write_jsonl(out / "recall_pairs.jsonl", written)
-        write_jsonl(out / "analyze_pairs.jsonl", apairs)
-        write_jsonl(out / "summarize_pairs.jsonl", spairs)
-        write_json(paths.metric(f"dpo/{iteration}_pairs"), metrics)
-    return metrics
+    first: dict = {}
+    for r in recall_runs:
+        first.setdefault(r["prompt"], r)
+    prompts = list(first)
+    texts = distributed.map_sharded(
+        lambda share: generate(model, tokenizer, share, sampled, batch_size, f"{desc} summarize samples",
+                               share_prompts=share_prompts), prompts * n)
+    groups = [{"qid": first[p]["qid"], "gt": first[p]["gt"], "prompt": p,
+               "summaries": [first[p]["summary"]] + texts[k::len(prompts)]} for k, p in enumerate(prompts)]
+    return summarize_pairs(groups, rng)

@@ -1,14 +1,9 @@
-"""What both DPO trainers share (the T5 one of dpo_seq2seq.py, TRL's of dpo_causal.py): the stages that have
-pairs, the curriculum intervals over them (spec 6.3) and the training arguments."""
+"""What both DPO trainers share (the T5 one of dpo_seq2seq.py, TRL's of dpo_causal.py): the curriculum intervals
+over the pair kinds (spec 6.3), the training arguments of an iteration and its batch sampler."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from ..params import Params
-from ..paths import Paths
-from ..student.training import trainer_kwargs
-
-STAGES = ("recall", "analyze", "summarize")
+from ..student.curriculum import CurriculumBatchSampler
 
 
 def schedule_intervals(n_recall: int, n_analyze: int, batch_size: int, n_summarize: int = 0) -> dict[str, int]:
@@ -28,26 +23,20 @@ def schedule_intervals(n_recall: int, n_analyze: int, batch_size: int, n_summari
     return out
 
 
-def training_args(params: Params, intervals: dict[str, int], ckpt_dir: Path, train_kwargs: dict | None = None,
-                  arguments=None):
-    """Evaluation and checkpoints once per schedule cycle (in optimizer steps), `dpo.passes` cycles in all.
-    `train_kwargs`: the shared TrainingArguments fields (training.trainer_kwargs); `arguments`: what builds the
-    arguments from these fields (the trainer kind's `arguments`: TrainingArguments for T5, TRL's DPOConfig for a
-    decoder-only student)."""
-    import torch
-    from transformers import TrainingArguments
+def training_args(run, params: Params, intervals: dict[str, int], factory=None):
+    """An iteration's arguments (`run`: its engine.Run; `factory`: the trainer's `arguments`): evaluation and
+    checkpoints once per schedule cycle (in optimizer steps), `dpo.passes` cycles in all."""
+    d, cycle = params.dpo, sum(intervals.values())
+    return run.arguments(factory, eval_every=cycle, log_every=max(1, min(50, cycle // 4)), max_steps=d.passes * cycle,
+                         per_device_train_batch_size=d.batch_size, learning_rate=d.learning_rate,
+                         warmup_steps=d.warmup_ratio,  # float = ratio
+                         weight_decay=0.0, max_grad_norm=d.max_grad_norm)
 
-    d, cuda = params.dpo, torch.cuda.is_available()
-    cycle = sum(intervals.values())
-    return (arguments or TrainingArguments)(
-        output_dir=str(ckpt_dir), max_steps=d.passes * cycle, per_device_train_batch_size=d.batch_size,
-        learning_rate=d.learning_rate, lr_scheduler_type="cosine", warmup_steps=d.warmup_ratio,  # float = ratio
-        weight_decay=0.0, max_grad_norm=d.max_grad_norm, seed=params.seed,
-        eval_strategy="steps", eval_steps=cycle, save_strategy="steps", save_steps=cycle,
-        logging_steps=max(1, min(50, cycle // 4)), logging_first_step=True,
-        load_best_model_at_end=True, metric_for_best_model="accuracy", greater_is_better=True,
-        save_total_limit=2,  # the best and the latest (to resume)
-        remove_unused_columns=False, dataloader_pin_memory=cuda, use_cpu=not cuda,
-        ddp_find_unused_parameters=False,
-        **(train_kwargs if train_kwargs is not None else trainer_kwargs(params, Paths(), "dpo", "dpo")),
-    )
+
+def batch_sampler(params: Params, sizes: dict[str, int], intervals: dict[str, int], args) -> CurriculumBatchSampler:
+    """The curriculum over the pair kinds (`sizes`: rows per kind, concatenated in that order) for the processes of
+    `args`."""
+    d = params.dpo
+    return CurriculumBatchSampler(sizes, intervals, d.batch_size, params.seed,
+                                  accumulation=d.gradient_accumulation_steps, num_replicas=args.world_size,
+                                  rank=args.process_index)

@@ -19,10 +19,7 @@ from pathlib import Path
 from ..io import DataError, atomic_path, read_json, write_json, write_text
 from ..params import Params
 from ..paths import Paths
-
-# The pair kinds (reflect.schedule.STAGES), spelt here: importing them would make the report stage depend on the
-# training code.
-STAGES = ("recall", "analyze", "summarize")
+from ..protocol import EVAL_ACCURACY, PAIR_KINDS, TRAIN_LOSS
 
 SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
 
@@ -44,19 +41,19 @@ def collect(params: Params, paths: Paths) -> list[dict]:
     sft = _read(paths.metric("sft"), "sft")
     rows = [{"model": "sft", "step": 0, "valid_accuracy": _round(sft.get("valid_accuracy")),
              "test_accuracy": _round(_read(paths.metric("test/sft"), "test_sft").get("accuracy")),
-             **{f"{s}_pairs": None for s in STAGES},
+             **{f"{s}_pairs": None for s in PAIR_KINDS},
              "train_steps": sft.get("train_steps")}]
     for step, key in enumerate(params.dpo.iterations, 1):
         dpo = _read(paths.metric(f"dpo/{key}"), f"dpo_train@{key}")
         rows.append({"model": key, "step": step, "valid_accuracy": _round(dpo.get("valid_accuracy")),
                      "test_accuracy": _round(_read(paths.metric(f"test/{key}"), f"test@{key}").get("accuracy")),
-                     **{f"{s}_pairs": dpo.get(f"{s}_pairs") for s in STAGES},
+                     **{f"{s}_pairs": dpo.get(f"{s}_pairs") for s in PAIR_KINDS},
                      "train_steps": dpo.get("steps")})
     return rows
 
 
 def headline(rows: list[dict], teacher: dict, build: dict, pretrain: dict | None = None) -> dict:
-    pairs = {r["model"]: sum(r[f"{s}_pairs"] or 0 for s in STAGES) for r in rows[1:]}
+    pairs = {r["model"]: sum(r[f"{s}_pairs"] or 0 for s in PAIR_KINDS) for r in rows[1:]}
     pretrain = pretrain or {}
     return {"test": {r["model"]: r["test_accuracy"] for r in rows},
             "valid": {r["model"]: r["valid_accuracy"] for r in rows},
@@ -84,7 +81,7 @@ def _tsv(path: Path) -> list[dict]:
 
 
 def _curves(live: Path) -> dict[str, list[dict]]:
-    """dvclive's series under `live`/plots/metrics, by metric name (eval/accuracy, train_loss, ...)."""
+    """dvclive's series under `live`/plots/metrics, by curve name (protocol.curve_name: eval/accuracy, ...)."""
     root = live / "plots" / "metrics"
     return {str(p.relative_to(root).with_suffix("")): _tsv(p) for p in sorted(root.rglob("*.tsv"))} if root.is_dir() else {}
 
@@ -106,18 +103,19 @@ def charts(rows: list[dict], paths: Paths) -> dict[str, dict]:
            for r in rows for split in ("valid", "test") if r[f"{split}_accuracy"] is not None]
     specs = {"accuracy": _line("Chain accuracy by model", acc, "model", "accuracy", "split", "ordinal", percent=True)}
     specs["accuracy"]["encoding"]["x"]["sort"] = [r["model"] for r in rows]
-    pretrain = _curves(paths.curves("pretrain")).get("train_loss")
+    pretrain = _curves(paths.curves("pretrain")).get(TRAIN_LOSS)
     if pretrain:
         specs["pretrain_train_loss"] = _line("Student pretraining loss", pretrain, "step", "value")
     sft = _curves(paths.curves("sft"))
-    for name, title in (("train_loss", "SFT training loss"), ("eval_accuracy", "SFT validation accuracy")):
+    for name, title in ((TRAIN_LOSS, "SFT training loss"), (EVAL_ACCURACY, "SFT validation accuracy")):
         if sft.get(name):
-            specs[f"sft_{name}"] = _line(title, sft[name], "step", "value", percent="accuracy" in name)
+            specs[f"sft_{name.replace('/', '_')}"] = _line(title, sft[name], "step", "value",
+                                                           percent="accuracy" in name)
     dpo: dict[str, list[dict]] = {}
     for key in [r["model"] for r in rows[1:]]:
         for name, series in _curves(paths.curves(f"dpo/{key}")).items():
             dpo.setdefault(name, []).extend({**v, "iteration": key} for v in series)
-    for name in ("loss", "rewards/margins", "eval/accuracy"):  # per logging step (train_loss is one final value)
+    for name in (TRAIN_LOSS, "rewards/margins", EVAL_ACCURACY):  # per logging step
         series = dpo.get(name, [])
         if len(series) > len({v["iteration"] for v in series}):  # more than a start point each
             specs[f"dpo_{name.replace('/', '_')}"] = _line(f"DPO {name.replace('/', ' ')} by iteration", series,
@@ -135,6 +133,11 @@ def _png(spec: dict) -> bytes:
 
 def _cell(x) -> str:
     return "–" if x is None else f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _row(cells) -> str:
+    """A markdown table row; strings as they are, numbers and None through `_cell`."""
+    return "| " + " | ".join(c if isinstance(c, str) else _cell(c) for c in cells) + " |"
 
 
 def _spend(teacher: dict) -> str:
@@ -164,11 +167,10 @@ def _pretraining(p: dict) -> str:
 def markdown(rows: list[dict], teacher: dict, build: dict, pretrain: dict, pairs: dict, pictures: list[str]) -> str:
     out = ["# Run report", "",
            "Accuracy (%) of the full generation chain; pairs and steps are those the model was trained on.", "",
-           "| model | valid | test | recall pairs | analyze pairs | summarize pairs | steps |",
-           "|---|---|---|---|---|---|---|"]
-    out += [f"| {r['model']} | {_cell(r['valid_accuracy'])} | {_cell(r['test_accuracy'])} | "
-            f"{_cell(r['recall_pairs'])} | {_cell(r['analyze_pairs'])} | {_cell(r['summarize_pairs'])} | "
-            f"{_cell(r['train_steps'])} |" for r in rows]
+           _row(["model", "valid", "test", *(f"{k} pairs" for k in PAIR_KINDS), "steps"]),
+           "|" + "---|" * (4 + len(PAIR_KINDS))]
+    out += [_row([r["model"], r["valid_accuracy"], r["test_accuracy"], *(r[f"{k}_pairs"] for k in PAIR_KINDS),
+                  r["train_steps"]]) for r in rows]
     rejected = {k.removeprefix("rejected_"): v for k, v in build.items() if k.startswith("rejected_") and v}
     if pretrain:
         out += ["", "## Student pretraining", "", _pretraining(pretrain)]
@@ -182,11 +184,10 @@ def markdown(rows: list[dict], teacher: dict, build: dict, pretrain: dict, pairs
                                        or "none") + "."]
     if pairs:
         out += ["", "## Self-reflection (DPO)", "",
-                "| iteration | questions sampled | with pairs | sample accuracy | recall pairs | analyze pairs | "
-                "summarize pairs |", "|---|---|---|---|---|---|---|"]
-        out += [f"| {k} | {_cell(p.get('questions'))} | {_cell(p.get('questions_with_pairs'))} | "
-                f"{_cell(p.get('sample_accuracy'))} | {_cell(p.get('recall_pairs'))} | "
-                f"{_cell(p.get('analyze_pairs'))} | {_cell(p.get('summarize_pairs'))} |" for k, p in pairs.items()]
+                _row(["iteration", "questions sampled", "with pairs", "sample accuracy",
+                      *(f"{k} pairs" for k in PAIR_KINDS)]), "|" + "---|" * (4 + len(PAIR_KINDS))]
+        out += [_row([k, *(p.get(f) for f in ("questions", "questions_with_pairs", "sample_accuracy")),
+                      *(p.get(f"{kind}_pairs") for kind in PAIR_KINDS)]) for k, p in pairs.items()]
     if pictures:
         out += ["", "## Curves", ""] + [f"![{stem}](report/{stem}.png)" for stem in pictures]
     return "\n".join(out) + "\n"

@@ -19,6 +19,12 @@ from ..params import Params, ParamsError
 KIND = "causal"
 ENCODE = {"padding_side": "left"}  # tokenizer kwargs for a generation batch
 SENTINELS = 0  # pretraining predicts the next token: no mask tokens
+LORA = True  # student.lora.rank > 0 trains peft adapters
+
+
+def claims(config) -> bool:
+    """Every config that is not encoder-decoder is this family's."""
+    return not getattr(config, "is_encoder_decoder", False)
 
 
 def wrap_vocab(vocab: list[tuple[str, float]]):

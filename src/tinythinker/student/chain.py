@@ -3,7 +3,7 @@
 Each step is one batched pass over all questions (analyze: over all (question, option) pairs), so a
 question's step k+1 prompt is built from its own step-k output. Prompts come only from `protocol`.
 Option letters come from each question's own `options` (fixes spec 9.12). One implementation for both student
-families: the family (`model.family_of`) says how a batch of prompts is padded (left for a decoder-only model, so
+families: the family (`family.family_of`) says how a batch of prompts is padded (left for a decoder-only model, so
 every prompt ends where generation starts) and which output tokens are new (a decoder-only model returns the prompt
 too).
 """
@@ -26,6 +26,13 @@ class Decoding:
 
 
 GREEDY = Decoding()
+
+
+def validation_chain(params) -> dict:
+    """`run_chain` kwargs of validation (sft, dpo-train): the student's own chain, greedy, as the test runs it."""
+    greedy = Decoding(max_new_tokens=params.generation.max_new_tokens)
+    return {"stage_type": params.sft.stage_type, "batch_size": params.generation.batch_size,
+            "recall": greedy, "analyze": greedy, "summarize": greedy}
 
 
 def _generation_kwargs(d: Decoding) -> dict:
@@ -71,7 +78,7 @@ def generate(model, tokenizer, prompts: list[str], decoding: Decoding, batch_siz
     import torch
     from tqdm.auto import tqdm
 
-    from .model import family_of
+    from .family import family_of
 
     if not prompts:
         return []

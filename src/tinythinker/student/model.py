@@ -1,10 +1,10 @@
-"""The student: stage `tokenizer`, loading/building the model, and the choice of its family.
+"""The student: its tokenizer trained on the corpus, loading/building the model, and which family it is.
 
-Two families sit behind the same calls: `seq2seq` (T5: prompt -> encoder, target -> decoder) and `causal`
-(decoder-only: prompt -> completion in one sequence). `family` reads which from the model's config
-(`is_encoder_decoder`), never from a flag; every stage asks it here. `student.model: embedded` is a small T5 and
-`embedded-causal` a small Llama-shaped model, both built from config with a Unigram tokenizer trained on the stage
-datasets (no download); anything else is a Hub id or local directory loaded with `from_pretrained`.
+The families (family.py: `seq2seq`, T5; `causal`, decoder-only) sit behind one contract; `family` reads which one
+from the model's config (`family.family_of`), never from a flag; every stage asks it here. `student.model: embedded`
+is a small T5 and `embedded-causal` a small Llama-shaped model, both built from config with a Unigram tokenizer
+trained on the stage datasets (no download); anything else is a Hub id or local directory loaded with
+`from_pretrained`.
 """
 from __future__ import annotations
 
@@ -14,41 +14,32 @@ import string
 from pathlib import Path
 from typing import Iterable, Iterator, Optional
 
-from ..io import DataError, atomic_path, read_jsonl
+from ..io import DataError, read_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
 from ..protocol import QUESTION_FIELDS, STAGE_FIELDS, TEXT_FIELDS
+from .family import EMBEDDED, FAMILIES, StudentFamily, family_of
 
 SPECIALS = ["<pad>", "</s>", "<unk>"]  # ids 0, 1, 2 as in T5: pad doubles as the decoder start token
-# The students built from config (no download), and their family.
-EMBEDDED = {"embedded": "seq2seq", "embedded-causal": "causal"}
 
 
-def family_of(config):
-    """The family module of a model config: seq2seq for an encoder-decoder, causal otherwise."""
-    from . import causal, seq2seq
-    return seq2seq if getattr(config, "is_encoder_decoder", False) else causal
-
-
-def family(params: Params, model_dir: Optional[Path] = None, what: str = "model directory"):
+def family(params: Params, model_dir: Optional[Path] = None, what: str = "model directory") -> StudentFamily:
     """The family of the student a stage trains or reads: the checkpoint in `model_dir` (`what` names where it came
     from in an error), else the initial student (`student.model`, its config read at `student.revision`)."""
-    from . import causal, seq2seq
-
     m = params.student.model
     if model_dir is None and m in EMBEDDED:
-        kind = {"seq2seq": seq2seq, "causal": causal}[EMBEDDED[m]]
+        kind = FAMILIES[EMBEDDED[m]]
     else:
         from transformers import AutoConfig
-        config = (_pretrained(AutoConfig, model_dir, what) if model_dir is not None else
-                  _pretrained(AutoConfig, m, "student.model", _is_local(m), revision=params.student.revision))
+        config = (load_pretrained(AutoConfig, model_dir, what) if model_dir is not None else
+                  load_pretrained(AutoConfig, m, "student.model", is_local(m), revision=params.student.revision))
         kind = family_of(config)
-    if params.student.lora.rank and kind is seq2seq:
+    if params.student.lora.rank and not kind.LORA:
         raise ParamsError(f"student.lora.rank: LoRA is for decoder-only students; {m} is encoder-decoder (set 0)")
     return kind
 
 
-def _corpus(paths: Paths) -> Iterator[str]:
+def corpus(paths: Paths) -> Iterator[str]:
     """Every text the student reads or writes: its pretraining text, stage inputs and targets, valid/test question
     blocks (so no word of the corpus is <unk>)."""
     files = sorted(paths.sft_data.glob("*/*.jsonl"))
@@ -97,10 +88,9 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind=None):
 
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    from . import seq2seq
-
+    kind = kind or FAMILIES["seq2seq"]
     texts = list(texts)
-    vocab_size -= (kind or seq2seq).SENTINELS  # T5's sentinels count in the model's vocabulary
+    vocab_size -= kind.SENTINELS  # T5's sentinels count in the model's vocabulary
     tok = Tokenizer(models.Unigram())
     tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                  pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")])
@@ -142,7 +132,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, kind=None):
         drop = {p for p, _ in [v for v in rest if len(v[0]) > 1][-over:]}
         rest = [v for v in rest if v[0] not in drop]
     vocab = [(p, 0.0) for p in SPECIALS] + rest
-    return (kind or seq2seq).wrap_vocab(vocab)
+    return kind.wrap_vocab(vocab)
 
 
 # What a saved checkpoint directory must hold: a model config and a tokenizer (without one, transformers
@@ -194,7 +184,7 @@ def _check_weights(weights: Path, what: str) -> None:
                         "overwritten; rerun the stage that wrote it")
 
 
-def _pretrained(cls, source: str | Path, what: str, local: bool = True, **kwargs):
+def load_pretrained(cls, source: str | Path, what: str, local: bool = True, **kwargs):
     """`cls.from_pretrained(source, **kwargs)`; a directory that is not a complete checkpoint, a broken file in
     it or an unreachable Hub id (`local=False`) raises one DataError naming `source` and `what` it was meant to be."""
     if local:
@@ -207,22 +197,9 @@ def _pretrained(cls, source: str | Path, what: str, local: bool = True, **kwargs
         raise DataError(f"{source}: cannot load ({what}): {type(e).__name__}: {detail}") from None
 
 
-def _is_local(model: str) -> bool:
+def is_local(model: str) -> bool:
     """student.model names a directory (rather than a Hub id) when it exists or is spelled as a path."""
     return Path(model).exists() or Path(model).is_absolute() or model.startswith(".")
-
-
-def tokenizer_stage(params: Params, paths: Paths) -> None:
-    kind = family(params)
-    if params.student.model in EMBEDDED:
-        tokenizer = train_tokenizer(_corpus(paths), params.student.embedded.vocab_size, kind)
-    else:
-        from transformers import AutoTokenizer
-        m = params.student.model
-        tokenizer = kind.prepare_tokenizer(_pretrained(AutoTokenizer, m, "student.model", _is_local(m),
-                                                       revision=params.student.revision))
-    with atomic_path(paths.tokenizer) as tmp:
-        tokenizer.save_pretrained(tmp)
 
 
 def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None, what: str = "model directory"):
@@ -236,12 +213,12 @@ def load_student(params: Params, paths: Paths, model_dir: Optional[Path] = None,
 
     kind = family(params, model_dir, what)
     if model_dir is not None:
-        tokenizer = _pretrained(AutoTokenizer, model_dir, what)
-        model = _pretrained(kind.model_class(), model_dir, what)
+        tokenizer = load_pretrained(AutoTokenizer, model_dir, what)
+        model = load_pretrained(kind.model_class(), model_dir, what)
     else:
-        tokenizer = _pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
-        model = _pretrained(kind.model_class(), params.student.model, "student.model",
-                            _is_local(params.student.model), revision=params.student.revision)
+        tokenizer = load_pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
+        model = load_pretrained(kind.model_class(), params.student.model, "student.model",
+                            is_local(params.student.model), revision=params.student.revision)
     return _ready(params, kind, model, tokenizer)
 
 
@@ -252,7 +229,7 @@ def build_initial(params: Params, paths: Paths):
     from transformers import AutoTokenizer
 
     kind = family(params)
-    tokenizer = _pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
+    tokenizer = load_pretrained(AutoTokenizer, paths.tokenizer, "the tokenizer stage's output")
     torch.manual_seed(params.seed)
     return _ready(params, kind, kind.build_embedded(params, tokenizer), tokenizer)
 

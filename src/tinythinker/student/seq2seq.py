@@ -1,8 +1,8 @@
 """The encoder-decoder student family (T5): the prompt is the encoder's input, the target the decoder's labels.
 
-One of two modules behind the same calls (`causal.py` is the other; `model.family` picks one from the model's
-config): the tokenizer around a trained vocabulary, the embedded model, how prompts are padded and outputs cut for
-generation, and phase 1's trainer, arguments and data.
+One of two modules behind the same contract (`family.StudentFamily`; `causal.py` is the other; `family.family_of`
+picks one from the model's config): the tokenizer around a trained vocabulary, the embedded model, how prompts are
+padded and outputs cut for generation, and phase 1's trainer, arguments and data.
 """
 from __future__ import annotations
 
@@ -13,6 +13,12 @@ from ..params import Params
 KIND = "seq2seq"
 ENCODE: dict = {}  # tokenizer kwargs for a generation batch: right padding (the tokenizer's default)
 SENTINELS = 8  # <extra_id_0..7> of the embedded tokenizer: the span-corruption masks of pretraining
+LORA = False  # adapters are for decoder-only students
+
+
+def claims(config) -> bool:
+    """An encoder-decoder config is this family's."""
+    return bool(getattr(config, "is_encoder_decoder", False))
 
 
 def wrap_vocab(vocab: list[tuple[str, float]]):

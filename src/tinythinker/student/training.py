@@ -1,25 +1,21 @@
-"""What the training stages (sft, dpo_train) share: TrainingArguments fields (precision, TF32, gradient accumulation
-and checkpointing, trackers; each param carries the name of the field it sets) and the curriculum + chain-validation
-mixin of their trainers.
+"""What every trainer shares: TrainingArguments fields (precision, TF32, gradient accumulation and checkpointing,
+trackers; each param carries the name of the field it sets) and the curriculum + chain-validation mixin of the
+trainers of sft and dpo-train (the run around a trainer is engine.py).
 
 TF32 is set here, not through `TrainingArguments(tf32=...)`: transformers caches that switch per process (one
 call per value), and a DPO iteration without pairs validates its starting model without any TrainingArguments.
-`dpo_train` calls `trainer_kwargs` before its first forward pass, so the start validation and the reference
-log-probs (computed inside the Trainer) run under the iteration's TF32 setting and precision.
+`dpo_train` calls `trainer_kwargs` (through `engine.Run.settle`) before its first forward pass, so the start
+validation and the reference log-probs (computed inside the Trainer) run under the iteration's TF32 setting and
+precision.
 """
 from __future__ import annotations
 
 import os
 from contextlib import nullcontext
-from pathlib import Path
 
 from ..io import DataError
 from ..params import Params, ParamsError
 from ..paths import Paths
-
-# bookkeeping the trainers log that makes no useful curve (and wall-clock values would make the curves of two
-# identical runs differ)
-SKIP_LOG = {"step", "epoch", "total_flos", "train_runtime", "train_samples_per_second", "train_steps_per_second"}
 
 # report_to name -> (transformers' availability check, package to install)
 TRACKERS = {"wandb": ("is_wandb_available", "wandb"), "mlflow": ("is_mlflow_available", "mlflow"),
@@ -91,60 +87,10 @@ def trainer_kwargs(params: Params, paths: Paths, stage: str, run: str) -> dict:
             "report_to": list(params.report_to) or "none", "run_name": f"{params.dataset.name}/{run}"}
 
 
-def trainer_callbacks():
-    """(EvaluateAtEnd, LiveCallback): callback classes of the training stages, defined lazily so importing this module
-    stays light."""
-    from transformers import TrainerCallback
-
-    class EvaluateAtEnd(TrainerCallback):
-        """The last step is evaluated (and saved) even when it is no multiple of the eval interval."""
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step >= state.max_steps:
-                control.should_evaluate = control.should_save = True
-
-    class LiveCallback(TrainerCallback):
-        """dvclive curves indexed by the trainer's global step.
-
-        The stock DVCLiveCallback advances the dvclive step once per log call, so train and eval logs land on
-        different steps and a resumed run starts over at 0; here every value is logged at its global step, and
-        a resumed run first replays the history stored in its checkpoint.
-        """
-
-        def __init__(self, live_dir: Path):
-            self.live_dir, self.live = live_dir, None
-
-        def _log(self, step: int, logs: dict) -> None:
-            if self.live is None or "train_runtime" in logs:  # not the main process; the end-of-training summary
-                return  # (its train_loss is one point, no curve: metrics/sft.json has it)
-            self.live.step = step
-            for k, v in logs.items():
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in SKIP_LOG:
-                    self.live.log_metric(k if k.startswith("eval_") else f"train_{k}", v)
-            self.live.make_summary()
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            from dvclive import Live
-            if not state.is_world_process_zero:
-                return
-            self.live = Live(dir=str(self.live_dir), dvcyaml=False, save_dvc_exp=False)
-            for entry in state.log_history:
-                self._log(entry["step"], entry)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            self._log(state.global_step, logs or {})
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.live is not None:
-                self.live.end()
-
-    return EvaluateAtEnd, LiveCallback
-
-
 class CurriculumChainMixin:
     """What every training stage's Trainer adds to its library base (Seq2SeqTrainer, TRL's SFTTrainer and DPOTrainer,
     the project's T5 DPO trainer): batches from the curriculum batch sampler, evaluation = the greedy chain on the
-    validation questions scored by answer accuracy (spec 5.5, 9.13: numbers only). Put it first in the bases."""
+    validation questions scored by answer accuracy (spec 5.5, 9.13: numbers only). Put it before the base."""
 
     def __init__(self, *args, batch_sampler, valid, chain_kwargs, **kwargs):
         super().__init__(*args, **kwargs)
@@ -172,10 +118,10 @@ class CurriculumChainMixin:
         return metrics
 
 
-def curriculum_trainer(base, **kwargs):
-    """An instance of the library Trainer class `base` with CurriculumChainMixin first in its bases (`kwargs`: the
-    Trainer's and the mixin's)."""
-    return type(f"Curriculum{base.__name__}", (CurriculumChainMixin, base), {})(**kwargs)
+def curriculum_trainer(base, *mixins, **kwargs):
+    """An instance of the library Trainer class `base` with `mixins` (e.g. a loss; their methods first, as a subclass'
+    would be) and CurriculumChainMixin before it in the bases (`kwargs`: the Trainer's and the mixins')."""
+    return type(f"Curriculum{base.__name__}", (*mixins, CurriculumChainMixin, base), {})(**kwargs)
 
 
 def sft_trainer(kind, params: Params, model, tokenizer, rows, valid, **kwargs):

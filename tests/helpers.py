@@ -1,0 +1,94 @@
+"""What several test modules share (a plain module, not a test module: test modules import from here, never from
+each other): the small learnable task of the student tests and the hand-made DPO pairs of the trainer tests."""
+import random
+from pathlib import Path
+
+from tinythinker import protocol as P
+from tinythinker.io import write_jsonl
+from tinythinker.params import load
+from tinythinker.paths import Paths
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = load(REPO / "params.yaml")  # params.yaml holds every value
+
+# --- the small task: which word is of the asked kind -------------------------------------------------------------
+KINDS = {"color": ["red", "blue", "green"], "animal": ["dog", "cat", "cow"], "fruit": ["apple", "pear", "plum"],
+         "tool": ["saw", "hammer", "drill"]}
+KIND_OF = {w: k for k, ws in KINDS.items() for w in ws}
+
+# a tiny T5 that learns the task in seconds (tests/student/test_sft.py, test_pretrain.py)
+SFT_PARAMS = BASE.replace(**{
+    "student.embedded.vocab_size": 200, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
+    "student.embedded.d_kv": 8, "student.embedded.num_heads": 4, "student.embedded.num_layers": 2,
+    "student.embedded.num_decoder_layers": 2, "student.embedded.dropout_rate": 0.0,
+    "sft.batch_size": 8, "sft.learning_rate": 1e-2, "sft.epochs": 40.0, "sft.interval": 1,
+    "sft.eval_every": 40, "generation.max_new_tokens": 40, "generation.batch_size": 64,
+    "student.pretrain.steps": 0})
+
+
+def questions(n: int, seed: int = 0) -> list[dict]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        kind = rng.choice(sorted(KINDS))
+        others = [w for k, ws in KINDS.items() if k != kind for w in ws]
+        words = [rng.choice(KINDS[kind])] + rng.sample(others, 2)
+        rng.shuffle(words)
+        choices = [{"label": x, "text": w} for x, w in zip("ABC", words)]
+        gt = "ABC"[words.index(next(w for w in words if KIND_OF[w] == kind))]
+        out.append({"qid": f"q{i}", "block": P.question_block(f"Which one is a {kind}?", choices),
+                    "options": ["A", "B", "C"], "gt": gt, "words": words, "kind": kind})
+    return out
+
+
+def write_task(paths: Paths, qs: list[dict]) -> None:
+    st = "recall_analyze_summarize"
+    recall = {q["qid"]: f"A {q['kind']} is a kind of thing." for q in qs}
+    analyses = {q["qid"]: {x: f"{w} is a {KIND_OF[w]}." for x, w in zip("ABC", q["words"])} for q in qs}
+    write_jsonl(paths.stage_file(st, "recall"),
+                [{"qid": q["qid"], "input": P.recall_prompt(q["block"]), "target": recall[q["qid"]]} for q in qs])
+    write_jsonl(paths.stage_file(st, "analyze"),
+                [{"qid": q["qid"], "input": P.analyze_prompt(q["block"], x, recall[q["qid"]]), "target": t, "option": x}
+                 for q in qs for x, t in analyses[q["qid"]].items()])
+    write_jsonl(paths.stage_file(st, "summarize"),
+                [{"qid": q["qid"], "input": P.summarize_prompt(q["block"], recall[q["qid"]], analyses[q["qid"]]),
+                  "target": P.summarize_target(q["gt"])} for q in qs])
+    plain = [{k: q[k] for k in ("qid", "block", "options", "gt")} for q in qs]
+    for name in ("valid", "test", "train_questions"):  # validation on the training questions: learnability
+        write_jsonl(paths.sft_data / f"{name}.jsonl", plain)
+    # the corpus stage's outputs: the world's facts, and a probe of each
+    write_jsonl(paths.corpus / "text.jsonl", [{"text": f"the {w} is a kind of {k}."} for w, k in KIND_OF.items()])
+    write_jsonl(paths.corpus / "probe.jsonl", [{"prompt": f"the {w} is a kind of", "answer": k, "held_out": w == "plum"}
+                                               for w, k in KIND_OF.items()])
+
+
+def student_stages(params, paths: Paths) -> None:
+    """The tokenizer and pretrain stages (`params` with student.pretrain.steps 0: the initial student, saved)."""
+    from tinythinker.student.stages import pretrain, tokenizer_stage
+
+    tokenizer_stage(params, paths)
+    pretrain(params, paths)
+
+
+# --- hand-made DPO pairs (tests/reflect/test_dpo.py, tests/student/test_causal.py) -------------------------------
+BLOCK = P.question_block("Which is a metal?", [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron"}])
+VALID = [{"qid": "v1", "block": BLOCK, "options": ["A", "B"], "gt": "B"}]
+RECALL = [{"qid": "q1", "prompt": P.recall_prompt(BLOCK), "chosen": f"Iron is a metal {i}.",
+           "rejected": f"Wood is a metal {i}."} for i in range(3)]
+ANALYZE = [{"qid": "q1", "prompt": P.analyze_prompt(BLOCK, x, "Iron is a metal."), "chosen": f"{x} is right.",
+            "rejected": f"{x} is wrong."} for x in "AB"]
+SUMMARIZE = [{"qid": "q1", "prompt": P.summarize_prompt(BLOCK, "Iron is a metal.", {"A": "no.", "B": "yes."}),
+              "chosen": P.summarize_target("B"), "rejected": P.summarize_target(x)} for x in ("A", "A or B")]
+
+
+def dpo_trainer(kind, params, root: Path, model, tokenizer, data, sizes: dict, intervals: dict, valid, chain_kwargs,
+                callbacks=()):
+    """The DPO trainer of `kind` (a reflect/trainers.py entry) as `dpo_train` builds it: the iteration's arguments
+    (checkpoints under `root`) and its curriculum sampler over `sizes` rows per pair kind."""
+    from tinythinker.reflect.schedule import batch_sampler, training_args
+    from tinythinker.student.engine import Run
+
+    run = Run(params, Paths(root), "dpo/test", "dpo")
+    args = training_args(run, params, intervals, kind.arguments(params))
+    return kind.build_trainer(params, model, tokenizer, data, valid, chain_kwargs, args=args,
+                              batch_sampler=batch_sampler(params, sizes, intervals, args), callbacks=callbacks)
