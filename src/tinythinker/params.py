@@ -91,6 +91,14 @@ SeqLength = Size(32_768, "tokens per sequence; a sequence's activations (its att
 Steps = Size(100_000_000, "optimizer steps, each a batch's forward and backward pass (and a log line kept)")
 Width = Size(65_536, "a layer's weights grow with its width (and its square): more would not fit in memory")
 Depth = Size(256, "layers, each holding its weights in memory")
+Samples = Size(128, "completions per request (the OpenAI API allows at most 128)")
+OutputTokens = Size(1_000_000, "output tokens per sample, reserved against the spend cap at the output price")
+Rounds = Size(100, "each round asks again what earlier rounds left without a valid completion")
+Concurrency = Size(10_000, "one open connection and task per request in flight")
+Vocab = Size(1_000_000, "an embedding row per token, in memory")
+Heads = Size(1_024, "attention heads of d_kv each, in every layer")
+TestRuns = Size(1_000, "each run is a pass over the test set, every prediction kept")
+Passes = Size(100_000, "each pass is one schedule of DPO steps over the pairs")
 
 # A name that becomes a path (data/dpo/<key>, models/dpo/<key>, metrics/<name>): plain parts only, so it can
 # neither climb out of the repository ('..') nor leave it (an absolute path).
@@ -166,18 +174,18 @@ class TeacherParams:
     batch_fallback: Literal["next_round", "live"]
     model: str
     base_url: Optional[str]  # any OpenAI-compatible server; the key comes from $OPENAI_API_KEY only
-    samples: Optional[Size(128, 'completions per request (the OpenAI API allows at most 128)')]  # completions per question; None = the task's default (8 CSQA, 4 OBQA/SQA)
+    samples: Optional[Samples]  # completions per question; None = the task's default (8 CSQA, 4 OBQA/SQA)
     temperature: NonNegative
-    max_tokens: Size(1_000_000, 'output tokens per sample, reserved against the spend cap at the output price')
+    max_tokens: OutputTokens
     # Reasoning models (o1, o3, gpt-5) refuse `max_tokens` and any non-default temperature with a 400.
     max_tokens_param: Literal["max_tokens", "max_completion_tokens"]
     send_temperature: bool
-    rounds: Optional[Size(100, 'each round asks again what earlier rounds left without a valid completion')]  # re-ask rounds for missing/invalid samples (spec 3.1); None = task default
+    rounds: Optional[Rounds]  # re-ask rounds for missing/invalid samples (spec 3.1); None = task default
     exemplars: Optional[str]  # few-shot file in the original *_cot.json format; None = shipped ones
     num_shots: Optional[Natural]  # None = all exemplars of the file
     requests_per_minute: Count
     tokens_per_minute: Count
-    max_concurrency: Size(10_000, 'one open connection and task per request in flight')  # 0 would wait forever for a free slot
+    max_concurrency: Concurrency  # 0 would wait forever for a free slot
     timeout: Positive
     max_retries: Natural
     max_retry_seconds: Positive  # one request stops retrying after this long (plus one timeout)
@@ -201,11 +209,11 @@ class TeacherParams:
 class EmbeddedModelParams:
     """A small T5 (or, for embedded-causal, a Llama-shaped model of num_layers + num_decoder_layers layers) built
     from config (no download); its tokenizer is trained on the stage datasets."""
-    vocab_size: Size(1_000_000, 'an embedding row per token, in memory')
+    vocab_size: Vocab
     d_model: Width
     d_ff: Width
     d_kv: Width
-    num_heads: Size(1_024, 'attention heads of d_kv each, in every layer')
+    num_heads: Heads
     num_layers: Depth
     num_decoder_layers: Depth
     dropout_rate: Share
@@ -221,7 +229,8 @@ class EmbeddedModelParams:
 @dataclass(frozen=True)
 class LoraParams:
     """LoRA adapters (peft) on every linear layer of a decoder-only student; folded into the weights when saved."""
-    rank: Annotated[int, Range(0, 65_536, cost="two matrices of d_model x rank per layer, in memory")]  # 0 = full fine-tuning
+    # 0 = full fine-tuning
+    rank: Annotated[int, Range(0, 65_536, cost="two matrices of d_model x rank per layer, in memory")]
     alpha: Positive
     dropout: Share
 
@@ -230,7 +239,8 @@ class LoraParams:
 class PretrainParams:
     """Stage `pretrain` of an embedded student on data/corpus: T5 span corruption, next-token prediction for a
     decoder-only one. A Hub or local student is pretrained already and skips it."""
-    steps: Annotated[int, Range(0, 100_000_000, cost='optimizer steps, each a forward and backward pass')]  # 0 = the student sft starts from is the freshly initialised one (from scratch)
+    # 0 = the student sft starts from is the freshly initialised one (from scratch)
+    steps: Annotated[int, Range(0, 100_000_000, cost="optimizer steps, each a forward and backward pass")]
     learning_rate: Positive
     batch_size: BatchSize
     warmup_ratio: Share
@@ -259,7 +269,7 @@ class GenerationParams:
     temperature: Positive
     top_k: Natural  # 0 = no top-k cut
     top_p: TopP
-    times: Size(1_000, 'each run is a pass over the test set, every prediction kept')  # test runs over the test set; > 1 with sampling adds a majority-vote accuracy
+    times: TestRuns  # test runs over the test set; > 1 with sampling adds a majority-vote accuracy
     batch_size: BatchSize
     max_new_tokens: SeqLength
 
@@ -305,7 +315,8 @@ class DPOParams:
     # The pair kinds trained (spec 6.1: recall, analyze, recall_analyze). Summarize pairs are this project's
     # addition, not the paper's (docs/embedded-task.md): the student's own sampled summaries of its own chains.
     stage_type: Literal["recall", "analyze", "recall_analyze", "summarize", "recall_analyze_summarize"]
-    samples: Annotated[int, Range(2, 1_000, cost="sampled chains per question, held in memory")]  # sampled chains per training question (spec 6.2); pairs need several
+    # sampled chains per training question (spec 6.2); pairs need several
+    samples: Annotated[int, Range(2, 1_000, cost="sampled chains per question, held in memory")]
     max_questions: Optional[Count]  # seeded subset of training questions sampled per iteration; None = all
     temperature: Positive
     top_k: Natural
@@ -316,7 +327,7 @@ class DPOParams:
     beta: Positive
     learning_rate: Positive
     batch_size: BatchSize
-    passes: Size(100_000, 'each pass is one schedule of DPO steps over the pairs')  # max_steps = passes x (recall + analyze [+ summarize] schedule interval), spec 6.3
+    passes: Passes  # max_steps = passes x (recall + analyze [+ summarize] schedule interval), spec 6.3
     warmup_ratio: Share
     max_grad_norm: NonNegative
     precision: Precision  # also the precision of the precomputed reference log-probs

@@ -336,9 +336,9 @@ class Stopped(Exception):
 
 async def _run(params: Params, requests: list[dict], backend, journal: Journal, store: Optional[ResponseStore],
                stats: Counter, breaker: Breaker, cap: SpendCap, signals: list[int], used: set[str]) -> dict:
-    """The rounds under Ctrl-C / SIGTERM / SIGHUP (a closed terminal) handling: the first signal stops sending, waits up to `teacher.timeout`
-    for the requests in flight and keeps their answers (paid for), then stops the stage; a second one exits at
-    once (what was stored stays stored: every answer is fsync'd as it arrives)."""
+    """The rounds under Ctrl-C / SIGTERM / SIGHUP (a closed terminal) handling: the first signal stops sending,
+    waits up to `teacher.timeout` for the requests in flight and keeps their answers (paid for), then stops the
+    stage; a second one exits at once (what was stored stays stored: every answer is fsync'd as it arrives)."""
     loop = asyncio.get_running_loop()
     stopping, main = asyncio.Event(), asyncio.current_task()
 

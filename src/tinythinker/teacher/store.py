@@ -58,7 +58,8 @@ class ResponseStore:
             entry = json.loads(self._path(key).read_bytes())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, RecursionError):  # unreadable (a disk fault or a hand edit): absent, replaced by the next answer
+        except (OSError, ValueError, RecursionError):  # unreadable (a disk fault, a hand edit): absent, replaced
+            # by the next answer
             return None
         ok = isinstance(entry, dict) and entry.get("key") == key and isinstance(entry.get("response"), dict)
         return entry if ok else None
