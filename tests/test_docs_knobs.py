@@ -82,13 +82,14 @@ def sft_arguments(tmp_path, recorder, params) -> dict:
     (paths.sft_data / "valid.jsonl").write_text(json.dumps(
         {"qid": "q1", "block": "Which one?\n(A) x (B) y (C) z (D) w", "options": ["A", "B", "C", "D"], "gt": "A"}) + "\n")
     with pytest.raises(Built):
-        find("sft", ".sft")(params, paths)
+        find("sft", ".stages")(params, paths)
     return dict(recorder)
 
 
 def dpo_arguments(tmp_path, recorder, params) -> dict:
+    run = find("Run", ".engine")(params, Paths(tmp_path), "dpo/iter1", "dpo")  # the engine's run of an iteration
     with pytest.raises(Built):
-        find("training_args")(params, {"recall": 3, "analyze": 9}, tmp_path / "ckpt")
+        find("training_args")(run, params, {"recall": 3, "analyze": 9})
     return dict(recorder)
 
 
