@@ -144,7 +144,7 @@ def save_model(trainer, out: Path) -> None:
         trainer.save_model(str(tmp))  # writes on the main process only
     except Exception as e:  # safetensors reports a full disk as its own SafetensorError, not an OSError
         shutil.rmtree(tmp, ignore_errors=True)
-        raise _save_error(e, out) from None
+        raise save_error(e, out) from None
     acc.wait_for_everyone()
     if acc.is_main_process:
         with atomic_path(out) as final:
@@ -152,7 +152,7 @@ def save_model(trainer, out: Path) -> None:
     acc.wait_for_everyone()
 
 
-def _save_error(e: Exception, out: Path) -> OSError:
+def save_error(e: Exception, out: Path) -> OSError:
     """An OSError naming `out` for what failed while saving a model there (the stage prints it as one line)."""
     import errno
     import re

@@ -139,6 +139,28 @@ def resumed_step(resume: Optional[str]) -> int:
     return int(Path(resume).name.split("-")[-1]) if resume else 0
 
 
+def whole_run_loss(history: list[dict], trained_loss: float, resumed: int, steps: int) -> float:
+    """The mean training loss over all `steps` of a run: the Trainer's `training_loss` covers only the steps
+    since the checkpoint it resumed from (`resumed`); the steps before are the logged means of the checkpoint's
+    history. Rounded to 6 places, so a resumed run records what an uninterrupted one does."""
+    if not resumed or not steps:
+        return round(trained_loss, 6)
+    before, last = 0.0, 0
+    for entry in history:
+        if "loss" in entry and last < entry["step"] <= resumed:
+            before += entry["loss"] * (entry["step"] - last)
+            last = entry["step"]
+    return round((before + trained_loss * (steps - resumed)) / steps, 6)
+
+
+def _writing_failed(e: Exception) -> bool:
+    """A failure to write a file with no name to it: a full disk as the OS (no file name), safetensors
+    (SafetensorError) or torch.save (a failed file write) reports it."""
+    if isinstance(e, OSError):
+        return e.filename is None
+    return type(e).__name__ == "SafetensorError" or "file write failed" in str(e)
+
+
 class Run:
     """One training run: `name` (pretrain, sft, dpo/<iteration>) places its outputs, `section` (sft, dpo) holds
     its precision, TF32, accumulation and checkpointing params."""
@@ -149,6 +171,7 @@ class Run:
         self.curves_work = paths.curves_work(name)
         self.stop_at: Optional[int] = None
         self.output = None  # the Trainer's TrainOutput
+        self.train_loss: Optional[float] = None  # over the whole run, a resumed one included (whole_run_loss)
         self.start: Optional[StartValidation] = None
         self._shared: Optional[dict] = None
 
@@ -225,8 +248,17 @@ class Run:
         return None if self.start is None else self.start.accuracy
 
     def train(self, trainer, resume: Optional[str] = None) -> bool:
-        """Train (from `resume`); False when the run stopped on purpose at `stop_at` before its last step."""
-        self.output = trainer.train(resume_from_checkpoint=resume)
+        """Train (from `resume`); False when the run stopped on purpose at `stop_at` before its last step. A
+        checkpoint that cannot be written (a full disk: safetensors and torch say so in their own errors) is an
+        OSError naming the checkpoints' directory."""
+        try:
+            self.output = trainer.train(resume_from_checkpoint=resume)
+        except Exception as e:
+            if not _writing_failed(e):
+                raise
+            raise distributed.save_error(e, self.checkpoints) from None
+        self.train_loss = whole_run_loss(trainer.state.log_history, self.output.training_loss,
+                                         resumed_step(resume), trainer.state.global_step)
         return self.stop_at is None or trainer.state.global_step >= trainer.state.max_steps
 
     def log_points(self, points: dict[int, dict], resume: bool = False) -> None:

@@ -76,7 +76,7 @@ def pretrain(params: Params, paths: Paths) -> dict:
                           data_collator=kind.pretrain_collator(params, tokenizer), callbacks=run.callbacks())
         run.train(trainer)
         losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
-        metrics |= {"train_loss": run.output.training_loss, "first_loss": losses[0], "last_loss": losses[-1]}
+        metrics |= {"train_loss": run.train_loss, "first_loss": losses[0], "last_loss": losses[-1]}
         model = trainer.model
     after = probe(model, tokenizer, rows, kind, params.generation.batch_size)
     metrics |= {f"{k}_before": v for k, v in before.items()} | after
@@ -162,7 +162,7 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
         return {"train_steps": trainer.state.global_step} | resumed  # interrupted on purpose: no outputs
     state = trainer.state
     metrics = {"valid_accuracy": state.best_metric, "best_step": state.best_global_step,
-               "train_steps": state.global_step, "train_loss": run.output.training_loss,
+               "train_steps": state.global_step, "train_loss": run.train_loss,
                "processes": trainer.accelerator.num_processes}
     return run.complete(metrics, paths.sft_model, trainer=trainer, family=kind) | resumed
 
