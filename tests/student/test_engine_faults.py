@@ -46,3 +46,25 @@ def test_a_checkpoint_the_disk_cannot_take_is_one_line_naming_its_directory(path
         sft(PARAMS.replace(**{"sft.eval_every": 5}), paths, max_steps=6)
     assert e.value.errno == errno.ENOSPC and e.value.filename == str(paths.checkpoints / "sft")
     assert not paths.sft_model.exists()
+
+
+def test_inputs_cut_by_the_length_limits_are_counted_said_or_refused(paths, capsys):
+    """A few over-long rows are cut with a warning and counted in metrics/sft.json; limits that cut most rows
+    (`sft.max_source_length: 4`) are refused before training, naming the param and the file."""
+    from tinythinker.io import DataError, read_jsonl, write_jsonl
+    from tinythinker.student.model import load_student
+    from tinythinker.student.stages import over_limits, stage_data
+
+    with pytest.raises(DataError, match=r"recall.jsonl: sft.max_source_length=4 cuts 12 of 12 inputs \(the longest "
+                                        r"is \d+ tokens\): raise sft.max_source_length"):
+        sft(PARAMS.replace(**{"sft.max_source_length": 4}), paths, max_steps=1)
+    assert not (paths.checkpoints / "sft").exists() or not list((paths.checkpoints / "sft").glob("checkpoint-*"))
+    recall = paths.stage_file(PARAMS.sft.stage_type, "recall")
+    rows = read_jsonl(recall)
+    rows[0]["input"] += " word" * 5_000  # one 25 KB question among 12
+    write_jsonl(recall, rows)
+    _, tokenizer = load_student(PARAMS, paths)
+    cut = over_limits(PARAMS, paths, stage_data(PARAMS, paths), tokenizer)
+    assert cut == {"inputs_over_max_source_length": 1, "targets_over_max_target_length": 0}
+    err = capsys.readouterr().err
+    assert f"warning: sft.max_source_length={PARAMS.sft.max_source_length} cuts 1 of 12 inputs of {recall}" in err

@@ -31,7 +31,10 @@ def test_learns_and_resumes(paths, tmp_path_factory):
     m = sft(PARAMS, paths)  # picks up the interrupted run
     assert m["resumed_from_step"] == 50 and m["train_steps"] == 360
     assert read_json(paths.metric("sft")) == {k: m[k] for k in ("valid_accuracy", "best_step", "train_steps",
-                                                                "train_loss", "processes")}
+                                                                "train_loss", "processes",
+                                                                "inputs_over_max_source_length",
+                                                                "targets_over_max_target_length")}
+    assert m["inputs_over_max_source_length"] == m["targets_over_max_target_length"] == 0
     assert m["processes"] == 1
     after = chain_accuracy(PARAMS, paths, paths.sft_model)  # the saved model is the best checkpoint
     assert before == 0 and after >= 50 and after == m["valid_accuracy"]

@@ -17,6 +17,7 @@ the runs (self-consistency). Greedy runs are identical, so a greedy chain is gen
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from .. import protocol as P
@@ -111,6 +112,31 @@ def stage_data(params: Params, paths: Paths) -> dict[str, list[dict]]:
     return out
 
 
+MAX_CUT_SHARE = 0.05  # more of a stage's rows cut than this (and more than one), the run would learn fragments
+
+
+def over_limits(params: Params, paths: Paths, stages: dict[str, list[dict]], tokenizer) -> dict:
+    """How many stage inputs and targets are longer (in tokens, special ones included) than `sft.max_source_length`
+    and `sft.max_target_length`, which cut them. A few are said and counted; more than MAX_CUT_SHARE of a stage's
+    rows (and more than one) is a DataError naming the param and the file: the model would train on fragments."""
+    s, out = params.sft, {"inputs_over_max_source_length": 0, "targets_over_max_target_length": 0}
+    for stage, rows in stages.items():
+        for field, key, most in (("input", "inputs_over_max_source_length", s.max_source_length),
+                                 ("target", "targets_over_max_target_length", s.max_target_length)):
+            sizes = [len(ids) for ids in tokenizer([r[field] for r in rows])["input_ids"]]
+            cut = sum(n > most for n in sizes)
+            name = f"sft.{key.split('_over_')[1]}"
+            where = paths.stage_file(s.stage_type, stage)
+            if cut > max(1, MAX_CUT_SHARE * len(rows)):
+                raise DataError(f"{where}: {name}={most} cuts {cut} of {len(rows)} {field}s (the longest is "
+                                f"{max(sizes)} tokens): raise {name}")
+            if cut and distributed.is_main():
+                print(f"warning: {name}={most} cuts {cut} of {len(rows)} {field}s of {where} (the longest is "
+                      f"{max(sizes)} tokens); counted in metrics/sft.json", file=sys.stderr)
+            out[key] += cut
+    return out
+
+
 def sft_fingerprint(params: Params, paths: Paths, processes: int = 1) -> str:
     """Everything a resumed sft run must share with the interrupted one: its params, its input files and the
     number of processes (a step's batch and so the schedule depend on it)."""
@@ -147,6 +173,7 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     # the model partitioned, and FSDP's cpu_ram_efficient_loading needs the process group (distributed.py).
     model, tokenizer = load_student(params, paths)
     stages = stage_data(params, paths)
+    cut = over_limits(params, paths, stages, tokenizer)
     rows, lengths = kind.sft_data(params, stages, tokenizer)
     # One optimizer step = batch_size x accumulation per process, all processes in the same stage block.
     sampler = CurriculumBatchSampler({stage: len(r) for stage, r in stages.items()},
@@ -163,7 +190,7 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     state = trainer.state
     metrics = {"valid_accuracy": state.best_metric, "best_step": state.best_global_step,
                "train_steps": state.global_step, "train_loss": run.train_loss,
-               "processes": trainer.accelerator.num_processes}
+               "processes": trainer.accelerator.num_processes, **cut}
     return run.complete(metrics, paths.sft_model, trainer=trainer, family=kind) | resumed
 
 
