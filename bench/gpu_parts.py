@@ -246,7 +246,11 @@ def t5_train_part(shape_name: str, tiny: bool, device, budget_s: float) -> dict:
 
     meter = Meter(device)
     tok = word_tokenizer()
-    torch.backends.cuda.matmul.allow_tf32 = False
+    matmul = torch.backends.cuda.matmul
+    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the legacy flag may refuse once the new API was used
+        matmul.fp32_precision = "ieee"
+    else:
+        matmul.allow_tf32 = False
     model = t5_model(TINY_T5 if tiny else T5_SHAPES[shape_name], tok, device, torch.float32).train()
     enc_p, dec_p = t5_split(model)
     rng = random.Random(0)
