@@ -1,11 +1,11 @@
 """The prepared GPU check (run it as `bash bench/gpu_check.sh`): measured parts, then the CSQA preset's shape end to end.
 
-Parts, in order, each in its own budget (seconds on a GPU; the whole check within --budget, 480 by default) and each
-written to bench/results/<device>-check-<part>.json as soon as it ends (bench/gpu_parts.py says what each measures):
-chain-t5-small 100 and chain-t5-base 100 (the chain the original's way, ours with the dynamic KV cache, a static
-one, and a static one with the decode step compiled), train-t5-base 40, train-t5-large 50, train-qwen2.5-0.5b 40,
-train-qwen2.5-0.5b-lora 35 (SFT steps, DPO steps, one chain pass of the paper's shapes), then pipeline 120 (below,
-bf16 at --scale 0.5 on a GPU). A part that fails is recorded and the next one runs.
+Parts, in order, each in its own budget (seconds on a GPU; the whole check within --budget, 440 by default, 8 minutes
+with the install) and each written to bench/results/<device>-check-<part>.json as soon as it ends (bench/gpu_parts.py
+says what each measures): chain-t5-small 90 and chain-t5-base 90 (the chain the original's way, ours with the dynamic
+KV cache, a static one, and a static one with the decode step compiled), train-t5-base 35, train-t5-large 45,
+train-qwen2.5-0.5b 35, train-qwen2.5-0.5b-lora 30 (SFT steps, DPO steps, one chain pass of the paper's shapes), then
+pipeline 100 (below, bf16 at --scale 0.25 on a GPU). A part that fails is recorded and the next one runs.
 
 The pipeline part:
 A t5-small-shaped student built from config (random init, trained tokenizer), a slice of the official CSQA
@@ -259,7 +259,7 @@ def _part_lines(result: dict) -> list[str]:
 
 
 PIPELINE = "pipeline"
-PIPELINE_BUDGET = 120  # seconds on a GPU: the CSQA preset's stages at --scale 0.5, bf16
+PIPELINE_BUDGET = 100  # seconds on a GPU: the CSQA preset's stages at --scale 0.25, bf16
 
 
 def main() -> None:
@@ -271,12 +271,12 @@ def main() -> None:
                     help="directory with the official CSQA files (train_rand_split.jsonl, dev_rand_split.jsonl)")
     ap.add_argument("--parts", default=",".join([*PARTS, PIPELINE]),
                     help=f"parts to run, in order (default all: {', '.join([*PARTS, PIPELINE])})")
-    ap.add_argument("--budget", type=float, default=480,
-                    help="seconds for the whole check on a GPU (default 480); a part that would start past it is "
+    ap.add_argument("--budget", type=float, default=440,
+                    help="seconds for the whole check on a GPU (default 440: with the install, 8 minutes); a part that would start past it is "
                          "skipped, each part stops measuring at its own budget (gpu_parts.PARTS)")
     ap.add_argument("--precisions", default=None, help="the pipeline's precisions (default bf16 on a GPU)")
     ap.add_argument("--scale", type=float, default=None,
-                    help="multiply the pipeline's question counts (default 0.5 on a GPU, 1 on the CPU)")
+                    help="multiply the pipeline's question counts (default 0.25 on a GPU, 1 on the CPU)")
     ap.add_argument("--out", type=Path, help="the pipeline's result JSON (default bench/results/gpu-check-<device>"
                                              ".json); each part writes <device>-check-<part>.json beside it")
     a = ap.parse_args()
@@ -293,7 +293,7 @@ def main() -> None:
     if unknown:
         sys.exit(f"gpu_check: unknown parts {sorted(unknown)} (known: {', '.join([*PARTS, PIPELINE])})")
     size = dict(SIZES[mode])
-    scale = a.scale if a.scale is not None else (1.0 if a.cpu else 0.5)
+    scale = a.scale if a.scale is not None else (1.0 if a.cpu else 0.25)
     for k in ("train", "test", "dpo_questions"):
         size[k] = max(4, round(size[k] * scale))
     precisions = (a.precisions or ("fp32" if a.cpu else "bf16")).split(",")
