@@ -107,3 +107,19 @@ def test_resolve_carries_what_the_image_has_too_old_and_what_refuses_a_carried_p
     src = {n: (m["source"], m["version"]) for n, m in lock["members"].items()}
     assert src == {"app": ("carry", "1.0"), "lib": ("carry", "2.1"), "tool": ("carry", "0.6"), "base": ("image", None)}
     assert gpu_deps.problems(lock, image) == []
+
+
+def test_the_parts_fit_the_checks_budget_of_eight_minutes():
+    """Issue 34: the whole check in one device call of at most 8 minutes, the install included (about 40 s)."""
+    import gpu_check
+    from gpu_parts import PARTS
+
+    total = sum(budget for budget, _ in PARTS.values()) + gpu_check.PIPELINE_BUDGET
+    assert total <= 440 <= 8 * 60 - 40, total
+
+
+def test_the_chain_takes_a_static_cache_only_when_asked():
+    from tinythinker.student.chain import Decoding, _generation_kwargs
+
+    assert "cache_implementation" not in _generation_kwargs(Decoding())
+    assert _generation_kwargs(Decoding(cache_implementation="static"))["cache_implementation"] == "static"
