@@ -1,10 +1,10 @@
 """The GPU check's install and CPU path in an emulation of the GPU image (run it as `bash bench/gpu_check.sh --emulate`).
 
 After `bash bench/gpu_check.sh --fetch`: a Python 3.12 virtual environment holding the image's versions of every
-package that bench/gpu_carry.lock.json leaves to the image (torch at the image's version, 2.11.0: PyPI's build of
-it is the CUDA one the image has, with its CUDA libraries, and runs on a CPU; transformers, huggingface-hub,
-accelerate, tokenizers, typer, numpy, safetensors at the image's versions; those the image lists without a version
-at the version installed here), then `bash bench/gpu_check.sh --cpu` with GPU_CHECK_INSTALL=1: the carried wheels
+package of the check's closure the image has (torch at the image's version, 2.11.0: PyPI's build of it is the
+CUDA one the image has, with its CUDA libraries, and runs on a CPU; transformers, huggingface-hub, accelerate,
+tokenizers, typer, numpy, safetensors at the image's versions, the carried wheels shadowing some of them as on the
+machine; those the image lists without a version and the lock leaves to it, at the version installed here), then `bash bench/gpu_check.sh --cpu` with GPU_CHECK_INSTALL=1: the carried wheels
 installed exactly as on the GPU machine (`pip install --no-index --no-deps --target`, PYTHONPATH ahead of the
 image's site-packages), the closure's requirements verified, the imports checked, and the check's CPU path run end
 to end. The environment (about 5 GB, most of it torch's CUDA libraries) is kept in ~/.cache/tinythinker/ and
@@ -40,10 +40,12 @@ def python312() -> str:
 
 def image_pins(lock: dict, image: dict) -> tuple[str, list[str]]:
     """(torch's pin, the other pins): every member the lock leaves to the image, at the image's version, or at the
-    version installed here where the image's list gives none."""
+    version installed here where the image's list gives none; and every carried member the image has at a known
+    version, at that version (huggingface-hub 1.33.0, transformers 5.17.0, ...: on the machine the carried ones
+    shadow them through PYTHONPATH, and so they do here)."""
     torch, pins = None, []
     for name, m in lock["members"].items():
-        if m["source"] != "image":
+        if m["source"] != "image" and not image.get(name):
             continue
         version = image.get(name) or md.version(name)
         if name == "torch":
@@ -59,11 +61,18 @@ def build(env: Path, python: str, torch: str, pins: list[str]) -> None:
     if stamp.exists() and stamp.read_text() == want:
         print(f"[emulate] the image's environment is ready: {env}", flush=True)
         return
+    pip = [str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    have = stamp.read_text().splitlines() if stamp.exists() else []
+    if have[:2] == [python, torch] and set(have[2:]) <= set(pins):  # only more packages: add them, keep torch's
+        more = sorted(set(pins) - set(have[2:]))
+        print(f"[emulate] adding {' '.join(more)} to the image's environment in {env}", flush=True)
+        subprocess.run(pip + ["--no-deps", *more], check=True, env=gpu_deps.PIP_ENV)
+        stamp.write_text(want)
+        return
     shutil.rmtree(env, ignore_errors=True)
     print(f"[emulate] building the image's environment in {env}: {torch} (with its CUDA libraries), then "
           f"{len(pins)} packages at the image's versions, without dependencies", flush=True)
     subprocess.run([python, "-m", "venv", str(env)], check=True)
-    pip = [str(env / "bin" / "python"), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
     subprocess.run(pip + [torch], check=True, env=gpu_deps.PIP_ENV)
     subprocess.run(pip + ["--no-deps", *pins], check=True, env=gpu_deps.PIP_ENV)
     stamp.write_text(want)
