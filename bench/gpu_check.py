@@ -1,5 +1,13 @@
-"""The prepared GPU check (run it as `bash bench/gpu_check.sh`): the CSQA preset's shape end to end.
+"""The prepared GPU check (run it as `bash bench/gpu_check.sh`): measured parts, then the CSQA preset's shape end to end.
 
+Parts, in order, each in its own budget (seconds on a GPU; the whole check within --budget, 440 by default, 8 minutes
+with the install) and each written to bench/results/<device>-check-<part>.json as soon as it ends (bench/gpu_parts.py
+says what each measures): chain-t5-small 90 and chain-t5-base 90 (the chain the original's way, ours with the dynamic
+KV cache, a static one, and a static one with the decode step compiled), train-t5-base 35, train-t5-large 45,
+train-qwen2.5-0.5b 35, train-qwen2.5-0.5b-lora 30 (SFT steps, DPO steps, one chain pass of the paper's shapes), then
+pipeline 100 (below, bf16 at --scale 0.25 on a GPU). A part that fails is recorded and the next one runs.
+
+The pipeline part:
 A t5-small-shaped student built from config (random init, trained tokenizer), a slice of the official CSQA
 files, a local OpenAI-compatible teacher on 127.0.0.1 answering well-formed rationales, then the stages in
 one process, as the CLI runs them: download, prepare, prompt, request, build, tokenizer, and per precision
@@ -10,7 +18,8 @@ short summary beside it (.txt).
 
 Sizes are the check's, not the paper's: the sizes table below (first N official train questions, SFT
 epochs, DPO questions and passes); everything else (batch sizes, intervals, learning rates, lengths,
-samples) is the preset. `--cpu` runs tiny sizes and a tiny student on the CPU (a couple of minutes).
+samples) is the preset. `--cpu` runs every part in tiny form and the pipeline with a tiny student on the CPU
+(a few minutes).
 """
 from __future__ import annotations
 
@@ -205,14 +214,23 @@ def run(size: dict, source: Path, work: Path, precisions: list[str], save) -> di
     return log
 
 
+def slug(device: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+
+
 def summary(res: dict) -> str:
-    if "data" not in res or "stages" not in res["data"]:
-        return "gpu_check: no stage finished\n"
     lines = [f"gpu_check {res['date']} on {res['device']} (torch {res['torch']}, transformers {res['transformers']})"
-             + ("" if res["complete"] else ", INCOMPLETE"),
-             f"mode {res['mode']}: {res['sizes']['train']} official train / {res['sizes']['test']} dev questions, "
-             f"student {res['student_params_m']} M parameters, total {res['total_seconds']} s",
-             "data stages: " + ", ".join(f"{k} {v['seconds']} s" for k, v in res["data"]["stages"].items())]
+             + ("" if res["complete"] else ", INCOMPLETE")]
+    for name, p in res.get("parts", {}).items():
+        lines.append(f"part {name}: " + (f"{p['seconds']} s of {p['budget_s']} s, {p['file']}" if "seconds" in p
+                                         else p.get("skipped", "")) + (f"  ERROR {p['error']}" if "error" in p else ""))
+        for row in p.get("rows", []):
+            lines.append("  " + row)
+    if "data" not in res or "stages" not in res["data"]:
+        return "\n".join(lines + ["pipeline: no stage finished"]) + "\n"
+    lines += [f"pipeline, mode {res['mode']}: {res['sizes']['train']} official train / {res['sizes']['test']} dev "
+              f"questions, student {res['student_params_m']} M parameters, total {res['total_seconds']} s",
+              "data stages: " + ", ".join(f"{k} {v['seconds']} s" for k, v in res["data"]["stages"].items())]
     for p in res["precisions"]:
         if p not in res["data"]:
             lines.append(f"{p}: not run (cut short)")
@@ -227,15 +245,40 @@ def summary(res: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _part_lines(result: dict) -> list[str]:
+    """One line per measured row of a part, for the summary."""
+    out = []
+    for r in result.get("rows", []) + result.get("phases", []):
+        name = r.get("variant") or r.get("phase")
+        if "skipped" in r:
+            out.append(f"{name}: skipped ({r['skipped']})")
+            continue
+        keys = ("seq_per_s", "vs_original", "vs_dynamic", "step_s", "tokens_per_s", "mfu", "peak_gpu_mib")
+        out.append(f"{name}: " + ", ".join(f"{k} {r[k]}" for k in keys if k in r))
+    return out
+
+
+PIPELINE = "pipeline"
+PIPELINE_BUDGET = 100  # seconds on a GPU: the CSQA preset's stages at --scale 0.25, bf16
+
+
 def main() -> None:
+    from gpu_parts import PARTS
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cpu", action="store_true", help="tiny sizes and student on the CPU (a local end-to-end try)")
     ap.add_argument("--source", type=Path, default=REPO / "bench" / "data" / "csqa",
                     help="directory with the official CSQA files (train_rand_split.jsonl, dev_rand_split.jsonl)")
-    ap.add_argument("--precisions", default="bf16,fp32")
-    ap.add_argument("--scale", type=float, default=1.0,
-                    help="multiply the question counts (a shorter or longer check; 0.5 halves the data stages' sizes)")
-    ap.add_argument("--out", type=Path, help="result JSON (default bench/results/gpu-check-<device>.json)")
+    ap.add_argument("--parts", default=",".join([*PARTS, PIPELINE]),
+                    help=f"parts to run, in order (default all: {', '.join([*PARTS, PIPELINE])})")
+    ap.add_argument("--budget", type=float, default=440,
+                    help="seconds for the whole check on a GPU (default 440: with the install, 8 minutes); a part that would start past it is "
+                         "skipped, each part stops measuring at its own budget (gpu_parts.PARTS)")
+    ap.add_argument("--precisions", default=None, help="the pipeline's precisions (default bf16 on a GPU)")
+    ap.add_argument("--scale", type=float, default=None,
+                    help="multiply the pipeline's question counts (default 0.25 on a GPU, 1 on the CPU)")
+    ap.add_argument("--out", type=Path, help="the pipeline's result JSON (default bench/results/gpu-check-<device>"
+                                             ".json); each part writes <device>-check-<part>.json beside it")
     a = ap.parse_args()
 
     import torch
@@ -245,32 +288,80 @@ def main() -> None:
     if not cuda and not a.cpu:
         sys.exit("gpu_check: no CUDA device; use --cpu for the tiny CPU run")
     mode = "cpu" if a.cpu else "gpu"
+    parts = [p for p in a.parts.split(",") if p]
+    unknown = set(parts) - {*PARTS, PIPELINE}
+    if unknown:
+        sys.exit(f"gpu_check: unknown parts {sorted(unknown)} (known: {', '.join([*PARTS, PIPELINE])})")
     size = dict(SIZES[mode])
+    scale = a.scale if a.scale is not None else (1.0 if a.cpu else 0.25)
     for k in ("train", "test", "dpo_questions"):
-        size[k] = max(4, round(size[k] * a.scale))
-    precisions = a.precisions.split(",")
+        size[k] = max(4, round(size[k] * scale))
+    precisions = (a.precisions or ("fp32" if a.cpu else "bf16")).split(",")
     if a.cpu:
         precisions = [p for p in precisions if p != "bf16"] or ["fp32"]  # bf16 is the GPU's
     device = torch.cuda.get_device_name() if cuda else "cpu"
-    out = a.out or REPO / "bench" / "results" / f"gpu-check-{re.sub(r'[^a-z0-9]+', '-', device.lower()).strip('-')}.json"
+    out = a.out or REPO / "bench" / "results" / f"gpu-check-{slug(device)}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
+    if cuda:  # the static-cache rows compile one graph per batch shape
+        import torch._dynamo
+
+        for knob in ("recompile_limit", "cache_size_limit"):
+            if hasattr(torch._dynamo.config, knob):
+                setattr(torch._dynamo.config, knob, 64)
     res = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": device, "torch": torch.__version__,
-           "transformers": transformers.__version__, "mode": mode,
+           "transformers": transformers.__version__, "mode": mode, "budget_s": None if a.cpu else a.budget,
            "sizes": {k: v for k, v in size.items() if k != "student"}, "student": size["student"],
-           "precisions": precisions, "complete": False}
+           "precisions": precisions, "parts": {}, "complete": False}
     t0 = time.perf_counter()
 
-    def save(log: dict) -> None:
-        res.update(data=log, student_params_m=log.get("student_params_m"),
-                   total_seconds=round(time.perf_counter() - t0, 1))
+    def save(log: dict | None = None) -> None:
+        if log is not None:
+            res.update(data=log, student_params_m=log.get("student_params_m"))
+        res["total_seconds"] = round(time.perf_counter() - t0, 1)
         out.write_text(json.dumps(res, indent=2) + "\n")
         out.with_suffix(".txt").write_text(summary(res))
 
-    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
-        log = run(size, a.source, Path(tmp), precisions, save)
-    res["complete"] = True
-    save(log)
+    dev = torch.device("cuda" if cuda else "cpu")
+    for name in parts:
+        budget = PIPELINE_BUDGET if name == PIPELINE else PARTS[name][0]
+        left = a.budget - (time.perf_counter() - t0)
+        entry = res["parts"].setdefault(name, {"budget_s": budget})
+        if not a.cpu and left < min(budget, 30):
+            entry["skipped"] = f"the check's budget was spent ({left:.0f} s left)"
+            save()
+            continue
+        print(f"[gpu_check] part {name} (budget {budget} s) ...", flush=True)
+        t1 = time.perf_counter()
+        if name == PIPELINE:
+            with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+                run(size, a.source, Path(tmp), precisions, save)
+            entry.update(seconds=round(time.perf_counter() - t1, 1), file=out.name)
+            save()
+            continue
+        target = out.parent / f"{slug(device)}-check-{name}.json"
+        result = {"part": name, "device": device, "torch": torch.__version__, "transformers": transformers.__version__,
+                  "date": res["date"], "budget_s": budget, "tiny": a.cpu}
+        try:
+            result |= PARTS[name][1](a.cpu, dev, min(budget, max(left, 10)))
+        except Exception as e:  # noqa: BLE001 - one part's failure is recorded; the others still run
+            import traceback
+
+            result["error"] = f"{type(e).__name__}: {e}"
+            result["traceback"] = traceback.format_exc()[-4000:]
+            entry["error"] = result["error"][:300]
+            print(result["traceback"], flush=True)
+        result["seconds"] = round(time.perf_counter() - t1, 1)
+        target.write_text(json.dumps(result, indent=2) + "\n")
+        entry.update(seconds=result["seconds"], file=target.name, rows=_part_lines(result))
+        print(f"[gpu_check] part {name}: {result['seconds']} s\n  " + "\n  ".join(entry["rows"]), flush=True)
+        if cuda:
+            torch.cuda.empty_cache()
+        save()
+    res["complete"] = all("seconds" in p and "error" not in p for p in res["parts"].values())
+    save()
     print("\n" + summary(res) + f"written {out} and {out.with_suffix('.txt').name}", flush=True)
+    if any("error" in p for p in res["parts"].values()):
+        sys.exit("gpu_check: a part failed (see its error above and in the results)")
 
 
 if __name__ == "__main__":

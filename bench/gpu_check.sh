@@ -3,10 +3,13 @@
 # with a local teacher; results in bench/results/gpu-check-<device>.{json,txt} (see bench/gpu_check.py).
 #
 #   bash bench/gpu_check.sh --fetch [CSQA_DIR]  here, once (needs PyPI): the wheels the GPU image lacks into
-#                                               bench/wheels/, the official CSQA files (default
-#                                               ../shared/datasets/csqa) into bench/data/csqa/; both git-ignored
-#   bash bench/gpu_check.sh                     on the GPU machine (carry bench/wheels and bench/data):
-#                                               installs them and the project, then runs the check (< 8 min, H100)
+#                                               bench/wheels/ (bench/gpu_carry.lock.json says which and why), the
+#                                               first official CSQA questions (default ../shared/datasets/csqa) into
+#                                               bench/data/csqa/; both git-ignored
+#   bash bench/gpu_check.sh --emulate           here, after --fetch: the image's versions in a Python 3.12
+#                                               environment, the wheels installed as on the GPU machine, then --cpu
+#   bash bench/gpu_check.sh                     on the GPU machine (carry bench/wheels and bench/data): installs
+#                                               the wheels, checks every requirement, runs the check (< 8 min)
 #   bash bench/gpu_check.sh --cpu               the same end to end on the CPU, tiny sizes (a couple of minutes)
 #   bash bench/gpu_check.sh --bench ARGS...     on the GPU machine: the same install, then `bench/run.py ARGS`
 #                                               (e.g. --student t5-small --only chain,sampling,train)
@@ -15,55 +18,55 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"  # this checkout's code, whatever else is installed
 
-# What the GPU image (python 3.12, torch, transformers 5.17, accelerate, typer, ...; device/KINDS.md) lacks for
-# the stages this check runs: openai (the request stage) and dvclive (training curves) with the modules they
-# import when used (traced on a CPU run of this check), the transformers release the project is tested with,
-# and the newer floors of some shared dependencies (regex for transformers; typing-extensions, anyio, idna for
-# pydantic / httpx2). Versions are the ones installed here. Installed without dependency resolution (no index
-# there).
-WHEELS="transformers regex typing-extensions anyio idna openai pydantic pydantic-core annotated-types typing-inspection jiter sniffio httpx2 httpcore2
-truststore dvclive dvc dvc-data dvc-objects dvc-http dvc-render dvc-studio-client scmrepo dulwich funcy flatten-dict
-flufl.lock dpath diskcache orjson pygtrie sqltrie voluptuous zc.lockfile atpublic ruamel.yaml configobj platformdirs
-wcwidth"
+# What the GPU image lacks is derived, not listed: bench/gpu_deps.py resolves the requirement closure of what the check
+# imports against the image's versions (bench/gpu_image_packages.txt) into bench/gpu_carry.lock.json and downloads
+# every carried wheel (cp312 manylinux x86_64, one version each). On the GPU machine they go into their own folder
+# ahead of the image's site-packages (PYTHONPATH), installed without an index or dependency resolution; --emulate
+# does the same here in a Python 3.12 environment holding the image's versions (bench/emulate_gpu_image.py).
+SITE="${GPU_CHECK_SITE:-/tmp/gpu-check-site}"
 
-if [[ "${1:-}" == "--fetch" ]]; then
-  src="${2:-../shared/datasets/csqa}"
-  rm -rf bench/wheels  # one version of each: two would stop the install there
-  mkdir -p bench/data/csqa bench/wheels
-  cp "$src/train_rand_split.jsonl" "$src/dev_rand_split.jsonl" bench/data/csqa/
-  platforms="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
-    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any"
-  for name in $WHEELS; do
-    version=$(python3 -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$name")
-    echo "[gpu_check] wheel $name==$version"
-    # shellcheck disable=SC2086
-    if ! python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        $platforms -d bench/wheels "$name==$version" 2> /dev/null; then
-      echo "[gpu_check]   no python 3.12 wheel of $name $version: taking the newest release"
-      # shellcheck disable=SC2086
-      python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        $platforms -d bench/wheels "$name"
-    fi
-  done
-  du -sh bench/wheels bench/data
-  exit 0
-fi
+case "${1:-}" in
+  --fetch)
+    src="${2:-../shared/datasets/csqa}"
+    python3 bench/gpu_deps.py fetch
+    # the check reads the first 512 train / 128 dev questions (--scale 2 at most: 1,024 / 256)
+    mkdir -p bench/data/csqa
+    head -n 1024 "$src/train_rand_split.jsonl" > bench/data/csqa/train_rand_split.jsonl
+    head -n 256 "$src/dev_rand_split.jsonl" > bench/data/csqa/dev_rand_split.jsonl
+    du -sh bench/wheels bench/data
+    exit 0 ;;
+  --emulate)
+    exec python3 bench/emulate_gpu_image.py "${@:2}" ;;
+esac
 
-if [[ "${1:-}" != "--cpu" ]]; then
-  if compgen -G "bench/wheels/*.whl" > /dev/null; then
-    echo "[gpu_check] installing $(ls bench/wheels | wc -l) carried wheels"
-    python3 -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check bench/wheels/*.whl
+if [[ "${1:-}" != "--cpu" || -n "${GPU_CHECK_INSTALL:-}" ]]; then
+  if [[ "${1:-}" != "--cpu" ]]; then  # the image's own versions, before anything is installed (for the next --fetch)
+    mkdir -p bench/results
+    dev=$(nvidia-smi --query-gpu=name --format=csv,noheader 2> /dev/null | head -n 1 | tr 'A-Z' 'a-z' |
+          sed -E 's/[^a-z0-9]+/-/g; s/^-|-$//g')
+    python3 -m pip list --format=freeze --disable-pip-version-check > "bench/results/gpu-image-${dev:-gpu}.txt" 2>&1 || true
   fi
-  if ! python3 -m pip show -q tinythinker > /dev/null 2>&1; then
-    echo "[gpu_check] installing the project (pip install -e . --no-deps)"
-    python3 -m pip install -q --no-index --no-deps --no-build-isolation --disable-pip-version-check -e . ||
-      echo "[gpu_check] pip install -e . failed: running from src/ (PYTHONPATH) all the same"
+  if ! compgen -G "bench/wheels/*.whl" > /dev/null; then
+    echo "gpu_check: no bench/wheels: run \`bash bench/gpu_check.sh --fetch\` where PyPI is reachable and carry bench/wheels"
+    exit 1
+  fi
+  echo "[gpu_check] installing $(ls bench/wheels/*.whl | wc -l) carried wheels into $SITE"
+  rm -rf "$SITE"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --disable-pip-version-check \
+    --target "$SITE" bench/wheels/*.whl
+  export PYTHONPATH="$SITE:$PYTHONPATH"
+  # every requirement of the closure against what is installed now, all misses at once; the emulation stops on one,
+  # the GPU machine goes on (the imports below decide, and each part that fails is recorded while the others run)
+  if ! python3 bench/gpu_deps.py verify; then
+    [[ "${1:-}" == "--cpu" ]] && exit 1
+    echo "[gpu_check] going on despite the unmet requirements above (bench/results/gpu-image-*.txt has the image's list)"
   fi
 fi
 python3 - <<'EOF'
 import importlib, sys
 missing = []
-for name in ("torch", "transformers", "accelerate", "tokenizers", "typer", "yaml", "openai", "dvclive", "tinythinker"):
+for name in ("torch", "transformers", "accelerate", "tokenizers", "typer", "yaml", "openai", "dvclive", "trl", "peft",
+             "datasets", "tinythinker"):
     try:
         m = importlib.import_module(name)
         print(f"[gpu_check] {name} {getattr(m, '__version__', '')}")

@@ -95,6 +95,22 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     assert stages["test_dpo"]["result"]["questions"] == res["sizes"]["test"]
     assert all(s["seconds"] > 0 for s in stages.values())
     assert "gpu_check" in out.with_suffix(".txt").read_text() and "[gpu_check] sft" in run.stdout
+    # the measured parts, each in tiny form, each written beside the pipeline's result
+    sys.path.insert(0, str(REPO / "bench"))
+    from gpu_parts import PARTS
+    assert list(res["parts"]) == [*PARTS, "pipeline"]
+    for name in PARTS:
+        part = json.loads((tmp_path / f"cpu-check-{name}.json").read_text())
+        assert "error" not in part and part["tiny"], part.get("traceback")
+        rows = part.get("rows", []) + part.get("phases", [])
+        assert rows and all(r.get("seconds", 0) > 0 or "skipped" in r for r in rows), rows
+    # t5-small's tiny part compiles the decode step on the CPU too (the compiled rows' code path); t5-base's does not
+    chain = json.loads((tmp_path / "cpu-check-chain-t5-small.json").read_text())["rows"]
+    assert [(r.get("cache"), r.get("compiled", False)) for r in chain] == [
+        (None, False), ("dynamic", False), ("static", False), ("static", True), ("static", True)]
+    assert chain[1]["vs_original"] > 0 and all("seconds" in r for r in chain)
+    chain = json.loads((tmp_path / "cpu-check-chain-t5-base.json").read_text())["rows"]
+    assert "skipped" in chain[-1] and "compiled" not in chain[-1]
 
 
 def test_reading_bench_counts_analyses_that_name_their_own_thing(tmp_path):

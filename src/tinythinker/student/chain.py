@@ -23,6 +23,9 @@ class Decoding:
     top_k: int = 0  # 0 = no top-k filter (the original's sampling setting)
     top_p: float = 1.0
     max_new_tokens: int = 200
+    # None: the dynamic KV cache. "static": a preallocated one, and on a GPU transformers compiles the decode step
+    # (bench/gpu_check.py measures both; opt-in, off on a CPU where it cannot be compiled)
+    cache_implementation: Optional[str] = None
 
 
 GREEDY = Decoding()
@@ -37,6 +40,8 @@ def validation_chain(params) -> dict:
 
 def _generation_kwargs(d: Decoding) -> dict:
     kw = {"max_new_tokens": d.max_new_tokens, "num_beams": 1, "do_sample": d.do_sample}
+    if d.cache_implementation:
+        kw["cache_implementation"] = d.cache_implementation
     if d.do_sample:  # only sampling reads these; passing them with greedy only triggers warnings
         kw |= {"temperature": d.temperature, "top_k": d.top_k, "top_p": d.top_p}
     return kw
