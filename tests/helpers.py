@@ -1,7 +1,14 @@
 """What several test modules share (a plain module, not a test module: test modules import from here, never from
-each other): the small learnable task of the student tests and the hand-made DPO pairs of the trainer tests."""
+each other): the small learnable task of the student tests, the hand-made DPO pairs of the trainer tests, the
+shrunken pipeline in a throwaway copy of the repository (end-to-end tests), and the links of a Markdown page."""
+import os
 import random
+import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import yaml
 
 from tinythinker import protocol as P
 from tinythinker.io import write_jsonl
@@ -92,3 +99,75 @@ def dpo_trainer(kind, params, root: Path, model, tokenizer, data, sizes: dict, i
     args = training_args(run, params, intervals, kind.arguments(params))
     return kind.build_trainer(params, model, tokenizer, data, valid, chain_kwargs, args=args,
                               batch_sampler=batch_sampler(params, sizes, intervals, args), callbacks=callbacks)
+
+
+# --- the shrunken pipeline in a throwaway copy of the repository ---------------------------------------------
+# Small enough for CI on two cores; the shape of every stage is unchanged.
+TINY = {
+    "dataset.synthetic.num_train": 48, "dataset.synthetic.num_valid": 12, "dataset.synthetic.num_test": 12,
+    "student.embedded.vocab_size": 300, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
+    "student.embedded.d_kv": 8, "student.embedded.num_heads": 2,
+    "student.embedded.num_layers": 1, "student.embedded.num_decoder_layers": 1,
+    "student.pretrain.steps": 30, "student.pretrain.batch_size": 16,
+    "sft.epochs": 1.0, "sft.batch_size": 16, "sft.interval": 2,
+    "generation.max_new_tokens": 24, "dpo.samples": 2, "dpo.passes": 1,
+    # two of the default's three iterations: a chained one is all the pipeline tests need (time on 2 cores)
+    "dpo.iterations": {"iter1": {"init": "models/sft"}, "iter2": {"init": "models/dpo/iter1"}},
+}
+
+
+def set_key(tree: dict, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        tree = tree[part]
+    assert leaf in tree, dotted  # the override must name a real key
+    tree[leaf] = value
+
+
+def sh(cmd: str, cwd: Path, **extra_env: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "", **extra_env}
+    out = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, f"{cmd} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
+    return out.stdout + out.stderr
+
+
+def copy_repo(dst: Path, overrides: dict | None = None) -> Path:
+    """The tracked and untracked-but-not-ignored files of this checkout, TINY params (and `overrides`), as a
+    new git repo."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
+                           text=True, check=True).stdout.split()
+    for f in files:
+        # not the reference run's outputs and lock: the copy runs its own (TINY) pipeline
+        if (REPO / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "dvc.lock")):
+            (dst / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, dst / f)
+    params = yaml.safe_load((dst / "params.yaml").read_text())
+    for k, v in {**TINY, **(overrides or {})}.items():
+        set_key(params, k, v)
+    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh("git init -q && git add -A && git commit -qm init", dst)
+    return dst
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# What a sandboxed, offline headless Chromium needs (as root; no background connections to a closed network).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--virtual-time-budget=15000", "--window-size=1400,2400"]
+
+
+# --- Markdown ---------------------------------------------------------------------------------------------------
+def prose(text):
+    """The text without fenced code blocks and inline code spans (links there are not links)."""
+    text = re.sub(r"^(```|~~~).*?^\1[^\n]*$", "", text, flags=re.S | re.M)
+    return re.sub(r"(`+)(?!`).*?(?<!`)\1(?!`)", "", text, flags=re.S)
+
+
+LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+REF_DEF = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s.*)?$", re.M)
+
+
+def links(path):
+    text = prose(path.read_text(encoding="utf-8"))
+    return LINK.findall(text) + REF_DEF.findall(text)

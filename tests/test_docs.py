@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
+from tests.helpers import links, prose
+
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 PAGES = ["method", "embedded-task", "experiments", "paper", "teacher", "decoder-only", "scale-out", "performance",
@@ -14,21 +16,6 @@ PAGES = ["method", "embedded-task", "experiments", "paper", "teacher", "decoder-
 
 def markdown_files():
     return [README, *sorted((REPO / "docs").glob("*.md"))]
-
-
-def prose(text):
-    """The text without fenced code blocks and inline code spans (links there are not links)."""
-    text = re.sub(r"^(```|~~~).*?^\1[^\n]*$", "", text, flags=re.S | re.M)
-    return re.sub(r"(`+)(?!`).*?(?<!`)\1(?!`)", "", text, flags=re.S)
-
-
-LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
-REF_DEF = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s.*)?$", re.M)
-
-
-def links(path):
-    text = prose(path.read_text(encoding="utf-8"))
-    return LINK.findall(text) + REF_DEF.findall(text)
 
 
 def anchors(path):

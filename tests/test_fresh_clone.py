@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_pipeline import CHROMIUM, CHROMIUM_FLAGS, _sh
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, sh
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -28,9 +28,9 @@ def clone(tmp_path_factory) -> Path:
         if (REPO / f).is_file():
             (src / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, src / f)
-    _sh("git init -q && git add -A && git commit -qm snapshot", src)
+    sh("git init -q && git add -A && git commit -qm snapshot", src)
     dst = tmp_path_factory.mktemp("clone") / "repo"
-    _sh(f"git clone -q {src} {dst}", dst.parent)
+    sh(f"git clone -q {src} {dst}", dst.parent)
     assert not (dst / ".dvc" / "cache").exists()  # an empty cache: only what git holds
     return dst
 
@@ -44,7 +44,7 @@ def test_the_vega_bundle_the_page_loads_is_in_git():
 @pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium on this machine (.ci/run installs Debian's)")
 def test_fresh_clone_plots_page_draws_every_plot_offline(clone, tmp_path):
-    _sh("dvc plots show", clone)
+    sh("dvc plots show", clone)
     index = clone / "dvc_plots" / "index.html"
     plots = index.read_text(encoding="utf-8").count("vegaEmbed(")  # one call per plot
     assert plots >= 6

@@ -78,7 +78,7 @@ def test_no_doc_points_outside_the_repository(path):
     the repository."""
     text = path.read_text(encoding="utf-8")
     assert "../shared" not in text and "method-spec.md" not in text, f"{path.name} points at ../shared"
-    from tests.test_docs import links
+    from tests.helpers import links
 
     outside = []
     for target in links(path):

@@ -4,7 +4,6 @@ import html
 import io
 import json
 import os
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -12,62 +11,16 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers import CHROMIUM, CHROMIUM_FLAGS, copy_repo, sh
+
 REPO = Path(__file__).resolve().parents[1]
-
-# Small enough for CI on two cores; the shape of every stage is unchanged.
-TINY = {
-    "dataset.synthetic.num_train": 48, "dataset.synthetic.num_valid": 12, "dataset.synthetic.num_test": 12,
-    "student.embedded.vocab_size": 300, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
-    "student.embedded.d_kv": 8, "student.embedded.num_heads": 2,
-    "student.embedded.num_layers": 1, "student.embedded.num_decoder_layers": 1,
-    "student.pretrain.steps": 30, "student.pretrain.batch_size": 16,
-    "sft.epochs": 1.0, "sft.batch_size": 16, "sft.interval": 2,
-    "generation.max_new_tokens": 24, "dpo.samples": 2, "dpo.passes": 1,
-    # two of the default's three iterations: a chained one is all the pipeline tests need (time on 2 cores)
-    "dpo.iterations": {"iter1": {"init": "models/sft"}, "iter2": {"init": "models/dpo/iter1"}},
-}
-
-
-def _set(tree: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        tree = tree[part]
-    assert leaf in tree, dotted  # the override must name a real key
-    tree[leaf] = value
-
-
-def _sh(cmd: str, cwd: Path, **extra_env: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@t", "HF_HUB_OFFLINE": "1", "OPENAI_API_KEY": "", **extra_env}
-    out = subprocess.run(cmd, shell=True, cwd=cwd, env=env, capture_output=True, text=True)
-    assert out.returncode == 0, f"{cmd} failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
-    return out.stdout + out.stderr
-
-
-def _copy_repo(dst: Path, overrides: dict | None = None) -> Path:
-    """The tracked and untracked-but-not-ignored files of this checkout, TINY params (and `overrides`), as a
-    new git repo."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, capture_output=True,
-                           text=True, check=True).stdout.split()
-    for f in files:
-        # not the reference run's outputs and lock: the copy runs its own (TINY) pipeline
-        if (REPO / f).is_file() and not f.startswith(("data/", "models/", "metrics/", "dvc.lock")):
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dst / f)
-    params = yaml.safe_load((dst / "params.yaml").read_text())
-    for k, v in {**TINY, **(overrides or {})}.items():
-        _set(params, k, v)
-    (dst / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    _sh("git init -q && git add -A && git commit -qm init", dst)
-    return dst
-
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """The shrunken pipeline, run once with `dvc repro` and shared by the tests of the `pipeline` xdist group
     (one worker runs them all, so the run is made once)."""
-    repo = _copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
-    _sh("dvc repro", repo)
+    repo = copy_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    sh("dvc repro", repo)
     return repo
 
 
@@ -85,10 +38,10 @@ def test_dvc_repro_end_to_end(repo):
     assert [r["model"] for r in rows] == ["sft", "iter1", "iter2"]
     assert all(0.0 <= r["test_accuracy"] <= 100.0 for r in rows)
     # The headline is the only metrics file; stage diagnostics are git-tracked outputs, not metric columns.
-    shown = json.loads(_sh("dvc metrics show --json", repo))
+    shown = json.loads(sh("dvc metrics show --json", repo))
     (workspace,) = shown.values()  # one revision, the workspace (DVC names it "" in the JSON)
     assert list(workspace["data"]) == ["metrics/summary.json"]
-    header = next(csv.reader(io.StringIO(_sh("dvc exp show --csv", repo))))
+    header = next(csv.reader(io.StringIO(sh("dvc exp show --csv", repo))))
     for col in ("test.sft", "test.iter1", "test.iter2", "valid.sft", "pairs.iter1", "pairs.iter2", "steps.sft",
                 "steps.iter2", "chains", "teacher.requests", "teacher.usd"):
         assert col in header, col
@@ -98,7 +51,7 @@ def test_dvc_repro_end_to_end(repo):
     report = (repo / "metrics/report.md").read_text()
     assert "| iter2 |" in report and (repo / "metrics/report/accuracy.png").stat().st_size > 5_000
     # `dvc plots show` draws offline: its page loads the chart libraries from the checkout
-    _sh("dvc plots show", repo)
+    sh("dvc plots show", repo)
     page = (repo / "dvc_plots/index.html").read_text()
     assert '<script src="../metrics/vega/vega.js">' in page and "vegaEmbed(" in page
     assert '<meta charset="utf-8">' in page  # or a browser draws the axes' minus signs as mojibake
@@ -106,17 +59,10 @@ def test_dvc_repro_end_to_end(repo):
 
     # A second repro is a no-op that only checks hashes.
     t0 = time.monotonic()
-    out = _sh("dvc repro", repo)
+    out = sh("dvc repro", repo)
     assert time.monotonic() - t0 < 30
     assert "didn't change" in out or "up to date" in out
     assert "Running stage" not in out
-
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-# What a sandboxed, offline headless Chromium needs (as root; no background connections to a closed network).
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--virtual-time-budget=15000", "--window-size=1400,2400"]
 
 
 @pytest.mark.slow
@@ -127,7 +73,7 @@ def test_the_plots_page_draws_in_a_real_browser(repo, tmp_path):
     the models by name, negative numbers with a real minus sign (no mojibake), and a screenshot with ink on it."""
     import re
 
-    _sh("dvc plots show", repo)
+    sh("dvc plots show", repo)
     page = (repo / "dvc_plots/index.html").as_uri()
     run = lambda *args: subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",  # noqa: E731
                                         *args, page], capture_output=True, text=True, timeout=180)
@@ -147,8 +93,8 @@ def test_the_plots_page_draws_in_a_real_browser(repo, tmp_path):
 def test_dvc_repro_end_to_end_with_the_embedded_causal_student(tmp_path):
     """`student.model: embedded-causal`: the whole pipeline offline with a decoder-only student (TRL's SFTTrainer and
     DPOTrainer), one flag away from the T5 default."""
-    repo = _copy_repo(tmp_path / "causal", {"dpo.iterations": {"iter1": {"init": "models/sft"}}})  # one is enough
-    _sh("dvc exp run -S student.model=embedded-causal", repo)
+    repo = copy_repo(tmp_path / "causal", {"dpo.iterations": {"iter1": {"init": "models/sft"}}})  # one is enough
+    sh("dvc exp run -S student.model=embedded-causal", repo)
     config = json.loads((repo / "models/dpo/iter1/config.json").read_text())
     assert config["model_type"] == "llama" and not config.get("is_encoder_decoder")
     rows = json.loads((repo / "metrics/iterations.json").read_text())
@@ -199,21 +145,21 @@ def s3_server():
 @pytest.mark.parametrize("remote", ["local", "s3"])
 def test_push_then_pull_into_fresh_clone(repo, tmp_path, remote, request):
     """Data, teacher journal and checkpoints travel through a remote; the fresh clone is up to date."""
-    _sh("git add -A && git commit -qm 'pipeline run' || true", repo)
+    sh("git add -A && git commit -qm 'pipeline run' || true", repo)
     if remote == "local":
         add = f"dvc remote add -f store {tmp_path / 'store'}"
     else:
         url = request.getfixturevalue("s3_server")
         add = f"dvc remote add -f store s3://tinythinker/cache && dvc remote modify store endpointurl {url}"
-    _sh(add + " && dvc push -r store", repo)
+    sh(add + " && dvc push -r store", repo)
     clone = tmp_path / "clone"
-    _sh(f"git clone -q {repo} {clone}", tmp_path)
-    _sh(add.replace(str(tmp_path / "store"), str(tmp_path / "store")) + " && dvc pull -r store", clone)
+    sh(f"git clone -q {repo} {clone}", tmp_path)
+    sh(add.replace(str(tmp_path / "store"), str(tmp_path / "store")) + " && dvc pull -r store", clone)
     assert (clone / "models/dpo/iter2/config.json").exists()
     assert (clone / "data/teacher/journal.jsonl").read_bytes() == (repo / "data/teacher/journal.jsonl").read_bytes()
-    status = _sh("dvc status", clone)
+    status = sh("dvc status", clone)
     assert "up to date" in status, status
-    assert "Running stage" not in _sh("dvc repro", clone)
+    assert "Running stage" not in sh("dvc repro", clone)
 
 
 def _lock_outs(repo: Path) -> dict[str, str]:
@@ -231,9 +177,9 @@ def _metrics(repo: Path) -> dict[str, dict]:
 @shared_run
 def test_same_params_same_machine_reproduce_exactly(repo, tmp_path):
     """A second clone run from scratch: identical hashes for data, teacher outputs and models; same metrics."""
-    other = _copy_repo(tmp_path / "again")
+    other = copy_repo(tmp_path / "again")
     # Through the first DPO iteration and the SFT model's test (each later stage repeats one of these kinds)
-    _sh("dvc repro dpo_train@iter1 test_sft", other)
+    sh("dvc repro dpo_train@iter1 test_sft", other)
     first, second = _lock_outs(repo), _lock_outs(other)
     assert {"models/sft", "models/dpo/iter1", "data/predictions/test/sft.jsonl"} <= set(second) <= set(first)
     for path in ("data/raw", "data/prepared", "data/teacher/requests.jsonl", "data/teacher/journal.jsonl",
@@ -247,8 +193,8 @@ def test_same_params_same_machine_reproduce_exactly(repo, tmp_path):
 @pytest.mark.slow
 def test_training_stages_under_accelerate_with_two_cpu_processes(tmp_path):
     """`launcher` switches sft and dpo_train to `accelerate launch` (DDP over 2 CPU processes), no code change."""
-    clone = _copy_repo(tmp_path / "ddp", {"dpo.iterations": {"iter1": {"init": "models/sft"}}})  # one is enough
-    out = _sh("dvc exp run -S \"launcher='accelerate launch --multi_gpu --num_processes 2 -m'\"", clone)
+    clone = copy_repo(tmp_path / "ddp", {"dpo.iterations": {"iter1": {"init": "models/sft"}}})  # one is enough
+    out = sh("dvc exp run -S \"launcher='accelerate launch --multi_gpu --num_processes 2 -m'\"", clone)
     for stage in ("sft", "dpo-sample iter1", "dpo-train iter1", "test --model models/dpo/iter1"):
         assert f"accelerate launch --multi_gpu --num_processes 2 -m tinythinker {stage}" in out, stage
     sft = json.loads((clone / "metrics/sft.json").read_text())
@@ -261,13 +207,13 @@ def test_training_stages_under_accelerate_with_two_cpu_processes(tmp_path):
 @shared_run
 def test_queued_ablation_runs_and_shows(repo):
     """`dvc exp run --queue` + `dvc queue start`: a queued variant runs and is compared."""
-    _sh("git add -A && git commit -qm 'pipeline run' || true", repo)
+    sh("git add -A && git commit -qm 'pipeline run' || true", repo)
     # A phase-2 variant: the queued run takes the SFT model from the cache and reruns the DPO stages only
-    _sh("dvc exp run --queue -n beta-low -S dpo.beta=0.1", repo)
-    _sh("dvc queue start -j 1", repo)
+    sh("dvc exp run --queue -n beta-low -S dpo.beta=0.1", repo)
+    sh("dvc queue start -j 1", repo)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
-        status = _sh("dvc queue status", repo)
+        status = sh("dvc queue status", repo)
         if "Queued" not in status and "Running" not in status:
             break
         time.sleep(2)
@@ -279,7 +225,7 @@ def test_queued_ablation_runs_and_shows(repo):
     assert ablation["dpo.beta"] == 0.1
     accuracies = {k: v for k, v in ablation.items() if k.startswith("test.") and isinstance(v, (int, float))}
     assert set(accuracies) == {"test.sft", "test.iter1", "test.iter2"}, ablation
-    assert "beta-low" in _sh("dvc exp show --csv", repo)
+    assert "beta-low" in sh("dvc exp show --csv", repo)
 
 
 CSQA = REPO.parent / "shared" / "datasets" / "csqa"
@@ -294,11 +240,11 @@ def test_csqa_slice_through_every_stage_with_a_local_openai_compatible_teacher(t
 
     teacher = Teacher()
     try:
-        repo = _copy_repo(tmp_path / "csqa", {
+        repo = copy_repo(tmp_path / "csqa", {
             "dataset.name": "csqa", "dataset.source": str(CSQA), "dataset.limit": 20,
             "teacher.backend": "openai", "teacher.base_url": teacher.url, "teacher.samples": 2,
             "dpo.iterations": {"iter1": {"init": "models/sft"}}})
-        _sh("dvc repro", repo, OPENAI_API_KEY="local-server")
+        sh("dvc repro", repo, OPENAI_API_KEY="local-server")
     finally:
         teacher.close()
     ids = json.loads((repo / "data/prepared/split_ids.json").read_text())

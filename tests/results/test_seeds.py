@@ -1,7 +1,6 @@
 """Results over seeds: queueing one experiment per seed, and the aggregate of what they reached."""
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -65,3 +64,18 @@ def test_queue_sets_both_seeds_and_the_overrides(tmp_path):
         queue(tmp_path, [1], ["seed=3"], "abl", run=run)
     res = CliRunner().invoke(app, ["seeds", "queue", "--seeds", "4x,5", "--root", str(tmp_path)])
     assert res.exit_code == 2 and "--seeds: '4x,5' is not a comma-separated list of integers" in res.output
+
+
+@pytest.mark.slow
+def test_three_seeds_of_a_shrunken_default_queued_run_and_reported(tmp_path):
+    """The whole path a researcher takes: queue three seeds, run the queue, aggregate (DVC's own experiments)."""
+    from tests.helpers import copy_repo, sh
+
+    repo = copy_repo(tmp_path / "repo", {"dpo.iterations": {"iter1": {"init": "models/sft"}}})
+    assert "queued tiny-1, tiny-2, tiny-3" in sh("tinythinker seeds queue --seeds 1,2,3 --name tiny", repo)
+    sh("dvc exp run --run-all -j 1", repo)
+    out = sh("tinythinker seeds report --name tiny", repo)
+    summary = json.loads((repo / "metrics" / "seeds.json").read_text())
+    assert summary["seeds"] == [1, 2, 3] and summary["models"] == ["sft", "iter1"]
+    assert summary["test"]["sft"]["n"] == 3 and len(summary["gain"]["per_seed"]) == 3
+    assert "# `tiny` over seeds 1, 2, 3" in out and (repo / "metrics" / "seeds.png").exists()

@@ -150,12 +150,12 @@ def _dvc(cmd: str, repo: Path) -> subprocess.CompletedProcess:
 def test_failed_temp_experiment_keeps_its_answers(tmp_path, server_factory, response_store):
     """`dvc exp run --temp` (what queued runs do) whose request stage fails after 5 answers: the answers are
     in the store, a failed stage locks nothing, and the rerun pays only for the rest. About 40 s of dvc."""
-    from tests.test_pipeline import _copy_repo
+    from tests.helpers import copy_repo
 
     script, up = outage_after(5)
 
     server = server_factory(script)
-    repo = _copy_repo(tmp_path / "repo")
+    repo = copy_repo(tmp_path / "repo")
     params = yaml.safe_load((repo / "params.yaml").read_text())
     params["dataset"]["synthetic"].update(num_train=12)
     params["teacher"].update(backend="openai", base_url=server.url, samples=2, rounds=1, max_concurrency=1,
