@@ -128,7 +128,9 @@ def test_tinythinker_commands_in_the_docs_parse(path):
             continue
         sub = cli.commands.get(words[0])
         if sub is not None and hasattr(sub, "commands"):  # a group (tinythinker seeds queue): its subcommand
-            sub, words = (sub.commands.get(words[1]), words[1:]) if len(words) > 1 else (None, words)
+            if len(words) == 1:
+                continue
+            sub, words = sub.commands.get(words[1]), words[1:]
         if sub is None:
             bad.append(m.group(0))
             continue
