@@ -11,8 +11,10 @@ journal (see store.py); the offline teacher's free answers are journaled only. W
 (batch.py) each round's missing requests go to the OpenAI Batch API first, under the same keys, and its
 answers take the same way into the store and the journal.
 
-The stage stops (exit 2, the server's message on the last line, nothing written but the answers received):
-- at once on 401/403/404 (key, access, model or URL) and on a 429 `insufficient_quota`;
+The stage stops (exit 2, the server's message on the last line, nothing written but the answers received); from
+the moment it knows, nothing new is sent, and the requests already in flight finish and are kept (`Rounds.halt`):
+- on 401/403/404 (key, access, model or URL) and on a 429 `insufficient_quota`;
+- when the response store or the journal cannot be written (a full disk): the answer still reaches the other;
 - when the server is down: `teacher.max_failures_in_a_row` requests in a row ran out of their retry budget
   (`teacher.max_retries` attempts within `teacher.max_retry_seconds`) on 5xx, 408, 409, 429, timeouts or lost
   connections;
