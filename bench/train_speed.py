@@ -107,10 +107,12 @@ def dpo_variant(params, paths, size: str, variant: str, num_pairs: int) -> dict:
 
     if variant == "ours":
         from tinythinker.student.curriculum import CurriculumBatchSampler
+        from tinythinker.student.training import curriculum_trainer
 
         intervals = schedule_intervals(len(features), 0, d.batch_size)
-        trainer = D._trainer_class()(
-            model=model, args=args, train_dataset=features, processing_class=tokenizer, data_collator=collator,
+        trainer = curriculum_trainer(
+            Trainer, D.DPOLoss, model=model, args=args, train_dataset=features, processing_class=tokenizer,
+            data_collator=collator,
             batch_sampler=CurriculumBatchSampler({"recall": len(features)}, intervals, d.batch_size, params.seed),
             valid=[], chain_kwargs={}, dpo=d)
 
