@@ -158,12 +158,8 @@ def run(size: dict, source: Path, work: Path, precisions: list[str], save) -> di
     from tinythinker.data.prepare import prepare
     from tinythinker.params import load, to_dict
     from tinythinker.paths import Paths
-    from tinythinker.reflect.dpo import dpo_train
-    from tinythinker.reflect.pairs import dpo_sample
-    from tinythinker.student.evaluate import test
-    from tinythinker.student.model import tokenizer_stage
-    from tinythinker.student.pretrain import pretrain
-    from tinythinker.student.sft import sft
+    from tinythinker.reflect.stages import dpo_sample, dpo_train
+    from tinythinker.student.stages import pretrain, sft, test, tokenizer_stage
     from tinythinker.teacher.build import build
     from tinythinker.teacher.prompts import prompt
     from tinythinker.teacher.request import request
