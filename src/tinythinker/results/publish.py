@@ -114,17 +114,11 @@ def _architecture(params: Params, paths: Paths) -> tuple[str, bool]:
     return str(config.get("model_type", "t5")), not config.get("is_encoder_decoder", False)
 
 
-def model_card(params: Params, paths: Paths) -> str:
-    """README.md of models/final from params and metrics/iterations.json."""
-    rows = _read(paths.metric("iterations"))
-    final = rows[-1]
+def _front_matter(params: Params, paths: Paths, name: str, test_acc) -> tuple[dict, bool]:
+    """The card's YAML front matter (the Hub reads it) and whether the student is decoder-only."""
     task = get_task(params.dataset.name)
     base = _hub_id(params.student.model)
     dataset_id = task.hub.path if task.hub is not None else None
-    student = params.student.model.rsplit("/", 1)[-1]
-    name = f"tinythinker-{params.dataset.name}-{student}"
-    test_acc = final["test_accuracy"]
-
     model_type, decoder_only = _architecture(params, paths)
     meta: dict = {"library_name": "transformers",
                   "pipeline_tag": "text-generation" if decoder_only else "text2text-generation", "language": ["en"]}
@@ -139,18 +133,42 @@ def model_card(params: Params, paths: Paths) -> str:
             "dataset": {"type": dataset_id or params.dataset.name, "name": task.description},
             "metrics": [{"type": "accuracy", "value": round(test_acc, 2),
                          "name": "Test accuracy (greedy recall-analyze-summarize chain)"}]}]}]
+    return meta, decoder_only
 
+
+def _training(params: Params, samples: int) -> str:
+    """The card's "How it was trained": the teacher, phase 1 and phase 2 as params set them."""
     t, s, d = params.teacher, params.sft, params.dpo
-    samples = t.samples or task.teacher.samples
-    iterations = len(d.iterations)
     loss = " + ".join(f"{w:g} x {lt}" for lt, w in zip(d.loss_type, d.loss_weights))
-    table = "\n".join(f"| {r['model']} | {_pct(r['valid_accuracy'])} | {_pct(r['test_accuracy'])} |" for r in rows)
-    block = "<question>\n(A) <option> (B) <option> ..."
+    tuned = "the student" if params.student.model.startswith("embedded") else f"`{params.student.model}`"
+    return f"""- **Teacher:** {_teacher(t, samples)}.
+- **Phase 1, reasoning acquisition:** curriculum fine-tuning of {tuned} on the stage type
+  `{s.stage_type}`: blocks of {_count(s.interval, "recall step")}, {_count(s.interval, "analyze step")} per option
+  and {_count(s.interval, "summarize step")}; batch {s.batch_size * s.gradient_accumulation_steps}, learning rate {s.learning_rate:g},
+  {_count(s.epochs, "epoch")}, precision {s.precision}; the checkpoint with the best validation chain accuracy is kept.
+- **Phase 2, self-reflection:** {_count(len(d.iterations), "iteration")} of DPO on chains the student samples itself,
+  {_count(d.samples, "chain")} per training question (`{d.stage_type}` pairs), loss {loss},
+  beta {d.beta:g}, learning rate {d.learning_rate:g}, batch {d.batch_size * d.gradient_accumulation_steps}; each
+  iteration starts from (and is referenced to) the previous model and keeps its best validation checkpoint."""
+
+
+def _key_params(params: Params) -> dict:
     key = {k: _param(params, k) for k in KEY_PARAMS}
     key["dpo.iterations"] = {k: v["init"] for k, v in key["dpo.iterations"].items()}
-    if t.backend == "offline":  # the offline teacher is no model: teacher.model is not read
+    if params.teacher.backend == "offline":  # the offline teacher is no model: teacher.model is not read
         del key["teacher.model"]
-    tuned = "the student" if params.student.model.startswith("embedded") else f"`{params.student.model}`"
+    return key
+
+
+def model_card(params: Params, paths: Paths) -> str:
+    """README.md of models/final from params and metrics/iterations.json."""
+    rows = _read(paths.metric("iterations"))
+    final = rows[-1]
+    task = get_task(params.dataset.name)
+    name = f"tinythinker-{params.dataset.name}-{params.student.model.rsplit('/', 1)[-1]}"
+    meta, decoder_only = _front_matter(params, paths, name, final["test_accuracy"])
+    table = "\n".join(f"| {r['model']} | {_pct(r['valid_accuracy'])} | {_pct(r['test_accuracy'])} |" for r in rows)
+    block = "<question>\n(A) <option> (B) <option> ..."
     limit = (f"\n**Smoke run:** every split was capped at {params.dataset.limit} questions (`dataset.limit`); "
              "these accuracies are not comparable to the paper's.\n" if params.dataset.limit else "")
     body = f"""
@@ -170,15 +188,7 @@ Accuracy (%) of the full greedy chain; the final model is **{final["model"]}**.
 
 ## How it was trained
 
-- **Teacher:** {_teacher(t, samples)}.
-- **Phase 1, reasoning acquisition:** curriculum fine-tuning of {tuned} on the stage type
-  `{s.stage_type}`: blocks of {_count(s.interval, "recall step")}, {_count(s.interval, "analyze step")} per option
-  and {_count(s.interval, "summarize step")}; batch {s.batch_size * s.gradient_accumulation_steps}, learning rate {s.learning_rate:g},
-  {_count(s.epochs, "epoch")}, precision {s.precision}; the checkpoint with the best validation chain accuracy is kept.
-- **Phase 2, self-reflection:** {_count(iterations, "iteration")} of DPO on chains the student samples itself,
-  {_count(d.samples, "chain")} per training question (`{d.stage_type}` pairs), loss {loss},
-  beta {d.beta:g}, learning rate {d.learning_rate:g}, batch {d.batch_size * d.gradient_accumulation_steps}; each
-  iteration starts from (and is referenced to) the previous model and keeps its best validation checkpoint.
+{_training(params, params.teacher.samples or task.teacher.samples)}
 
 ## Usage
 
@@ -194,7 +204,7 @@ answer:    the first match of {P.ANSWER_RE.pattern} in the summarize output
 ## Parameters
 
 ```yaml
-{yaml.safe_dump(key, sort_keys=False, default_flow_style=None).strip()}
+{yaml.safe_dump(_key_params(params), sort_keys=False, default_flow_style=None).strip()}
 ```
 """
     return f"---\n{yaml.safe_dump(meta, sort_keys=False).strip()}\n---\n{body}"

@@ -456,8 +456,17 @@ def request(params: Params, paths: Paths) -> dict:
                                      "user": s["req"]["body"]["messages"][-1]["content"],
                                      "completions": s["completions"], "rounds": s["rounds"]}
                                     for qid, s in state.items()))
+    metrics = _metrics(params, state, stats, used, cap)
+    write_json(paths.metric("teacher_request"), metrics)
+    return metrics
+
+
+def _metrics(params: Params, state: dict, stats: Counter, used: set[str], cap: SpendCap) -> dict:
+    """metrics/teacher_request.json: coverage, where the answers came from, what they cost, what went wrong."""
+    t = params.teacher
     complete = sum(s["needed"] == 0 for s in state.values())
-    metrics = {
+    covered = sum(s["valid"] > 0 for s in state.values())
+    return {
         "questions": len(state), "questions_complete": complete, "questions_incomplete": len(state) - complete,
         "questions_covered": covered,  # with at least one valid completion (what teacher.min_coverage counts)
         "completions": sum(len(s["completions"]) for s in state.values()),
@@ -477,8 +486,6 @@ def request(params: Params, paths: Paths) -> dict:
                                  # error-file lines, requests an expired or cancelled batch left unanswered
                                  "batches_submitted", "batches_resumed", "batch_requests_failed",
                                  "batch_requests_expired")}}
-    write_json(paths.metric("teacher_request"), metrics)
-    return metrics
 
 
 def _kept(stats: Counter, store: Optional[ResponseStore], unusable: bool = False) -> str:
