@@ -114,7 +114,7 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
 
 
 def test_reading_bench_counts_analyses_that_name_their_own_thing(tmp_path):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
     from reading import analysis_reading
 
     questions = {"q1": {"block": "Which one is a fish?\n(A) ice cream (B) zadrim"},

@@ -1,6 +1,6 @@
 """Can the student read? What a finished run's models do with a label that points into a list.
 
-    python3 bench/reading.py [WORKSPACE] [--out bench/results/reading-<name>.json]
+    python3 experiments/reading.py [WORKSPACE] [--out experiments/results/reading-<name>.json]
 
 Every step of the task reads: "For option C," must be answered with the thing after "(C)". Two measures:
 

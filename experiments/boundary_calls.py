@@ -1,8 +1,8 @@
 """Calls that cross between reflect/ and student/ while `tinythinker dpo-train` runs (issue 32's "bounces").
 
-    python3 bench/boundary_calls.py WORKSPACE OUT.json [--iteration iter1]
+    python3 experiments/boundary_calls.py WORKSPACE OUT.json [--iteration iter1]
 
-Runs the stage in-process on a workspace whose pairs exist (e.g. one bench/engine_equivalence.py made; its
+Runs the stage in-process on a workspace whose pairs exist (e.g. one experiments/engine_equivalence.py made; its
 models/dpo/<iteration> is rewritten) under `sys.setprofile` and records two things:
 - following the params: every call of a reflect/ or student/ function that receives the Params object, in call
   order; `bounces` counts the switches between reflect/ and student/ in that sequence, `returns` the calls that

@@ -1,8 +1,8 @@
 """Byte-for-byte equivalence of two versions of the training code on a shrunken pipeline (issue 32's refactor).
 
-    python3 bench/engine_equivalence.py run --src /tmp/old/src --out /tmp/eq/before
-    python3 bench/engine_equivalence.py run --src src --out /tmp/eq/after
-    python3 bench/engine_equivalence.py compare /tmp/eq/before /tmp/eq/after --write bench/results/engine-equivalence.json
+    python3 experiments/engine_equivalence.py run --src /tmp/old/src --out /tmp/eq/before
+    python3 experiments/engine_equivalence.py run --src src --out /tmp/eq/after
+    python3 experiments/engine_equivalence.py compare /tmp/eq/before /tmp/eq/after --write experiments/results/engine-equivalence.json
 
 `run` makes one workspace per student family (tests/test_pipeline.py's TINY shape, one DPO iteration), runs every
 model stage through the `tinythinker` command line of the code under `--src` (OMP_NUM_THREADS=2) and records the
@@ -109,7 +109,7 @@ def compare(before: Path, after: Path, write: Path | None) -> bool:
                       if a[f]["hashes"].get(k) != b[f]["hashes"].get(k)) for f in FAMILIES}
     doc = {"what": "issue 32's training engine: every model stage of a shrunken pipeline, old code vs new",
            "config": {"overrides": TINY, "families": list(FAMILIES), "OMP_NUM_THREADS": 2,
-                      "stages": [" ".join(s) for s in STAGES], "script": "bench/engine_equivalence.py"},
+                      "stages": [" ".join(s) for s in STAGES], "script": "experiments/engine_equivalence.py"},
            "before": {f: a[f]["hashes"] for f in FAMILIES}, "after": {f: b[f]["hashes"] for f in FAMILIES},
            "metrics_equal": {f: a[f]["metrics"] == b[f]["metrics"] for f in FAMILIES},
            "seconds": {"before": {f: a[f]["seconds"] for f in FAMILIES}, "after": {f: b[f]["seconds"] for f in FAMILIES}},

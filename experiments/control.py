@@ -1,6 +1,6 @@
 """What self-reflection adds over more training: each DPO iteration of a finished run beside a control.
 
-    python3 bench/control.py [WORKSPACE] [--out bench/results/control-<name>.json]
+    python3 experiments/control.py [WORKSPACE] [--out experiments/results/control-<name>.json]
 
 The control of an iteration starts from the same model (its `init`) and trains as many optimizer steps as the
 iteration did, at its learning rate, batch size and warm-up, with its validation cadence, on the SFT curriculum
@@ -79,7 +79,7 @@ def control(params, ws, iteration: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("workspace", nargs="?", type=Path, default=Path("."))
-    ap.add_argument("--out", type=Path, help="JSON file (default: bench/results/control-<workspace name>.json)")
+    ap.add_argument("--out", type=Path, help="JSON file (default: experiments/results/control-<workspace name>.json)")
     a = ap.parse_args()
     import torch
 
@@ -92,7 +92,7 @@ def main() -> None:
     if missing or not ws.sft_model.is_dir():
         sys.exit(f"{a.workspace}: not a finished run (missing: {', '.join(missing) or ws.sft_model}); run dvc repro")
     rows = [control(params, ws, k) for k in params.dpo.iterations]
-    out = {"what": "each DPO iteration beside the same start trained as many steps on its SFT data (bench/control.py)",
+    out = {"what": "each DPO iteration beside the same start trained as many steps on its SFT data (experiments/control.py)",
            "workspace": str(a.workspace.resolve()), "seed": params.seed, "dataset_seed": params.dataset.seed,
            "torch_threads": torch.get_num_threads(), "iterations": rows}
     path = a.out or REPO / "bench" / "results" / f"control-{a.workspace.resolve().name}.json"
