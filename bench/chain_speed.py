@@ -6,7 +6,7 @@ encodes each repeated prompt once against generating every copy; same model, sam
   up to `max_length` decoder tokens (the original's 200, and the project's token budget for a like-for-like row),
   the predictions padded to that length and decoded at the end of the step.
 - The per-question loop: one `generate` call per sequence (recall, each option, summary).
-- Ours: `tinythinker.student.chain.run_chain`, each step one batched pass, prompts longest first, `max_new_tokens`.
+- Ours: `tinythinker.lm.chain.run_chain`, each step one batched pass, prompts longest first, `max_new_tokens`.
 - Sampling: DPO's chains (`pairs.sample_pairs`: `dpo.samples` recalls per question, then sampled analyses per
   chosen recall) and a sampled test run x4, each with every repeated prompt generated on its own (today's way
   before this change) and with each distinct prompt encoded once (`num_return_sequences`, greedy steps decoded once).
@@ -120,7 +120,7 @@ def csqa_questions(params, paths, source, n: int) -> list[dict]:
 def run(params, paths, model, tokenizer, num_questions: int, batch_sizes=(16, 64, 256), repeats: int = 3,
         csqa: list[dict] | None = None, original_max_length: int = 200) -> list[dict]:
     from tinythinker.io import read_jsonl
-    from tinythinker.student.chain import Decoding, run_chain
+    from tinythinker.lm.chain import Decoding, run_chain
 
     questions = read_jsonl(paths.sft_data / "test.jsonl")[:num_questions]
     max_new = params.generation.max_new_tokens
@@ -164,7 +164,7 @@ def sampling(params, paths, model, tokenizer, num_questions: int, test_runs: int
 
     from tinythinker.io import read_jsonl
     from tinythinker.reflect.pairs import sample_pairs, teacher_chains
-    from tinythinker.student.chain import run_chain
+    from tinythinker.lm.chain import run_chain
     from tinythinker.student.stages import decodings
 
     train = read_jsonl(paths.sft_data / "train_questions.jsonl")[:num_questions]

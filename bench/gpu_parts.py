@@ -147,7 +147,7 @@ def chain_rows(model, tokenizer, qs: list[dict], max_new: int, meter: Meter, bud
     """The original's way against ours with each KV cache; seq/s, generated tokens/s, ratios to the original."""
     import chain_speed
 
-    from tinythinker.student.chain import Decoding, run_chain
+    from tinythinker.lm.chain import Decoding, run_chain
 
     t_end = time.perf_counter() + budget_s
     n_seq = sum(2 + len(q["options"]) for q in qs)
@@ -336,7 +336,7 @@ def t5_train_part(shape_name: str, tiny: bool, device, budget_s: float) -> dict:
     model.eval()
     qs = questions(8 if tiny else 64, tiny=tiny)
     max_new = 8 if tiny else 200
-    from tinythinker.student.chain import Decoding, run_chain
+    from tinythinker.lm.chain import Decoding, run_chain
 
     d = Decoding(max_new_tokens=max_new)
     row = {"phase": "chain", "questions": len(qs), "max_new_tokens": max_new}
@@ -458,7 +458,7 @@ def qwen_train_part(lora: bool, tiny: bool, device, budget_s: float) -> dict:
             model = model.merge_and_unload()
         del trainer
 
-    from tinythinker.student.chain import Decoding, run_chain
+    from tinythinker.lm.chain import Decoding, run_chain
 
     model.eval()
     qs = questions(8 if tiny else 32, tiny=tiny)

@@ -83,7 +83,7 @@ def main() -> None:
         if only & {"chain", "sampling"}:
             import chain_speed
             if a.model:
-                from tinythinker.student.model import load_student
+                from tinythinker.lm.model import load_student
                 model, tokenizer = load_student(params, paths, a.model.resolve(), "--model")
                 results["generation_model"] = str(a.model)
             else:

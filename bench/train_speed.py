@@ -55,8 +55,8 @@ def sft_variant(params, paths, size: str, variant: str, steps: int) -> dict:
     import workspace
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
-    from tinythinker.student import seq2seq
-    from tinythinker.student.training import sft_trainer
+    from tinythinker.lm import seq2seq
+    from tinythinker.lm.training import sft_trainer
 
     s = params.sft
     model, tokenizer = workspace.student(params, paths, size)
@@ -106,8 +106,8 @@ def dpo_variant(params, paths, size: str, variant: str, num_pairs: int) -> dict:
     args = workspace.training_args(paths.root / "bench_ckpt", d.batch_size, steps, d.learning_rate, params.seed)
 
     if variant == "ours":
-        from tinythinker.student.curriculum import CurriculumBatchSampler
-        from tinythinker.student.training import curriculum_trainer
+        from tinythinker.lm.curriculum import CurriculumBatchSampler
+        from tinythinker.lm.training import curriculum_trainer
 
         intervals = schedule_intervals(len(features), 0, d.batch_size)
         trainer = curriculum_trainer(

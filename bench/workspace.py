@@ -40,7 +40,7 @@ def make(root: Path, **overrides):
 def student(params, paths, size: str):
     """The embedded student, or a model of t5-small's or t5-base's shape built from config (random weights, no
     download; the vocabulary is the workspace's trained one)."""
-    from tinythinker.student.model import build_initial
+    from tinythinker.lm.model import build_initial
 
     if size == "embedded":
         return build_initial(params, paths)
@@ -67,8 +67,8 @@ def training_args(out_dir, batch_size: int, steps: int, lr: float, seed: int, **
 
 def sft_rows(params, paths, tokenizer):
     """The sft stage's tokenised rows (stages in chain order) and its curriculum batch sampler."""
-    from tinythinker.student import seq2seq
-    from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
+    from tinythinker.lm import seq2seq
+    from tinythinker.lm.curriculum import CurriculumBatchSampler, sft_intervals
     from tinythinker.student.stages import stage_data
 
     s = params.sft
@@ -89,8 +89,8 @@ def trained(params, paths, size: str, steps: int):
     """
     import torch
 
-    from tinythinker.student import seq2seq
-    from tinythinker.student.training import sft_trainer
+    from tinythinker.lm import seq2seq
+    from tinythinker.lm.training import sft_trainer
 
     torch.manual_seed(params.seed)
     model, tokenizer = student(params, paths, size)

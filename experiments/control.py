@@ -30,7 +30,7 @@ def control(params, ws, iteration: str) -> dict:
     """One iteration and its control, measured: valid/test of the start, of the iteration, of the control."""
     from tinythinker.paths import Paths
     from tinythinker.protocol import read_questions
-    from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
+    from tinythinker.lm.curriculum import CurriculumBatchSampler, sft_intervals
     from tinythinker.student.stages import sft, stage_data, test
 
     d = params.dpo

@@ -93,7 +93,7 @@ def dpo_trainer(kind, params, root: Path, model, tokenizer, data, sizes: dict, i
     """The DPO trainer of `kind` (a reflect/trainers.py entry) as `dpo_train` builds it: the iteration's arguments
     (checkpoints under `root`) and its curriculum sampler over `sizes` rows per pair kind."""
     from tinythinker.reflect.schedule import batch_sampler, training_args
-    from tinythinker.student.engine import Run
+    from tinythinker.lm.engine import Run
 
     run = Run(params, Paths(root), "dpo/test", "dpo")
     args = training_args(run, params, intervals, kind.arguments(params))

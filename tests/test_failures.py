@@ -139,7 +139,7 @@ def test_iteration_keys_cannot_leave_the_repository(repo, key):
 def tiny_model(tmp_path_factory) -> Path:
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from tinythinker.student.model import train_tokenizer
+    from tinythinker.lm.model import train_tokenizer
 
     tok = train_tokenizer(["Which is a metal? (A) wood (B) iron", "So the answer is option B."] * 5, 60)
     cfg = T5Config(vocab_size=len(tok), d_model=8, d_ff=8, d_kv=4, num_heads=1, num_layers=1, num_decoder_layers=1,

@@ -119,7 +119,7 @@ def test_the_parts_fit_the_checks_budget_of_eight_minutes():
 
 
 def test_the_chain_takes_a_static_cache_only_when_asked():
-    from tinythinker.student.chain import Decoding, _generation_kwargs
+    from tinythinker.lm.chain import Decoding, _generation_kwargs
 
     assert "cache_implementation" not in _generation_kwargs(Decoding())
     assert _generation_kwargs(Decoding(cache_implementation="static"))["cache_implementation"] == "static"

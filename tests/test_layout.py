@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "src" / "tinythinker"
-LAYERS = ["ground", "data", "teacher", "student", "reflect", "results", "cli"]
+LAYERS = ["ground", "data", "teacher", "lm", "student", "reflect", "results", "cli"]
 # Top-level modules above the phases: the command line and the paper presets (which read a task's description and
 # the student's curriculum to write params).
 APP = {"tinythinker.cli", "tinythinker.__main__", "tinythinker.presets"}

@@ -98,7 +98,7 @@ def preset(dataset: str, student: str) -> dict:
 def eval_cadence(params: Params) -> int:
     """Optimizer steps between SFT validations that `sft.eval_every` means for this dataset and stage type."""
     from .data.tasks import get_task
-    from .student.curriculum import eval_steps
+    from .lm.curriculum import eval_steps
 
     s = params.sft
     return eval_steps(s.eval_every, s.stage_type, s.interval, get_task(params.dataset.name).num_options_for(params))

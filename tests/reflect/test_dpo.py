@@ -86,7 +86,7 @@ def test_schedule_intervals_spec_6_3():
 @pytest.fixture(scope="module")
 def sft_model(tmp_path_factory):
     """A tiny T5 and its tokenizer saved like models/sft (tokenizer trained here, weights seeded)."""
-    from tinythinker.student.model import build_initial, train_tokenizer
+    from tinythinker.lm.model import build_initial, train_tokenizer
 
     root = tmp_path_factory.mktemp("sft")
     texts = [t for r in RECALL + ANALYZE for t in r.values()] + [P.summarize_target(x) for x in "AB"]
@@ -115,7 +115,7 @@ def test_dropout_disabled(sft_model):
 
 
 def test_training_raises_margin_and_leaves_reference_alone(sft_model, tmp_path):
-    from tinythinker.student.chain import Decoding
+    from tinythinker.lm.chain import Decoding
 
     short = Decoding(max_new_tokens=6)
     model, tok = load(sft_model)
@@ -175,8 +175,8 @@ def test_empty_pairs_pass_the_starting_model_through(tmp_path, sft_model):
 
 @pytest.mark.parametrize("improves", [True, False])
 def test_stage_keeps_best_of_start_and_checkpoints(tmp_path, sft_model, monkeypatch, improves):
-    import tinythinker.student.chain as chain
-    import tinythinker.student.distributed as distributed
+    import tinythinker.lm.chain as chain
+    import tinythinker.lm.distributed as distributed
 
     # Validation accuracy scripted per call (start, eval 1, eval 2): a random tiny model scores 0 throughout.
     scores = iter([50.0, 60.0, 55.0] if improves else [50.0, 40.0, 50.0])
@@ -218,8 +218,8 @@ def test_bad_pair_row_is_a_data_error(tmp_path, sft_model):
 def test_interrupted_run_resumes_to_the_same_model(tmp_path, sft_model, monkeypatch):
     from safetensors.torch import load_file
 
-    import tinythinker.student.chain as chain
-    import tinythinker.student.distributed as distributed
+    import tinythinker.lm.chain as chain
+    import tinythinker.lm.distributed as distributed
 
     cycle = sum(schedule_intervals(3, 2, 2).values())
     runs = {}
@@ -251,8 +251,8 @@ def test_tf32_and_precision_are_set_before_the_first_forward_pass(tmp_path, sft_
     """TF32 is switched (off here) before the start validation and the reference log-probs (both inside the
     Trainer's pre-pass), which are computed in the training precision."""
     import tinythinker.reflect.dpo_seq2seq as dpo
-    import tinythinker.student.distributed as distributed
-    import tinythinker.student.training as training
+    import tinythinker.lm.distributed as distributed
+    import tinythinker.lm.training as training
 
     events = []
     monkeypatch.setattr(training, "set_tf32", lambda on: events.append(("tf32", on)))
@@ -269,7 +269,7 @@ def test_tf32_and_precision_are_set_before_the_first_forward_pass(tmp_path, sft_
 
 def test_accumulation_is_the_same_optimizer_step(sft_model, tmp_path):
     """batch 1 x 2 micro-batches = batch 2: the same optimizer steps over the same pairs, the same weights."""
-    from tinythinker.student.chain import Decoding
+    from tinythinker.lm.chain import Decoding
 
     recall = RECALL + [{**RECALL[0], "chosen": "Iron is a metal 9."}]  # 4 recall + 2 analyze pairs: no tails
     chain_kwargs = {"batch_size": 8, **dict.fromkeys(("recall", "analyze", "summarize"), Decoding(max_new_tokens=6))}

@@ -180,8 +180,8 @@ def scripted_chain(calls):
 
 @pytest.mark.parametrize("stage_type", ["recall_analyze", "recall", "analyze", "recall_analyze_summarize", "summarize"])
 def test_dpo_sample_stage(tmp_path, monkeypatch, stage_type):
-    import tinythinker.student.chain as chain
-    import tinythinker.student.model as student
+    import tinythinker.lm.chain as chain
+    import tinythinker.lm.model as student
     from tinythinker.io import read_json, read_jsonl, write_jsonl
     from tinythinker.paths import Paths
     from tinythinker.reflect.stages import dpo_sample
@@ -264,8 +264,8 @@ def test_ablated_student_gets_no_pairs(tmp_path):
 
 def test_each_iteration_samples_with_its_own_seed(tmp_path, monkeypatch):
     """Two iterations starting from the same model draw different chains; rerunning one draws the same."""
-    import tinythinker.student.chain as chain
-    import tinythinker.student.model as student
+    import tinythinker.lm.chain as chain
+    import tinythinker.lm.model as student
     from tinythinker.io import write_jsonl
     from tinythinker.paths import Paths
     from tinythinker.reflect.pairs import iteration_seed

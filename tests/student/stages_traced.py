@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 import transformers
 
-import tinythinker.student.chain as chain
-import tinythinker.student.distributed as distributed
+import tinythinker.lm.chain as chain
+import tinythinker.lm.distributed as distributed
 import tinythinker.student.stages as stages
 from tinythinker.params import load
 from tinythinker.paths import Paths

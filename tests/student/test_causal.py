@@ -11,10 +11,10 @@ from tests.helpers import (ANALYZE, BLOCK, RECALL, SUMMARIZE, VALID, dpo_trainer
 from tinythinker import protocol as P
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.student import causal
-from tinythinker.student.chain import Decoding, generate, run_chain
-from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
-from tinythinker.student.model import family, load_student
+from tinythinker.lm import causal
+from tinythinker.lm.chain import Decoding, generate, run_chain
+from tinythinker.lm.curriculum import CurriculumBatchSampler, sft_intervals
+from tinythinker.lm.model import family, load_student
 
 # Its module fixture builds what every test here reads: one xdist worker runs them all (`--dist loadgroup`).
 pytestmark = [pytest.mark.xdist_group("causal"), pytest.mark.usefixtures("one_thread")]
@@ -35,7 +35,7 @@ def _sft_trainer(params, paths, tmp_path):
     """The stage's SFT trainer on the causal family, as `stages.sft` builds it, with its sampler."""
     from tinythinker.io import read_jsonl
     from tinythinker.student.stages import stage_data
-    from tinythinker.student.training import sft_trainer, trainer_kwargs
+    from tinythinker.lm.training import sft_trainer, trainer_kwargs
 
     kind = family(params)
     args = kind.sft_arguments(params, output_dir=str(tmp_path / "ckpt"), per_device_train_batch_size=8,
@@ -130,7 +130,7 @@ def test_sft_stage_learns_and_saves_a_causal_checkpoint(paths):
     d = Decoding(max_new_tokens=24)
 
     def chain_accuracy(model_dir=None):
-        from tinythinker.student.chain import accuracy
+        from tinythinker.lm.chain import accuracy
         model, tok = load_student(params, paths, model_dir)
         return accuracy(run_chain(model, tok, questions(12), recall=d, analyze=d, summarize=d))
 
@@ -154,7 +154,7 @@ DPO = PARAMS.replace(**{"generation.max_new_tokens": 6, "generation.batch_size":
 @pytest.fixture(scope="module")
 def causal_sft(tmp_path_factory):
     """A tiny causal model and its tokenizer saved like models/sft."""
-    from tinythinker.student.model import build_initial, train_tokenizer
+    from tinythinker.lm.model import build_initial, train_tokenizer
 
     root = tmp_path_factory.mktemp("causal")
     texts = [t for r in RECALL + ANALYZE for t in r.values()] + [P.summarize_target(x) for x in "AB"]
@@ -214,7 +214,7 @@ def test_trl_dpo_step_raises_the_margin_over_a_precomputed_reference(causal_sft,
 def test_dpo_train_stage_on_trl_reports_the_t5_metric_names(tmp_path, causal_sft, monkeypatch):
     import shutil
 
-    import tinythinker.student.distributed as distributed
+    import tinythinker.lm.distributed as distributed
     from tinythinker.io import read_json, write_jsonl
     from tinythinker.protocol import REWARD_KEYS
     from tinythinker.reflect.stages import dpo_train

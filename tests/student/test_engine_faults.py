@@ -4,7 +4,7 @@ import errno
 import pytest
 
 from tests.helpers import SFT_PARAMS
-from tinythinker.student.engine import _writing_failed, whole_run_loss
+from tinythinker.lm.engine import _writing_failed, whole_run_loss
 from tinythinker.student.stages import sft
 
 PARAMS = SFT_PARAMS
@@ -52,7 +52,7 @@ def test_inputs_cut_by_the_length_limits_are_counted_said_or_refused(paths, caps
     """A few over-long rows are cut with a warning and counted in metrics/sft.json; limits that cut most rows
     (`sft.max_source_length: 4`) are refused before training, naming the param and the file."""
     from tinythinker.io import DataError, read_jsonl, write_jsonl
-    from tinythinker.student.model import load_student
+    from tinythinker.lm.model import load_student
     from tinythinker.student.stages import over_limits, stage_data
 
     with pytest.raises(DataError, match=r"recall.jsonl: sft.max_source_length=4 cuts 12 of 12 inputs \(the longest "

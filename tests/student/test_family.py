@@ -8,8 +8,8 @@ from tests.helpers import ANALYZE, RECALL, SFT_PARAMS
 from tinythinker.io import read_json, write_jsonl
 from tinythinker.reflect import dpo_seq2seq
 from tinythinker.reflect.trainers import TRAINERS, PreferenceTrainer, register_trainer, trainer_for
-from tinythinker.student import seq2seq
-from tinythinker.student.family import EMBEDDED, FAMILIES, StudentFamily, family_of, register_family
+from tinythinker.lm import seq2seq
+from tinythinker.lm.family import EMBEDDED, FAMILIES, StudentFamily, family_of, register_family
 
 PARAMS = SFT_PARAMS.replace(**{
     "student.model": "embedded-toy", "sft.epochs": 1.0, "generation.max_new_tokens": 8,
@@ -68,7 +68,7 @@ def test_the_shipped_families_and_trainers_keep_the_contracts():
 
 def test_a_registered_family_runs_sft_and_dpo_without_touching_src(toy, paths):
     from tinythinker.reflect.stages import dpo_train
-    from tinythinker.student.model import family, load_student
+    from tinythinker.lm.model import family, load_student
     from tinythinker.student.stages import sft
 
     assert toy.calls["build_embedded"] == 1  # the pretrain stage (the `paths` fixture) built the toy

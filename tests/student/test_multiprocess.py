@@ -26,7 +26,7 @@ from tinythinker.io import read_jsonl, write_jsonl
 from tinythinker.params import load, to_dict
 from tinythinker.paths import Paths
 from tinythinker.reflect.schedule import schedule_intervals
-from tinythinker.student.curriculum import CurriculumBatchSampler, sft_intervals
+from tinythinker.lm.curriculum import CurriculumBatchSampler, sft_intervals
 
 # Its module fixture builds what every test here reads: one xdist worker runs them all (`--dist loadgroup`).
 pytestmark = pytest.mark.xdist_group("multiprocess")
@@ -50,7 +50,7 @@ ACC_PARAMS = PARAMS.replace(**{"sft.gradient_accumulation_steps": ACC, "dpo.grad
 
 def _workspace(root: Path) -> tuple[Paths, dict[str, int], dict[str, int]]:
     """Stage data, tokenizer, a saved initial student and hand-made pairs; (paths, SFT sizes, DPO sizes)."""
-    from tinythinker.student.model import load_student
+    from tinythinker.lm.model import load_student
 
     paths = Paths(root)
     qs = questions(N_QUESTIONS, seed=3)

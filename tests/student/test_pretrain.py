@@ -5,8 +5,8 @@ import pytest
 
 from tests.helpers import KIND_OF, SFT_PARAMS
 from tinythinker.io import read_json
-from tinythinker.student import causal, seq2seq
-from tinythinker.student.model import build_initial, load_student, train_tokenizer
+from tinythinker.lm import causal, seq2seq
+from tinythinker.lm.model import build_initial, load_student, train_tokenizer
 from tinythinker.student.pretrain import SOURCE
 from tinythinker.student.stages import pretrain, tokenizer_stage
 

@@ -6,8 +6,8 @@ import pytest
 from tests.helpers import SFT_PARAMS, questions, student_stages, write_task
 from tinythinker.io import read_json
 from tinythinker.paths import Paths
-from tinythinker.student.chain import Decoding, accuracy, run_chain
-from tinythinker.student.model import load_student
+from tinythinker.lm.chain import Decoding, accuracy, run_chain
+from tinythinker.lm.model import load_student
 from tinythinker.student.stages import sft, sft_fingerprint
 
 PARAMS = SFT_PARAMS

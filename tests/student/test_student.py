@@ -7,7 +7,7 @@ from tinythinker import protocol as P
 from tinythinker.io import DataError, write_jsonl
 from tinythinker.params import load
 from tinythinker.paths import Paths
-from tinythinker.student.model import build_initial, load_student
+from tinythinker.lm.model import build_initial, load_student
 from tinythinker.student.stages import pretrain, tokenizer_stage
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
@@ -152,7 +152,7 @@ def test_tokenizer_is_the_same_file_in_every_process(tmp_path):
         "import json, sys\n"
         "from tinythinker.params import load\n"
         "from tinythinker.data.synthetic import generate\n"
-        "from tinythinker.student.model import train_tokenizer\n"
+        "from tinythinker.lm.model import train_tokenizer\n"
         f"p = load({str(Path(__file__).resolve().parents[2] / 'params.yaml')!r})\n"
         "rows = [r for split in generate(p.dataset.synthetic, int(sys.argv[1])).values() for r in split]\n"
         "texts = [r['question'] + ' ' + ' '.join(f\"({c['label']}) {c['text']}\" for c in r['choices']) for r in rows]\n"

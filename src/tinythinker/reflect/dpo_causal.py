@@ -49,8 +49,8 @@ def build_trainer(params: Params, model, tokenizer, dataset, valid: list[dict], 
     log-probs are computed here, by the constructor."""
     from trl import DPOTrainer
 
-    from ..student.causal import lora_config
-    from ..student.training import curriculum_trainer
+    from ..lm.causal import lora_config
+    from ..lm.training import curriculum_trainer
 
     # The Trainer wants an eval dataset when it evaluates by steps; evaluation is the chain on `valid` (the mixin's
     # evaluate), so one pair stands in.

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..params import Params
-from ..student.training import autocast, curriculum_trainer
+from ..lm.training import autocast, curriculum_trainer
 
 KIND = "seq2seq"  # the student family (student/seq2seq.py) this trainer serves
 OWN_REFERENCE = False  # the stage computes the reference log-probs (reference_logps) and hands them in (set_reference)

@@ -30,8 +30,8 @@ from ..io import read_jsonl
 from ..params import Params, ParamsError
 from ..paths import Paths
 from ..protocol import CHAIN_FIELDS
-from ..student import distributed
-from ..student.chain import is_correct
+from ..lm import distributed
+from ..lm.chain import is_correct
 
 
 def _unique(items: Sequence, key) -> list:
@@ -159,7 +159,7 @@ def pair_kinds(stage_type: str) -> set[str]:
 
 
 def _decodings(params: Params):
-    from ..student.chain import Decoding
+    from ..lm.chain import Decoding
 
     d, n = params.dpo, params.generation.max_new_tokens
     sampled = Decoding(do_sample=True, temperature=d.temperature, top_k=d.top_k, top_p=d.top_p, max_new_tokens=n)
@@ -207,7 +207,7 @@ def sample_pairs(params: Params, model, tokenizer, questions: list[dict], teache
                  rng: random.Random, desc: str = "dpo", share_prompts: bool = True) -> SampledPairs:
     """The student's chains on `questions` -> its pairs. Each process samples its share (`distributed.map_sharded`);
     `share_prompts=False` generates every repeated prompt on its own (bench/ measures against it)."""
-    from ..student.chain import run_chain
+    from ..lm.chain import run_chain
 
     sampled, greedy = _decodings(params)
     n, bs = params.dpo.samples, params.generation.batch_size
@@ -232,7 +232,7 @@ def _analyze_step(rpairs: list[dict], questions: list[dict], rng: random.Random,
                   batch_size: int, sampled, greedy, desc: str, share_prompts: bool) -> tuple[list[dict], int]:
     """(b) every distinct chosen recall once (a resampled duplicate adds no new context), analyses sampled:
     (analyze pairs, the number of recalls analysed)."""
-    from ..student.chain import run_chain
+    from ..lm.chain import run_chain
 
     keys: dict[tuple, list] = {}
     for p in rpairs:
@@ -255,7 +255,7 @@ def _analyze_step(rpairs: list[dict], questions: list[dict], rng: random.Random,
 def _summarize_step(recall_runs: list[dict], rng: random.Random, *, model, tokenizer, n: int, batch_size: int,
                     sampled, greedy, desc: str, share_prompts: bool) -> list[dict]:
     """(c) every distinct summarize prompt of (a) summarized n more times, sampled; its greedy summary counts too."""
-    from ..student.chain import generate
+    from ..lm.chain import generate
 
     first: dict = {}
     for r in recall_runs:

@@ -10,7 +10,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from ..io import read_json, write_json
-from ..student import distributed
+from ..lm import distributed
 
 REFERENCE = "reference.json"  # beside the iteration's checkpoints
 

@@ -3,7 +3,7 @@ over the pair kinds (spec 6.3), the training arguments of an iteration and its b
 from __future__ import annotations
 
 from ..params import Params
-from ..student.curriculum import CurriculumBatchSampler
+from ..lm.curriculum import CurriculumBatchSampler
 
 
 def schedule_intervals(n_recall: int, n_analyze: int, batch_size: int, n_summarize: int = 0) -> dict[str, int]:

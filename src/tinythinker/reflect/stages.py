@@ -21,7 +21,7 @@ from ..io import read_jsonl, write_json, write_jsonl
 from ..params import Params, to_dict
 from ..paths import Paths
 from ..protocol import PAIR_FIELDS, PAIR_KINDS, read_questions
-from ..student import distributed
+from ..lm import distributed
 from .pairs import SampledPairs, iteration_init, iteration_seed, pair_kinds, sample_pairs, teacher_chains
 
 
@@ -30,7 +30,7 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
     its share of the chains with its own copy of the model and its own seed; pairs are built from all of them."""
     from transformers import set_seed
 
-    from ..student.model import check_checkpoint, load_student
+    from ..lm.model import check_checkpoint, load_student
 
     init = paths.root / iteration_init(params, iteration)
     if params.sft.stage_type != "recall_analyze_summarize":
@@ -57,7 +57,7 @@ def dpo_sample(params: Params, paths: Paths, iteration: str) -> dict:
 
 
 def _sample_metrics(questions: list[dict], got: SampledPairs, written: SampledPairs) -> dict:
-    from ..student.chain import accuracy
+    from ..lm.chain import accuracy
 
     return {"questions": len(questions),
             "questions_with_pairs": len({p["qid"] for k in PAIR_KINDS for p in written.of(k)}),
@@ -79,9 +79,9 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
     """Train one iteration; write models/dpo/<iteration> and metrics/dpo/<iteration>.json. `stop_after` interrupts
     after that many steps (tests of resuming): checkpoints stay, nothing else is written, and a later call with the
     same inputs resumes."""
-    from ..student.chain import validation_chain
-    from ..student.engine import START, Run
-    from ..student.model import check_checkpoint, family, load_student
+    from ..lm.chain import validation_chain
+    from ..lm.engine import START, Run
+    from ..lm.model import check_checkpoint, family, load_student
     from .reference import ReferencePass, resume_files
     from .schedule import batch_sampler, schedule_intervals, training_args
     from .trainers import trainer_for
@@ -122,7 +122,7 @@ def dpo_train(params: Params, paths: Paths, iteration: str, stop_after: int | No
 def _fingerprint(params: Params, paths: Paths, inputs: list[Path], processes: int) -> str:
     """What a resumed iteration must share with the interrupted one: its params, the bytes of its inputs (the
     starting model, the pairs, the validation questions) and the number of processes (the schedule depends on it)."""
-    from ..student.engine import fingerprint
+    from ..lm.engine import fingerprint
 
     g = params.generation
     dpo = {k: v for k, v in to_dict(params.dpo).items() if k != "iterations"}  # adding one must not restart
@@ -146,8 +146,8 @@ def _outcome(state, start_accuracy: float, sizes: dict[str, int]) -> tuple[dict,
 def _pass_through(params: Params, paths: Paths, run, init: Path, sizes: dict[str, int], valid: list[dict],
                   chain_kwargs: dict) -> dict:
     """An iteration without pairs: its output is the starting model, validated as the trainer would."""
-    from ..student.engine import validate
-    from ..student.model import load_student
+    from ..lm.engine import validate
+    from ..lm.model import load_student
 
     iteration = run.name.split("/", 1)[1]
     with distributed.replicas():

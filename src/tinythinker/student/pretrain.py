@@ -11,7 +11,7 @@ and after, the share of facts the student completes right, the held-out things' 
 """
 from __future__ import annotations
 
-from .chain import Decoding, generate
+from ..lm.chain import Decoding, generate
 
 SOURCE = "pretrained.json"  # what models/pretrained holds for a Hub or local student: which model sft loads
 

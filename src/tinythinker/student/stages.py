@@ -25,11 +25,11 @@ from ..io import DataError, atomic_path, read_jsonl, write_json, write_jsonl
 from ..params import GenerationParams, Params, check_name, to_dict
 from ..paths import Paths
 from ..protocol import PROBE_FIELDS, STAGE_FIELDS, TEXT_FIELDS, read_questions
-from . import distributed
-from .chain import Decoding, accuracy, majority_vote, run_chain, validation_chain
-from .curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
-from .family import EMBEDDED
-from .model import build_initial, corpus, family, is_local, load_pretrained, load_student, train_tokenizer
+from ..lm import distributed
+from ..lm.chain import Decoding, accuracy, majority_vote, run_chain, validation_chain
+from ..lm.curriculum import CurriculumBatchSampler, eval_steps, sft_intervals
+from ..lm.family import EMBEDDED
+from ..lm.model import build_initial, corpus, family, is_local, load_pretrained, load_student, train_tokenizer
 from .pretrain import SOURCE, probe
 
 
@@ -52,7 +52,7 @@ def pretrain(params: Params, paths: Paths) -> dict:
     after; a Hub or local student is pretrained already: models/pretrained names it."""
     from transformers import Trainer
 
-    from .engine import Run
+    from ..lm.engine import Run
 
     p = params.student.pretrain
     if params.student.model not in EMBEDDED:
@@ -140,7 +140,7 @@ def over_limits(params: Params, paths: Paths, stages: dict[str, list[dict]], tok
 def sft_fingerprint(params: Params, paths: Paths, processes: int = 1) -> str:
     """Everything a resumed sft run must share with the interrupted one: its params, its input files and the
     number of processes (a step's batch and so the schedule depend on it)."""
-    from .engine import fingerprint
+    from ..lm.engine import fingerprint
 
     g = params.generation
     keys = {k: to_dict(getattr(params, k)) for k in ("seed", "student", "sft")}
@@ -155,8 +155,8 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     """Train, keep the best checkpoint by validation chain accuracy, write models/sft and metrics/sft.json.
     `max_steps` stops early (tests: an interrupted run); the schedule still spans the full run, so a later call
     resumes exactly."""
-    from .engine import Run, resumed_step
-    from .training import sft_trainer
+    from ..lm.engine import Run, resumed_step
+    from ..lm.training import sft_trainer
 
     s = params.sft
     procs = distributed.state()  # the process group before anything else (see distributed.py)

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from tinythinker.params import load
-from tinythinker.student.chain import GREEDY, Decoding, accuracy, generate, majority_vote, run_chain
+from tinythinker.lm.chain import GREEDY, Decoding, accuracy, generate, majority_vote, run_chain
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
@@ -173,7 +173,7 @@ def test_shared_sampling_draws_from_the_same_distribution():
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from tinythinker.student.model import train_tokenizer
+    from tinythinker.lm.model import train_tokenizer
     tok = train_tokenizer(iter(["alpha beta gamma delta", "one two three four five six"] * 5), 40)
     torch.manual_seed(0)
     model = T5ForConditionalGeneration(T5Config(vocab_size=len(tok), d_model=16, d_ff=32, d_kv=4, num_heads=2,
@@ -207,7 +207,7 @@ def test_generate_real_tiny_model_batch_invariant():
     import torch
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from tinythinker.student.model import train_tokenizer
+    from tinythinker.lm.model import train_tokenizer
     texts = [f"{q['block']}\nRecall:" for q in QS] + ["So the answer is option A.", "metals conduct."] * 5
     tok = train_tokenizer(iter(texts), 60)
     torch.manual_seed(0)
@@ -239,7 +239,7 @@ def test_evaluate_stage(tmp_path):
     from tinythinker.io import read_json, read_jsonl, write_jsonl
     from tinythinker.paths import Paths
     from tinythinker.student import stages
-    from tinythinker.student.model import train_tokenizer
+    from tinythinker.lm.model import train_tokenizer
 
     paths = Paths(tmp_path)
     write_jsonl(paths.sft_data / "test.jsonl", QS)

@@ -4,7 +4,7 @@ from itertools import groupby
 import pytest
 
 from tinythinker.protocol import STAGES
-from tinythinker.student.curriculum import CurriculumBatchSampler, schedule, sft_intervals
+from tinythinker.lm.curriculum import CurriculumBatchSampler, schedule, sft_intervals
 
 
 def blocks(batches):

@@ -31,11 +31,11 @@ def test_launcher_reaches_every_model_stage():
     assert stages["test_sft"]["cmd"].startswith("${launcher} tinythinker test")
     assert stages["test"]["do"]["cmd"].startswith("${launcher} tinythinker test")
     for stage in (stages["sft"], stages["test_sft"], *(stages[s]["do"] for s in ("dpo_sample", "dpo_train", "test"))):
-        assert "src/tinythinker/student" in stage["deps"]  # distributed.py with the rest of the phase
+        assert "src/tinythinker/lm" in stage["deps"]  # distributed.py with the rest of the library
 
 
 def test_single_process_map_sharded_is_the_plain_call():
-    import tinythinker.student.distributed as D
+    import tinythinker.lm.distributed as D
 
     calls = []
     assert D.map_sharded(lambda xs: calls.append(list(xs)) or [x * 2 for x in xs], range(5)) == [0, 2, 4, 6, 8]
@@ -44,7 +44,7 @@ def test_single_process_map_sharded_is_the_plain_call():
 
 
 def test_replicas_masks_fsdp_efficient_loading_only_while_loading(monkeypatch):
-    import tinythinker.student.distributed as D
+    import tinythinker.lm.distributed as D
 
     monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
     with D.replicas():
@@ -56,8 +56,8 @@ def test_single_process_chain_accuracy_matches_plain_accuracy(monkeypatch):
     """One process: chain_accuracy is the chain's accuracy over all questions."""
     from accelerate import Accelerator
 
-    import tinythinker.student.distributed as D
-    from tinythinker.student import chain
+    import tinythinker.lm.distributed as D
+    from tinythinker.lm import chain
 
     calls = []
 
@@ -79,7 +79,7 @@ def test_single_process_chain_accuracy_matches_plain_accuracy(monkeypatch):
 def test_a_model_that_cannot_be_saved_is_an_oserror_naming_the_output(tmp_path, raised, message):
     from safetensors import SafetensorError
 
-    import tinythinker.student.distributed as D
+    import tinythinker.lm.distributed as D
 
     if raised == "safetensors":
         raised = SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, '

@@ -6,7 +6,7 @@ import torch
 
 from tinythinker.params import ParamsError, load
 from tinythinker.paths import Paths
-from tinythinker.student.training import autocast, resolve_precision, set_tf32, trainer_kwargs
+from tinythinker.lm.training import autocast, resolve_precision, set_tf32, trainer_kwargs
 
 BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
