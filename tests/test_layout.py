@@ -184,3 +184,16 @@ def test_functions_are_short_and_define_no_classes():
     nested = sorted(f"{rel}:{fn.name} defines {c.name}" for rel, fn in _functions()
                     for c in ast.walk(fn) if isinstance(c, ast.ClassDef))
     assert (long, nested) == ([], [])
+
+
+def test_no_test_module_imports_another():
+    """What tests share lives in plain modules (tests/helpers.py, tests/teacher/fakes.py) and conftest fixtures."""
+    tests = Path(__file__).resolve().parent
+    bad = []
+    for path in sorted(tests.rglob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            bad += [f"{path.relative_to(tests)}: {n}" for n in names
+                    if n.startswith("tests.") and n.rsplit(".", 1)[-1].startswith("test_")]
+    assert bad == []
