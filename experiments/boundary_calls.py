@@ -1,4 +1,4 @@
-"""Calls that cross between reflect/ and student/ while `tinythinker dpo-train` runs (issue 32's "bounces").
+"""Calls that cross between reflect/, student/ and lm/ while `tinythinker dpo-train` runs (issue 32's "bounces").
 
     python3 experiments/boundary_calls.py WORKSPACE OUT.json [--iteration iter1]
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def package(filename: str) -> str | None:
-    for name in ("reflect", "student"):
+    for name in ("reflect", "student", "lm"):
         if f"/tinythinker/{name}/" in filename:
             return name
     return None
@@ -67,9 +67,14 @@ def main() -> None:
         if cur != prev:
             left.add(prev)
             returns += cur in left
-    up = {k: n for k, n in edges.items() if k[0].startswith("student/")}
+    phases = {("reflect", "student"), ("student", "reflect")}
+    up = {k: n for k, n in edges.items() if k[0].startswith(("student/", "lm/")) and k[1].startswith("reflect/")}
     out = {"following_params": {"files": len(set(files)), "calls": len(followed), "returns": returns,
-                                "bounces": sum(a[0] != b[0] for a, b in zip(followed, followed[1:])),
+                                # between the two phases (issue 32's bounces), and between reflect/ and any code
+                                # below or beside it that student/ held before lm/ was split out of it
+                                "bounces": sum((a[0], b[0]) in phases for a, b in zip(followed, followed[1:])),
+                                "switches_reflect_lm_or_student": sum(a[0] != b[0] for a, b in
+                                                                      zip(followed, followed[1:])),
                                 "sequence": [name for _, name in followed]},
            "crossing": {"distinct_edges": len(edges), "downward": len(edges) - len(up), "upward": len(up),
                         "edges": {f"{a} -> {b}": n for (a, b), n in sorted(edges.items())}}}
