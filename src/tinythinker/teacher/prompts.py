@@ -204,13 +204,13 @@ REQUEST_FIELDS = ("id", "gt", "options", "body")
 
 def read_requests(paths: Paths) -> list[dict]:
     """data/teacher/requests.jsonl, at least one request (an empty one would pass every later check with nothing),
-    one per question of the training split it was built from (a file left from another split is stale)."""
+    each for a question of the training split it was built from (a file left from another split is stale)."""
     requests = read_jsonl(paths.requests, REQUEST_FIELDS)
     if not requests:
         raise DataError(f"{paths.requests}: no requests (an empty training split?); rerun `dvc repro prompt`")
     train = paths.split("train")
     ids = {row["id"] for row in read_jsonl(train, ["id"])} if train.exists() else None
-    if ids is not None and ids != {r["id"] for r in requests}:
+    if ids is not None and (not ids or any(r["id"] not in ids for r in requests)):
         raise DataError(f"{paths.requests}: built for another training split than {train} ({len(requests)} "
                         f"requests, {len(ids)} training questions); rerun `dvc repro prompt`")
     return requests
