@@ -138,23 +138,28 @@ def clues_of(cfg: SyntheticParams) -> dict[str, list[str]]:
     return {c: (list(CLUES[c]) + extra[c])[: cfg.clues_per_category] for c in world(cfg)}
 
 
-def _ranked(cfg: SyntheticParams, rng: random.Random) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+Things = dict[str, list[str]]  # category -> its things (or its clues), as `world` and `clues_of` give them
+
+
+def _ranked(cfg: SyntheticParams, rng: random.Random,
+            things: Optional[Things] = None) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
     """Per category, its things from common to rare (drawn per seed, so the tail is not always the same words),
     and the things that answer only valid/test questions (at least one answers training ones), spread over the
     frequency ranks so the held-out facts are long-tailed as well."""
-    ranked = {c: rng.sample(es, len(es)) for c, es in world(cfg).items()}
+    ranked = {c: rng.sample(es, len(es)) for c, es in (things or world(cfg)).items()}
     k = min(cfg.entities_per_category - 1, round(cfg.entities_per_category * cfg.test_holdout))
     held = {c: {es[int((j + 0.5) * len(es) / k)] for j in range(k)} for c, es in ranked.items()}
     return ranked, held
 
 
-def generate(cfg: SyntheticParams, seed: int) -> dict[str, list[dict]]:
-    """Deterministic {"train", "valid", "test"} question records for `cfg`, from `seed`."""
-    things = world(cfg)
+def generate(cfg: SyntheticParams, seed: int, things: Optional[Things] = None,
+             clues: Optional[Things] = None) -> dict[str, list[dict]]:
+    """Deterministic {"train", "valid", "test"} question records for `cfg`, from `seed`; in the world `things`
+    and `clues` when given (another world than `cfg`'s, as data/worlds.py makes, of the sizes `cfg` says)."""
+    things, clues = things or world(cfg), clues or clues_of(cfg)
     rng = random.Random(seed)
-    ranked, held = _ranked(cfg, rng)
+    ranked, held = _ranked(cfg, rng, things)
     weight = {e: w for es in ranked.values() for e, w in zip(es, zipf(len(es), cfg.zipf))}
-    clues = clues_of(cfg)
     clue_w = zipf(cfg.clues_per_category, cfg.zipf)
     named = cfg.clues_per_category == 0
     out = {}
@@ -199,33 +204,37 @@ def _a(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def corpus(cfg: SyntheticParams, seed: int) -> tuple[list[str], list[dict]]:
+def corpus(cfg: SyntheticParams, seed: int, things: Optional[Things] = None,
+           clues: Optional[Things] = None) -> tuple[list[str], list[dict]]:
     """The embedded student's pretraining text and its probe: every fact of the world `cfg` (each thing's category,
     held-out things included, and each clue's) once in every wording, uniform over facts (the long tail is the
     questions', not the world's); and one probe per fact, a wording cut before its category, flagged `held_out`
-    for the things that answer only valid/test questions (`seed` draws which, as in `generate`)."""
-    _, held = _ranked(cfg, random.Random(seed))
-    text, probe, clues = [], [], clues_of(cfg)
-    for c, es in world(cfg).items():
+    for the things that answer only valid/test questions (`seed` draws which, as in `generate`); of another world
+    when `things` and `clues` are given."""
+    things, clues = things or world(cfg), clues or clues_of(cfg)
+    _, held = _ranked(cfg, random.Random(seed), things)
+    text, probe = [], []
+    for c, es in things.items():
         for e in es:
             text += [t.format(a=_a(e), e=e, c=c) for t in THING_FACTS]
             probe.append({"prompt": THING_PROBE.format(e=e), "answer": c, "held_out": e in held[c]})
         for k in clues[c]:
             text += [t.format(c=c, k=k) for t in CLUE_FACTS]
             probe.append({"prompt": CLUE_PROBE.format(k=k), "answer": c, "held_out": False})
-    return text + lists(cfg, seed, len(text)), probe
+    return text + [read.format(e=e) for read, e in lists(things, seed, len(text))], probe
 
 
-def lists(cfg: SyntheticParams, seed: int, n: int) -> list[str]:
-    """`n` lettered lists of 2 to 5 of the world's things ("(A) owl (B) zadrim"), each read back at one label."""
+def lists(things: Things, seed: int, n: int) -> list[tuple[str, str]]:
+    """`n` lettered lists of 2 to 5 of the world's things ("(A) owl (B) zadrim"), each read back at one label:
+    (the sentence with `{e}` where the read-back thing goes, the thing)."""
     rng = random.Random(f"tinythinker-lists-{seed}")
-    things = [e for es in world(cfg).values() for e in es]
+    pool = [e for es in things.values() for e in es]
     out = []
     for _ in range(n):
-        picks = rng.sample(things, rng.randint(2, min(5, len(things))))
+        picks = rng.sample(pool, rng.randint(2, min(5, len(pool))))
         at = rng.randrange(len(picks))
         items = " ".join(f"({LABELS[i]}) {e}" for i, e in enumerate(picks))
-        out.append(rng.choice(LIST_READS).format(items=items, l=LABELS[at], e=picks[at]))
+        out.append((rng.choice(LIST_READS).format(items=items, l=LABELS[at], e="{e}"), picks[at]))
     return out
 
 
