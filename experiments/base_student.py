@@ -97,7 +97,8 @@ def other_worlds(n: int, size: SyntheticParams, salt: str = "base") -> list[tupl
         things = {c: [fresh(lambda: _syllabic(rng, 2, CODAS)) if i % 2 else fresh(lambda: _spelled(rng))
                       for i in range(size.entities_per_category)] for c in names}
         # the default world's invented clues read "is dukish"; these also "can quojy"
-        clues = {c: [f"is {fresh(lambda: _syllabic(rng, 2, ('sh',)))}" if i % 2 else f"can {fresh(lambda: _spelled(rng))}"
+        clues = {c: [f"is {fresh(lambda: _syllabic(rng, 2, ('sh',)))}" if i % 2
+                     else f"can {fresh(lambda: _spelled(rng))}"
                      for i in range(size.clues_per_category)] for c in names}
         out.append((things, clues))
     return out
@@ -385,7 +386,8 @@ def reading(model, tokenizer, things: list[str], n: int, seed: int) -> dict:
                     logits = model(**x, labels=y).logits
             else:  # the continuation's tokens, after the prompt's (padded on the right whatever the tokenizer's side)
                 width = len(tokenizer(prompt).input_ids)
-                x = tokenizer([f"{prompt} {e}." for e in picks], return_tensors="pt", padding=True, padding_side="right")
+                x = tokenizer([f"{prompt} {e}." for e in picks], return_tensors="pt", padding=True,
+                              padding_side="right")
                 y = x.input_ids.masked_fill(x.attention_mask == 0, -100)
                 y[:, :width] = -100
                 with torch.no_grad():

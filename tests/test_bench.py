@@ -126,3 +126,40 @@ def test_reading_bench_counts_analyses_that_name_their_own_thing(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert analysis_reading(path, questions) == {"analyses_naming_their_thing": 75.0, "questions_all_named": 50.0}
+
+
+def test_the_base_student_experiment_learns_from_nothing_of_the_default_world():
+    """experiments/base_student.py: its worlds hold no category, thing, clue or sentence of the default world, no
+    word is shared between two of them, and its tokenizer gives every such word one piece and cuts any other word
+    of the generator into its syllables."""
+    import random
+    import re
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
+    import base_student as b
+
+    from tinythinker.data.synthetic import CLUES, CODAS, WORLD, corpus, generate, invented, invented_clues
+    from tinythinker.params import MAX_CLUES, MAX_ENTITIES, load
+
+    recipe = b.Recipe(worlds=3, questions_per_world=30)
+    data = b.texts(b.mixture(recipe))
+    words = {w for t in data for w in re.findall(r"[a-z]+", t)}
+    things = set(WORLD) | {e for es in WORLD.values() for e in es} | {
+        e for es in invented(MAX_ENTITIES).values() for e in es}
+    assert not words & things
+    clues = [k for ks in CLUES.values() for k in ks] + [k for ks in invented_clues(MAX_CLUES).values() for k in ks]
+    joined = "\n".join(data)
+    assert not [k for k in clues if re.search(rf"\b{re.escape(k)}\b", joined)]
+    default = load(REPO / "params.yaml").dataset.synthetic
+    sentences = set(corpus(default, 42)[0]) | {q["question"] for qs in generate(default, 42).values() for q in qs}
+    assert not sentences & set(data)
+    worlds = b.other_worlds(3, recipe.size)
+    mine = [{e for es in t.values() for e in es} for t, _ in worlds]
+    assert not mine[0] & mine[1] and not mine[1] & mine[2]
+
+    tok = b.syllable_tokenizer(data, ["dobrol"])
+    assert tok.tokenize("(B) dobrol.")[-2:] == ["▁dobrol", "."] and tok.tokenize("(B)")[1] == tok.tokenize("B,")[1]
+    rng = random.Random(0)
+    for w in {b._syllabic(rng, rng.randint(1, 3), CODAS) for _ in range(500)} - {"dobrol"}:
+        pieces = tok.tokenize(w)
+        assert "".join(pieces).lstrip("▁") == w and len(pieces) <= len(re.findall("[aeiou]", w)) + 1, (w, pieces)
