@@ -30,12 +30,12 @@ def run_metrics(paths: Paths) -> None:
                                           "probe_accuracy": 80.0, "probe_held_out_accuracy": 75.0})
     _tsv(paths.metrics / "pretrain_live" / "plots" / "metrics" / "train" / "loss.tsv", "loss", [7.5, 1.0, 0.25])
     write_json(paths.metric("sft"), {"valid_accuracy": 61.25, "train_steps": 400})
-    write_json(paths.metric("test/sft"), {"accuracy": 58.333333})
+    write_json(paths.metric("test/sft"), {"accuracy": 58.333333, "questions": 60})
     write_json(paths.metric("dpo/iter1"), {"valid_accuracy": 66.0, "steps": 30, "recall_pairs": 40, "analyze_pairs": 25,
                                            "summarize_pairs": 10})
     write_json(paths.metric("dpo/iter1_pairs"), {"questions": 10, "questions_with_pairs": 7, "sample_accuracy": 55.0,
                                                  "recall_pairs": 40, "analyze_pairs": 25, "summarize_pairs": 10})
-    write_json(paths.metric("test/iter1"), {"accuracy": 63.0})
+    write_json(paths.metric("test/iter1"), {"accuracy": 63.0, "questions": 100})
     write_json(paths.metric("dpo/iter2"), {"valid_accuracy": 66.0, "steps": 0, "recall_pairs": 0, "analyze_pairs": 0,
                                            "skipped": 1})
     write_json(paths.metric("dpo/iter2_pairs"), {"questions": 10, "questions_with_pairs": 0, "sample_accuracy": 100.0,
@@ -61,11 +61,13 @@ def test_report_headline_table_and_pictures(tmp_path):
         "probe": {"all": 80.0, "held_out": 75.0}, "chains": 31,
         "teacher": {"requests": 16, "usd": 0.5}}  # every answer the data used: sent, journal, store
     assert json.loads(paths.metric("iterations").read_text())[1] == {
-        "model": "iter1", "step": 1, "valid_accuracy": 66.0, "test_accuracy": 63.0, "recall_pairs": 40,
-        "analyze_pairs": 25, "summarize_pairs": 10, "train_steps": 30}
+        "model": "iter1", "step": 1, "valid_accuracy": 66.0, "test_accuracy": 63.0, "test_ci95": [53.22, 71.82],
+        "recall_pairs": 40, "analyze_pairs": 25, "summarize_pairs": 10, "train_steps": 30}
     md = (paths.metrics / "report.md").read_text()
-    assert "| iter1 | 66 | 63 | 40 | 25 | 10 | 30 |" in md
-    assert "| iter2 | 66 | 63 | 0 | 0 | – | 0 |" in md  # metrics of a run before summarize pairs existed
+    # Wilson's interval: 63 of 100 -> 53.22-71.82, 35 of 60 -> 45.73-69.94
+    assert "| sft | 61.25 | 58.33 | 45.73-69.94 | – | – | – | 400 |" in md
+    assert "| iter1 | 66 | 63 | 53.22-71.82 | 40 | 25 | 10 | 30 |" in md
+    assert "| iter2 | 66 | 63 | – | 0 | 0 | – | 0 |" in md  # a test metric without its question count: no interval
     assert "12 requests sent, 4 served from the journal or store; spend $0.50" in md
     assert "31 chains accepted for 10 questions; rejected: length 4." in md
     assert "| iter1 | 10 | 7 | 55 | 40 | 25 | 10 |" in md
@@ -81,7 +83,25 @@ def test_report_headline_table_and_pictures(tmp_path):
         assert f"![{name[:-4]}](report/{name})" in md
     spec = json.loads((paths.metrics / "report" / "accuracy.vl.json").read_text())
     assert {v["model"] for v in spec["data"]["values"]} == {"sft", "iter1", "iter2"}
+    # the test's 95 % interval drawn as a bar around each test point that has one
+    assert [layer["mark"]["type"] for layer in spec["layer"]] == ["line", "rule"]
+    assert {v["model"]: [v["low"], v["high"]] for v in spec["data"]["values"] if "low" in v} == {
+        "sft": [45.73, 69.94], "iter1": [53.22, 71.82]}
+    for path in (paths.metrics / "report").glob("*.vl.json"):  # every chart's axes say what they show
+        chart = json.loads(path.read_text())
+        encoding = chart["layer"][0]["encoding"] if "layer" in chart else chart["encoding"]
+        assert encoding["x"]["title"] and encoding["y"]["title"] not in (None, "value"), path.name
     assert "vegaEmbed" in (paths.metrics / "vega" / "vega.js").read_text()  # what .dvc/plots.html loads
+
+
+def test_the_interval_is_wilsons_and_stays_inside_0_and_100():
+    from tinythinker.results.report import interval
+
+    assert interval(50.0, 100) == [40.38, 59.62]  # the textbook case
+    assert interval(100.0, 300) == [98.74, 100.0] and interval(0.0, 300) == [0.0, 1.26]  # never 100 +- 0
+    lo, hi = interval(96.333333, 300)
+    assert lo < 96.33 < hi and hi - lo > interval(96.333333, 3000)[1] - interval(96.333333, 3000)[0]
+    assert interval(None, 300) is None and interval(58.3, None) is None
 
 
 def test_the_teacher_line_shows_spend_against_the_cap(tmp_path):

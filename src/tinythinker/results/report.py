@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 from ..io import DataError, atomic_path, read_json, write_json, write_text
@@ -36,18 +37,32 @@ def _round(x):
     return None if x is None else round(float(x), 2)
 
 
+def interval(accuracy: float | None, n: int | None, z: float = 1.96) -> list[float] | None:
+    """Wilson's 95 % interval (%) of an accuracy (%) over `n` questions: the sampling noise of one test set of this
+    size (right at 0 and 100 %, where the normal approximation is not); None without both numbers."""
+    if accuracy is None or not n:
+        return None
+    p = accuracy / 100.0
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return [_round(100.0 * max(0.0, (centre - half) / (1 + z * z / n))),
+            _round(100.0 * min(1.0, (centre + half) / (1 + z * z / n)))]
+
+
+def _test(paths: Paths, model: str, stage: str) -> dict:
+    m = _read(paths.metric(f"test/{model}"), stage)
+    return {"test_accuracy": _round(m.get("accuracy")), "test_ci95": interval(m.get("accuracy"), m.get("questions"))}
+
+
 def collect(params: Params, paths: Paths) -> list[dict]:
-    """One row per model (SFT, then each DPO iteration): accuracies, pairs and steps."""
+    """One row per model (SFT, then each DPO iteration): accuracies (test with its 95 % interval), pairs, steps."""
     sft = _read(paths.metric("sft"), "sft")
     rows = [{"model": "sft", "step": 0, "valid_accuracy": _round(sft.get("valid_accuracy")),
-             "test_accuracy": _round(_read(paths.metric("test/sft"), "test_sft").get("accuracy")),
-             **{f"{s}_pairs": None for s in PAIR_KINDS},
+             **_test(paths, "sft", "test_sft"), **{f"{s}_pairs": None for s in PAIR_KINDS},
              "train_steps": sft.get("train_steps")}]
     for step, key in enumerate(params.dpo.iterations, 1):
         dpo = _read(paths.metric(f"dpo/{key}"), f"dpo_train@{key}")
         rows.append({"model": key, "step": step, "valid_accuracy": _round(dpo.get("valid_accuracy")),
-                     "test_accuracy": _round(_read(paths.metric(f"test/{key}"), f"test@{key}").get("accuracy")),
-                     **{f"{s}_pairs": dpo.get(f"{s}_pairs") for s in PAIR_KINDS},
+                     **_test(paths, key, f"test@{key}"), **{f"{s}_pairs": dpo.get(f"{s}_pairs") for s in PAIR_KINDS},
                      "train_steps": dpo.get("steps")})
     return rows
 
@@ -87,30 +102,50 @@ def _curves(live: Path) -> dict[str, list[dict]]:
 
 
 def _line(title: str, values: list[dict], x: str, y: str, color: str | None = None, x_type="quantitative",
-          percent: bool = False) -> dict:
+          percent: bool = False, y_title: str | None = None) -> dict:
+    """A line chart with both axes titled (`y_title`, else the percent sign or the curve's name) and, with `color`,
+    one colour per series."""
     scale = {"domain": [0, 100]} if percent else {"zero": False}
-    enc = {"x": {"field": x, "type": x_type, "axis": {"labelAngle": 0}},
-           "y": {"field": y, "type": "quantitative", "scale": scale, "title": "%" if percent else None}}
+    enc = {"x": {"field": x, "type": x_type, "axis": {"labelAngle": 0},
+                 "title": "optimizer step" if x == "step" else x},
+           "y": {"field": y, "type": "quantitative", "scale": scale,
+                 "title": y_title or ("accuracy (%)" if percent else y)}}
     if color:
         enc["color"] = {"field": color, "type": "nominal", "title": None}
     return {"$schema": SCHEMA, "title": title, "width": 360, "height": 200, "data": {"values": values},
             "mark": {"type": "line", "point": len(values) <= 40}, "encoding": enc}
 
 
+def _accuracy(rows: list[dict]) -> dict:
+    """Valid and test accuracy by model, one colour each, the test's 95 % interval as a bar around its point."""
+    acc = [{"model": r["model"], "split": split, "accuracy": r[f"{split}_accuracy"],
+            **({"low": r["test_ci95"][0], "high": r["test_ci95"][1]} if split == "test" and r.get("test_ci95") else {})}
+           for r in rows for split in ("valid", "test") if r[f"{split}_accuracy"] is not None]
+    line = _line("Chain accuracy by model (test: 95 % interval)", acc, "model", "accuracy", "split", "ordinal",
+                 percent=True)
+    line["encoding"]["x"]["sort"] = [r["model"] for r in rows]
+    layers = [{"mark": line["mark"], "encoding": line["encoding"]}]
+    if any("low" in v for v in acc):
+        layers.append({"mark": {"type": "rule"}, "transform": [{"filter": "isValid(datum.low)"}],
+                       "encoding": {"x": line["encoding"]["x"], "y": {"field": "low", "type": "quantitative"},
+                                    "y2": {"field": "high"}, "color": line["encoding"]["color"]}})
+    return {k: v for k, v in line.items() if k not in ("mark", "encoding")} | {"layer": layers}
+
+
+Y_TITLES = {TRAIN_LOSS: "loss", "rewards/margins": "reward margin (chosen - rejected)"}
+
+
 def charts(rows: list[dict], paths: Paths) -> dict[str, dict]:
     """Vega-Lite specs by file stem: accuracy by model, SFT curves, DPO curves (iterations that trained)."""
-    acc = [{"model": r["model"], "step": r["step"], "split": split, "accuracy": r[f"{split}_accuracy"]}
-           for r in rows for split in ("valid", "test") if r[f"{split}_accuracy"] is not None]
-    specs = {"accuracy": _line("Chain accuracy by model", acc, "model", "accuracy", "split", "ordinal", percent=True)}
-    specs["accuracy"]["encoding"]["x"]["sort"] = [r["model"] for r in rows]
+    specs = {"accuracy": _accuracy(rows)}
     pretrain = _curves(paths.curves("pretrain")).get(TRAIN_LOSS)
     if pretrain:
-        specs["pretrain_train_loss"] = _line("Student pretraining loss", pretrain, "step", "value")
+        specs["pretrain_train_loss"] = _line("Student pretraining loss", pretrain, "step", "value", y_title="loss")
     sft = _curves(paths.curves("sft"))
     for name, title in ((TRAIN_LOSS, "SFT training loss"), (EVAL_ACCURACY, "SFT validation accuracy")):
         if sft.get(name):
             specs[f"sft_{name.replace('/', '_')}"] = _line(title, sft[name], "step", "value",
-                                                           percent="accuracy" in name)
+                                                           percent="accuracy" in name, y_title=Y_TITLES.get(name))
     dpo: dict[str, list[dict]] = {}
     for key in [r["model"] for r in rows[1:]]:
         for name, series in _curves(paths.curves(f"dpo/{key}")).items():
@@ -119,7 +154,8 @@ def charts(rows: list[dict], paths: Paths) -> dict[str, dict]:
         series = dpo.get(name, [])
         if len(series) > len({v["iteration"] for v in series}):  # more than a start point each
             specs[f"dpo_{name.replace('/', '_')}"] = _line(f"DPO {name.replace('/', ' ')} by iteration", series,
-                                                           "step", "value", "iteration", percent="accuracy" in name)
+                                                           "step", "value", "iteration", percent="accuracy" in name,
+                                                           y_title=Y_TITLES.get(name))
     return specs
 
 
@@ -164,13 +200,18 @@ def _pretraining(p: dict) -> str:
             f"{p['first_loss']:.3g} -> {p['last_loss']:.3g}{probe}.")
 
 
+def _ci(bounds) -> str:
+    return "–" if not bounds else f"{_cell(bounds[0])}-{_cell(bounds[1])}"
+
+
 def markdown(rows: list[dict], teacher: dict, build: dict, pretrain: dict, pairs: dict, pictures: list[str]) -> str:
     out = ["# Run report", "",
-           "Accuracy (%) of the full generation chain; pairs and steps are those the model was trained on.", "",
-           _row(["model", "valid", "test", *(f"{k} pairs" for k in PAIR_KINDS), "steps"]),
-           "|" + "---|" * (4 + len(PAIR_KINDS))]
-    out += [_row([r["model"], r["valid_accuracy"], r["test_accuracy"], *(r[f"{k}_pairs"] for k in PAIR_KINDS),
-                  r["train_steps"]]) for r in rows]
+           "Accuracy (%) of the full generation chain, test with Wilson's 95 % interval over the test questions (the "
+           "noise of one test set of this size, not of the seed); pairs and steps are those the model was trained on.",
+           "", _row(["model", "valid", "test", "test 95 % interval", *(f"{k} pairs" for k in PAIR_KINDS), "steps"]),
+           "|" + "---|" * (5 + len(PAIR_KINDS))]
+    out += [_row([r["model"], r["valid_accuracy"], r["test_accuracy"], _ci(r.get("test_ci95")),
+                  *(r[f"{k}_pairs"] for k in PAIR_KINDS), r["train_steps"]]) for r in rows]
     rejected = {k.removeprefix("rejected_"): v for k, v in build.items() if k.startswith("rejected_") and v}
     if pretrain:
         out += ["", "## Student pretraining", "", _pretraining(pretrain)]
