@@ -21,7 +21,7 @@ PARAMS = BASE.replace(**{
                                                   "iter2": {"init": "models/dpo/iter1"}}})
 ROWS = [{"model": "sft", "step": 0, "valid_accuracy": 55.1, "test_accuracy": 54.321},
         {"model": "iter1", "step": 1, "valid_accuracy": 57.0, "test_accuracy": 56.0},
-        {"model": "iter2", "step": 2, "valid_accuracy": 58.25, "test_accuracy": 57.6789}]
+        {"model": "iter2", "step": 2, "valid_accuracy": 58.25, "test_accuracy": 57.6789, "test_ci95": [55.5, 59.8]}]
 
 
 def fixture_repo(root: Path, final: str = "iter2", config: dict | None = None) -> Paths:
@@ -51,7 +51,8 @@ def test_card_front_matter_and_body_from_params_and_metrics(tmp_path):
     assert meta["model-index"][0]["name"] == "tinythinker-csqa-t5-small"
     assert result["dataset"]["type"] == "tau/commonsense_qa"
     assert result["metrics"][0]["type"] == "accuracy" and result["metrics"][0]["value"] == 57.68
-    assert "| sft | 55.10 | 54.32 |" in body and "| iter2 | 58.25 | 57.68 |" in body
+    # metrics of a run before the interval was reported have none
+    assert "| sft | 55.10 | 54.32 | – |" in body and "| iter2 | 58.25 | 57.68 | 55.50-59.80 |" in body
     assert "the final model is **iter2**" in body
     assert "`gpt-4o-2024-05-13` through an OpenAI-compatible chat API, 8 rationales per training question" in body
     assert "2 iterations of DPO" in body and "1 x sigmoid + 0.5 x sft" in body

@@ -160,6 +160,12 @@ def _key_params(params: Params) -> dict:
     return key
 
 
+def _ci(row: dict) -> str:
+    """The test accuracy's 95 % interval (metrics/iterations.json `test_ci95`; older metrics have none)."""
+    bounds = row.get("test_ci95")
+    return f"{_pct(bounds[0])}-{_pct(bounds[1])}" if bounds else "–"
+
+
 def model_card(params: Params, paths: Paths) -> str:
     """README.md of models/final from params and metrics/iterations.json."""
     rows = _read(paths.metric("iterations"))
@@ -167,7 +173,8 @@ def model_card(params: Params, paths: Paths) -> str:
     task = get_task(params.dataset.name)
     name = f"tinythinker-{params.dataset.name}-{params.student.model.rsplit('/', 1)[-1]}"
     meta, decoder_only = _front_matter(params, paths, name, final["test_accuracy"])
-    table = "\n".join(f"| {r['model']} | {_pct(r['valid_accuracy'])} | {_pct(r['test_accuracy'])} |" for r in rows)
+    table = "\n".join(f"| {r['model']} | {_pct(r['valid_accuracy'])} | {_pct(r['test_accuracy'])} | {_ci(r)} |"
+                      for r in rows)
     block = "<question>\n(A) <option> (B) <option> ..."
     limit = (f"\n**Smoke run:** every split was capped at {params.dataset.limit} questions (`dataset.limit`); "
              "these accuracies are not comparable to the paper's.\n" if params.dataset.limit else "")
@@ -182,8 +189,8 @@ the TinyThinker DVC pipeline; this card is generated from its `params.yaml` and 
 
 Accuracy (%) of the full greedy chain; the final model is **{final["model"]}**.
 
-| model | validation | test |
-|---|---|---|
+| model | validation | test | test, 95 % interval |
+|---|---|---|---|
 {table}
 
 ## How it was trained
