@@ -45,6 +45,8 @@ from tinythinker.protocol import completion, question_block  # noqa: E402
 from tinythinker.teacher.build import stage_rows  # noqa: E402
 from tinythinker.teacher.parse import analyses, parse_completion  # noqa: E402
 
+from reading import list_reading  # noqa: E402 - experiments/reading.py: the same measure as for a pipeline run
+
 CONSONANTS = "bcdfghjklmnpqrstvwxz"
 LETTER_VOWELS = "aeiouy"
 CATEGORY_CODAS = tuple(c for c in CODAS if c)  # a category is one closed syllable ("trax"), a thing two or more
@@ -279,7 +281,7 @@ def run(recipe: Recipe) -> dict:
             "vocab_size": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters()),
             "first_loss": losses[0], "last_loss": losses[-1],
             "greedy_list_reading_by_step": progress.checks,
-            "forced_choice_reading_default_world": reading(model, tokenizer, things, 100, recipe.seed),
+            "forced_choice_reading_default_world": list_reading(model, tokenizer, things, 100, recipe.seed),
             "threads": torch.get_num_threads(), "wall_seconds": round(time.time() - started, 1)}
 
 
@@ -357,44 +359,6 @@ def _unseen_lists(recipe: Recipe, n: int = 64, world: int = -1) -> list[tuple[st
         picks, at = rng.sample(pool, 4), rng.randrange(4)
         items = " ".join(f"({LABELS[i]}) {e}" for i, e in enumerate(picks))
         out.append(_read_back(LIST_READS[0].format(items=items, l=LABELS[at], e="{e}"), picks[at]))
-    return out
-
-
-def reading(model, tokenizer, things: list[str], n: int, seed: int) -> dict:
-    """Forced-choice list reading (%) by list length 2-5: for `n` lettered lists of `things` per length, the
-    corpus's read-back ("in the list (A) .. (B) .., item B is the ___") scored with every item of the list; read
-    right when the asked item scores best (chance: 1/length)."""
-    import torch
-
-    from tinythinker.reflect.dpo_seq2seq import sequence_logps
-
-    seq2seq = model.config.is_encoder_decoder
-    rng, out = random.Random(seed), {}
-    model.eval()
-    for length in (2, 3, 4, 5):
-        right = 0
-        for _ in range(n):
-            picks = rng.sample(things, length)
-            at = rng.randrange(length)
-            items = " ".join(f"({LABELS[i]}) {e}" for i, e in enumerate(picks))
-            prompt = LIST_READS[0].format(items=items, l=LABELS[at], e="\0").split(" \0")[0]
-            if seq2seq:  # the read-back is the one masked span
-                x = tokenizer([f"{prompt} <extra_id_0>"] * length, return_tensors="pt")
-                y = tokenizer([f"<extra_id_0> {e}." for e in picks], return_tensors="pt", padding=True).input_ids
-                y[y == tokenizer.pad_token_id] = -100
-                with torch.no_grad():
-                    logits = model(**x, labels=y).logits
-            else:  # the continuation's tokens, after the prompt's (padded on the right whatever the tokenizer's side)
-                width = len(tokenizer(prompt).input_ids)
-                x = tokenizer([f"{prompt} {e}." for e in picks], return_tensors="pt", padding=True,
-                              padding_side="right")
-                y = x.input_ids.masked_fill(x.attention_mask == 0, -100)
-                y[:, :width] = -100
-                with torch.no_grad():
-                    logits = model(**x).logits[:, :-1]
-                y = y[:, 1:]
-            right += int(sequence_logps(logits, y)[0].argmax()) == at
-        out[str(length)] = round(100.0 * right / n, 1)
     return out
 
 
