@@ -24,29 +24,15 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = {
-    "dataset.synthetic.num_train": 48, "dataset.synthetic.num_valid": 12, "dataset.synthetic.num_test": 12,
-    "student.embedded.vocab_size": 300, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
-    "student.embedded.d_kv": 8, "student.embedded.num_heads": 2,
-    "student.embedded.num_layers": 1, "student.embedded.num_decoder_layers": 1,
-    "student.pretrain.steps": 30, "student.pretrain.batch_size": 16,
-    "sft.epochs": 1.0, "sft.batch_size": 16, "sft.interval": 2,
-    "generation.max_new_tokens": 24, "dpo.samples": 2, "dpo.passes": 1,
-    "dpo.iterations": {"iter1": {"init": "models/sft"}},
-}
+sys.path.insert(0, str(REPO))
+from tests.helpers import TINY as PIPELINE, set_key  # noqa: E402 - the end-to-end tests' shrunken pipeline
+
+TINY = {**PIPELINE, "dpo.iterations": {"iter1": {"init": "models/sft"}}}  # one DPO iteration
 FAMILIES = ("embedded", "embedded-causal")
 STAGES = (["download"], ["prepare"], ["corpus"], ["prompt"], ["request"], ["build"], ["tokenizer"], ["pretrain"],
           ["sft"], ["test", "--model", "models/sft", "--name", "test/sft"], ["dpo-sample", "iter1"],
           ["dpo-train", "iter1"], ["test", "--model", "models/dpo/iter1", "--name", "test/iter1"])
 HASHED = ("models/tokenizer", "models/pretrained", "models/sft", "models/dpo", "data/predictions", "data/dpo")
-
-
-def _set(tree: dict, dotted: str, value) -> None:
-    *parents, leaf = dotted.split(".")
-    for part in parents:
-        tree = tree[part]
-    assert leaf in tree, dotted
-    tree[leaf] = value
 
 
 def _md5(path: Path) -> str:
@@ -83,7 +69,7 @@ def run(src: Path, out: Path) -> dict:
         root.mkdir(parents=True)
         params = yaml.safe_load((REPO / "params.yaml").read_text())
         for k, v in {**TINY, "student.model": family}.items():
-            _set(params, k, v)
+            set_key(params, k, v)
         (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
         env = {**os.environ, "PYTHONPATH": str(src.resolve()), "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1",
                "TINYTHINKER_STORE": str(root / "store"), "OPENAI_API_KEY": "", "TOKENIZERS_PARALLELISM": "false"}
