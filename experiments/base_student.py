@@ -210,7 +210,8 @@ def mixture(recipe: Recipe) -> dict[str, list[tuple[str, str]]]:
         out["lists"] += [_read_back(r, e) for r, e in lists(things, recipe.seed + i, len(facts))]
         if "chain" in recipe.kinds:
             out["chain"] += _chain_rows(things, clues, recipe, recipe.seed + i)
-    out["copy"] = [(WHOLE + t, t) for t in texts({k: out[k] for k in ("facts", "lists")})]
+    if "copy" in recipe.kinds:
+        out["copy"] = [(WHOLE + t, t) for t in texts({k: out[k] for k in ("facts", "lists")})]
     return {k: v for k, v in out.items() if k in recipe.kinds}
 
 
