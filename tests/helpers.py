@@ -16,7 +16,9 @@ from tinythinker.params import load
 from tinythinker.paths import Paths
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = load(REPO / "params.yaml")  # params.yaml holds every value
+# params.yaml holds every value; its 48 held-out questions (sft.eval_questions) would leave the small task below
+# nothing to train on: the tests of held-out questions set their own count
+BASE = load(REPO / "params.yaml").replace(**{"sft.eval_questions": 0})
 
 # --- the small task: which word is of the asked kind -------------------------------------------------------------
 KINDS = {"color": ["red", "blue", "green"], "animal": ["dog", "cat", "cow"], "fruit": ["apple", "pear", "plum"],
@@ -30,7 +32,7 @@ SFT_PARAMS = BASE.replace(**{
     "student.embedded.num_decoder_layers": 2, "student.embedded.dropout_rate": 0.0,
     "sft.batch_size": 8, "sft.learning_rate": 1e-2, "sft.epochs": 40.0, "sft.interval": 1,
     "sft.eval_every": 40, "generation.max_new_tokens": 40, "generation.batch_size": 64,
-    "student.pretrain.steps": 0})
+    "student.pretrain.steps": 0, "sft.eval_questions": 0})
 
 
 def questions(n: int, seed: int = 0) -> list[dict]:
@@ -109,11 +111,35 @@ TINY = {
     "student.embedded.d_kv": 8, "student.embedded.num_heads": 2,
     "student.embedded.num_layers": 1, "student.embedded.num_decoder_layers": 1,
     "student.pretrain.steps": 30, "student.pretrain.batch_size": 16,
-    "sft.epochs": 1.0, "sft.batch_size": 16, "sft.interval": 2,
+    "sft.epochs": 1.0, "sft.batch_size": 16, "sft.interval": 2, "sft.eval_questions": 6,
     "generation.max_new_tokens": 24, "dpo.samples": 2, "dpo.passes": 1,
     # two of the default's three iterations: a chained one is all the pipeline tests need (time on 2 cores)
     "dpo.iterations": {"iter1": {"init": "models/sft"}, "iter2": {"init": "models/dpo/iter1"}},
 }
+
+
+def curves(live: Path) -> dict[str, dict[int, float]]:
+    """A run's dvclive curves (`live`: its curves directory, or the plots/metrics under it) by name: step -> value."""
+    import csv
+
+    root = live / "plots" / "metrics" if (live / "plots").is_dir() else live
+    return {f.relative_to(root).with_suffix("").as_posix():
+            {int(r["step"]): float(r[f.stem]) for r in csv.DictReader(f.open(), delimiter="\t")}
+            for f in root.rglob("*.tsv")}
+
+
+def assert_per_kind(curve: dict, kinds, steps: int, names=("chosen", "rejected", "margins", "accuracies")) -> None:
+    """Logged every step, each kind's curves hold the steps of its blocks (together: every step once) with the
+    step's own loss and rewards."""
+    assert sorted(curve["train/loss"]) == list(range(1, steps + 1))
+    mine = [set(curve[f"train/{k}_loss"]) for k in kinds]
+    assert all(mine) and sum(map(len, mine)) == steps and set().union(*mine) == set(curve["train/loss"])
+    for k in kinds:
+        assert all(abs(curve["train/loss"][t] - v) <= 1e-5 * abs(v) for t, v in curve[f"train/{k}_loss"].items())
+        for name in names:
+            assert set(curve[f"rewards/{k}/{name}"]) == set(curve[f"train/{k}_loss"]), (k, name)
+            assert all(abs(curve[f"rewards/{name}"][t] - v) <= 1e-6 * max(1.0, abs(v))
+                       for t, v in curve[f"rewards/{k}/{name}"].items()), (k, name)
 
 
 def set_key(tree: dict, dotted: str, value) -> None:

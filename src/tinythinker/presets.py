@@ -48,6 +48,7 @@ PAPER = {
     "sft.epochs": 10.0, "sft.interval": 100, "sft.warmup_ratio": 0.1, "sft.weight_decay": 0.0,
     "sft.max_grad_norm": 1.0, "sft.precision": "fp32", "sft.tf32": False, "sft.gradient_accumulation_steps": 1,
     "sft.group_by_length": False, "sft.eval_every": "cycle",
+    "sft.eval_questions": 0,  # every teacher row trains, as in the paper (no held-out eval loss)
     "sft.gradient_checkpointing": False,  # project: off (the spec does not use it; it changes no result)
     # project: the original tokenises without truncation (spec 5.3); these caps lie above every input and target
     # a 256-token teacher completion can produce, so they only guard against a runaway row

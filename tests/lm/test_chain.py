@@ -4,10 +4,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from tests.helpers import BASE
 from tinythinker.params import load
 from tinythinker.lm.chain import GREEDY, Decoding, accuracy, generate, majority_vote, run_chain
 
-BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 B1 = "Which is a metal?\n(A) wood (B) iron, cast (C) glass"
 B2 = "Is ice cold?\n(A) yes (B) no"

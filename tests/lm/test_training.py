@@ -4,11 +4,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.helpers import BASE
 from tinythinker.params import ParamsError, load
 from tinythinker.paths import Paths
 from tinythinker.lm.training import autocast, resolve_precision, set_tf32, trainer_kwargs
 
-BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import ANALYZE, BLOCK, RECALL, SUMMARIZE, VALID, dpo_trainer
+from tests.helpers import BASE, ANALYZE, BLOCK, RECALL, SUMMARIZE, VALID, assert_per_kind, curves, dpo_trainer
 from tinythinker import protocol as P
 from tinythinker.io import read_json, write_jsonl
 from tinythinker.params import load
@@ -20,7 +20,6 @@ from tinythinker.reflect.stages import dpo_train
 # Its module fixture builds what every test here reads: one xdist worker runs them all (`--dist loadgroup`).
 pytestmark = pytest.mark.xdist_group("dpo")
 
-BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 PARAMS = BASE.replace(**{
     "student.embedded.vocab_size": 90, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
@@ -205,7 +204,7 @@ def test_stage_keeps_best_of_start_and_checkpoints(tmp_path, sft_model, monkeypa
     assert steps == ["0", str(cycle), str(2 * cycle)]
     assert (live / "rewards" / "margins.tsv").exists() and (live / "train" / "loss.tsv").exists()
     assert not (paths.checkpoints / "dpo" / "iter1").exists()
-
+    assert_per_kind(curves(live), ("recall", "analyze", "summarize"), 2 * cycle)
 
 def test_bad_pair_row_is_a_data_error(tmp_path, sft_model):
     from tinythinker.io import DataError

@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import BASE
 from tinythinker import protocol as P
 from tinythinker.params import ParamsError, load
 from tinythinker.reflect.pairs import analyze_pairs, iteration_init, recall_pairs, summarize_pairs
 
-BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 BLOCK = "Which is a metal?\n(A) wood (B) iron (C) glass"
 BLOCKS = {"q1": BLOCK, "q2": "Is ice cold?\n(A) yes (B) no"}

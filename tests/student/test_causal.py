@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import (ANALYZE, BLOCK, RECALL, SUMMARIZE, VALID, dpo_trainer,  # noqa: F401 - T5 pairs
-                           questions, student_stages)
+from tests.helpers import (BASE, ANALYZE, BLOCK, RECALL, SUMMARIZE, VALID, assert_per_kind, curves,  # noqa: F401
+                           dpo_trainer, questions, student_stages)
 
 from tinythinker import protocol as P
 from tinythinker.params import load
@@ -19,7 +19,6 @@ from tinythinker.lm.model import family, load_student
 # Its module fixture builds what every test here reads: one xdist worker runs them all (`--dist loadgroup`).
 pytestmark = [pytest.mark.xdist_group("causal"), pytest.mark.usefixtures("one_thread")]
 
-BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 PARAMS = BASE.replace(**{
     "student.model": "embedded-causal",
     "student.embedded.vocab_size": 200, "student.embedded.d_model": 32, "student.embedded.d_ff": 64,
@@ -141,8 +140,25 @@ def test_sft_stage_learns_and_saves_a_causal_checkpoint(paths):
     assert isinstance(model, LlamaForCausalLM) and family(params, paths.sft_model) is causal
     after = chain_accuracy(paths.sft_model)
     assert before < 50 and after >= 50 and after == m["valid_accuracy"]
-    curves = paths.metrics / "sft_live" / "plots" / "metrics"
-    assert (curves / "train" / "loss.tsv").exists() and (curves / "eval" / "accuracy.tsv").exists()
+    live = paths.metrics / "sft_live" / "plots" / "metrics"
+    assert (live / "train" / "loss.tsv").exists() and (live / "eval" / "accuracy.tsv").exists()
+
+
+def test_sft_on_trl_scores_held_out_questions(paths):
+    """TRL's SFTTrainer prepares the held-out teacher rows itself; every validation adds their loss per stage (falling
+    as it learns) and each step alone on them."""
+    from tinythinker.student.stages import sft
+
+    params = PARAMS.replace(**{"sft.epochs": 10.0, "sft.eval_every": 20, "sft.eval_questions": 3})
+    assert sft(params, paths)["eval_questions"] == 3
+    curve = curves(paths.curves("sft"))
+    evals = sorted(curve["eval/accuracy"])
+    for name in ("loss", "recall_loss", "analyze_loss", "summarize_loss", "recall_f1", "analyze_f1",
+                 "summarize_accuracy"):
+        assert sorted(curve[f"eval/{name}"]) == evals[-len(curve[f"eval/{name}"]):] and len(curve[f"eval/{name}"]) >= 3
+    losses = [curve["eval/loss"][s] for s in sorted(curve["eval/loss"])]
+    assert losses[-1] < 0.75 * losses[0], losses  # 2.42 -> 1.31 here
+    assert {f"train/{s}_loss" for s in ("recall", "analyze", "summarize")} <= set(curve)
 
 
 # --- phase 2 -------------------------------------------------------------------------------------------------------
@@ -238,6 +254,7 @@ def test_dpo_train_stage_on_trl_reports_the_t5_metric_names(tmp_path, causal_sft
     live = paths.metrics / "dpo_live" / "iter1" / "plots" / "metrics"
     assert (live / "rewards" / "margins.tsv").exists() and (live / "eval" / "accuracy.tsv").exists()
     assert not (paths.checkpoints / "dpo" / "iter1").exists()
+    assert_per_kind(curves(live), ("recall", "analyze", "summarize"), 4 * cycle)
 
 
 # --- LoRA -----------------------------------------------------------------------------------------------------------

@@ -41,7 +41,7 @@ PARAMS = load(HERE.parents[1] / "params.yaml").replace(**{
     "generation.max_new_tokens": 8, "generation.batch_size": 16,
     "dpo.batch_size": 4, "dpo.passes": 2, "dpo.samples": 2, "dpo.max_questions": None,
     "dpo.iterations": {"iter1": {"init": "models/init"}, "hand": {"init": "models/init"}},
-    "student.pretrain.steps": 0})
+    "student.pretrain.steps": 0, "sft.eval_questions": 0})
 
 
 ACC = 2

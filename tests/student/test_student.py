@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import BASE
 from tinythinker import protocol as P
 from tinythinker.io import DataError, write_jsonl
 from tinythinker.params import load
@@ -10,7 +11,6 @@ from tinythinker.paths import Paths
 from tinythinker.lm.model import build_initial, load_student
 from tinythinker.student.stages import pretrain, tokenizer_stage
 
-BASE = load(Path(__file__).resolve().parents[2] / "params.yaml")  # params.yaml holds every value
 
 BLOCK = P.question_block("Which is a metal?", [{"label": "A", "text": "wood"}, {"label": "B", "text": "iron, cast"}])
 

@@ -154,11 +154,13 @@ def sft_data(params: Params, stages: Mapping[str, Sequence[dict]], tokenizer):
     return Dataset.from_list(rows), lengths
 
 
-def sft_trainer(params: Params, model, tokenizer, rows, valid):
-    """Phase 1's library Trainer, TRL's SFTTrainer, and its arguments (training.sft_trainer adds the curriculum)."""
+def sft_trainer(params: Params, model, tokenizer, rows, valid, held_out=None):
+    """Phase 1's library Trainer, TRL's SFTTrainer, and its arguments (training.sft_trainer adds the curriculum); its
+    eval dataset the held-out stage rows (a dict by stage, from `sft_data`; TRL tokenises each) whose loss evaluation
+    adds."""
     from trl import SFTTrainer
 
-    # The Trainer wants an eval dataset when it evaluates by steps; evaluation is the chain on `valid` (the mixin's
-    # evaluate), so one training row stands in.
-    return SFTTrainer, dict(model=model, train_dataset=rows, eval_dataset=rows.select(range(1)),
+    # The Trainer wants an eval dataset when it evaluates by steps; without held-out rows evaluation is the chain on
+    # `valid` alone (the mixin's evaluate), so one training row stands in.
+    return SFTTrainer, dict(model=model, train_dataset=rows, eval_dataset=held_out or rows.select(range(1)),
                             processing_class=tokenizer, peft_config=lora_config(params))

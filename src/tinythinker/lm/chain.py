@@ -147,6 +147,44 @@ def run_chain(model, tokenizer, questions: list[dict], *, stage_type: str = "rec
             for q, r, a, s, p in zip(questions, recall_texts, analyses, summaries, prompts)]
 
 
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD's token F1 of two texts (lower-cased words, punctuation dropped): 1 for the same words in any order."""
+    import re
+
+    def words(text: str) -> list[str]:
+        return re.findall(r"\w+", text.lower())
+
+    p, r = words(prediction), words(reference)
+    common = sum((Counter(p) & Counter(r)).values())
+    if not p or not r:
+        return float(p == r)
+    if not common:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def step_scores(model, tokenizer, rows: dict[str, list[dict]], mapper=None, *, batch_size: int,
+                decoding: Decoding = GREEDY) -> dict[str, float]:
+    """Each step of the chain alone on the teacher's input (stage rows `{input, target}` by stage): where the chain
+    fails when the steps before it are right. recall and analyze: token F1 (%) of the output against the teacher's;
+    summarize: the share (%) whose answer is the teacher's. `mapper(fn, items)` spreads the generation over
+    processes (distributed.map_sharded); by default one process generates all."""
+    mapper = mapper or (lambda fn, items: fn(items))
+    out = {}
+    for stage, data in rows.items():
+        texts = mapper(lambda part: generate(model, tokenizer, [r["input"] for r in part], decoding, batch_size),
+                       data)
+        if stage == "summarize":
+            hits = [P.extract_answer(t) is not None and P.extract_answer(t) == P.extract_answer(r["target"])
+                    for t, r in zip(texts, data)]
+            out["summarize_accuracy"] = 100.0 * sum(hits) / max(1, len(hits))
+        else:
+            f1 = [token_f1(t, r["target"]) for t, r in zip(texts, data)]
+            out[f"{stage}_f1"] = 100.0 * sum(f1) / max(1, len(f1))
+    return out
+
+
 def is_correct(result: dict) -> bool:
     """The chain reached the gold option (no answer found is wrong)."""
     return result["prediction"] is not None and result["prediction"] == result["gt"]

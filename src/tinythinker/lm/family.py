@@ -53,8 +53,10 @@ class StudentFamily(Protocol):
     def sft_data(self, params: Params, stages: Mapping[str, Sequence[dict]], tokenizer) -> tuple[Any, dict]:
         """(training rows in chain order, input lengths per stage)."""
 
-    def sft_trainer(self, params: Params, model, tokenizer, rows, valid) -> tuple[type, dict]:
-        """(library Trainer class, its constructor fields); training.sft_trainer adds the curriculum."""
+    def sft_trainer(self, params: Params, model, tokenizer, rows, valid, held_out=None) -> tuple[type, dict]:
+        """(library Trainer class, its constructor fields); training.sft_trainer adds the curriculum. `held_out`:
+        teacher rows kept out of training, by stage, each prepared by `sft_data`: the fields' eval_dataset, whose
+        loss per stage every evaluation computes through the Trainer's evaluation loop."""
 
     def finish(self, trainer) -> None:
         """Before the best model is saved (causal: fold LoRA adapters into the weights)."""

@@ -130,12 +130,17 @@ def sft_data(params: Params, stages: Mapping[str, Sequence[dict]],
     return rows, lengths
 
 
-def sft_trainer(params: Params, model, tokenizer, rows, valid):
-    """Phase 1's library Trainer, Seq2SeqTrainer, and its arguments (training.sft_trainer adds the curriculum)."""
+def sft_trainer(params: Params, model, tokenizer, rows, valid, held_out=None):
+    """Phase 1's library Trainer, Seq2SeqTrainer, and its arguments (training.sft_trainer adds the curriculum); its
+    eval dataset the held-out stage rows (a dict by stage, prepared by `sft_data`) whose loss evaluation adds."""
     from transformers import DataCollatorForSeq2Seq, Seq2SeqTrainer
 
+    # T5's loss is the mean over its micro-batch's label tokens: it takes no num_items_in_batch (its forward only
+    # swallows **kwargs), so the Trainer must divide it by the accumulation steps, or a step of k micro-batches
+    # would log, and back-propagate, k times the loss.
+    model.accepts_loss_kwargs = False
     return Seq2SeqTrainer, dict(
-        model=model, train_dataset=rows, eval_dataset=valid, processing_class=tokenizer,
+        model=model, train_dataset=rows, eval_dataset=held_out or valid, processing_class=tokenizer,
         data_collator=DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100))
 
 

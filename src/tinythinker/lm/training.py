@@ -90,11 +90,21 @@ def trainer_kwargs(params: Params, paths: Paths, stage: str, run: str) -> dict:
 class CurriculumChainMixin:
     """What every training stage's Trainer adds to its library base (Seq2SeqTrainer, TRL's SFTTrainer and DPOTrainer,
     the project's T5 DPO trainer): batches from the curriculum batch sampler, evaluation = the greedy chain on the
-    validation questions scored by answer accuracy (spec 5.5, 9.13: numbers only). Put it before the base."""
+    validation questions scored by answer accuracy (spec 5.5, 9.13: numbers only). Put it before the base.
 
-    def __init__(self, *args, batch_sampler, valid, chain_kwargs, **kwargs):
+    Curves beside the library's: every training log adds the mean loss of each curriculum stage's steps since the
+    last log (`<stage>_loss`: recall_loss, analyze_loss, ...) and, for a DPO trainer, TRL's reward metrics per pair
+    kind (`rewards/<kind>/margins`, ...). With `held_out` (teacher rows per stage kept out of training; the base's
+    `eval_dataset` is then the same rows prepared as its training rows) every evaluation adds their teacher-forced
+    loss (eval_loss, eval_<stage>_loss) and each step run alone on the teacher's input (chain.step_scores)."""
+
+    def __init__(self, *args, batch_sampler, valid, chain_kwargs, held_out=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.batch_sampler, self.valid, self.chain_kwargs = batch_sampler, valid, chain_kwargs
+        self.held_out = held_out or {}
+        # The stage of every optimizer step of an epoch: blocks of whole stages, the same order every epoch.
+        self.stage_of_step = [stage for stage, _ in batch_sampler.batches()]
+        self._by_stage: dict = {}  # stage -> {"steps": set, "loss": sum, metric: [values]} since the last log
         # The sampler indexes the stages concatenated in order: a trainer that drops rows while preparing its
         # dataset (TRL drops a prompt that fills the whole max length) would shift every stage after it.
         expected, got = sum(batch_sampler.stage_sizes.values()), len(self.train_dataset)
@@ -108,11 +118,64 @@ class CurriculumChainMixin:
             self.accelerator, self.train_dataset, self.batch_sampler, self.data_collator,
             self.args.dataloader_num_workers, self.args.dataloader_pin_memory)
 
+    def _reward_store(self) -> dict:
+        """The per-micro-batch metric lists the loss appends to (TRL's `_metrics["train"]`, dpo_seq2seq.DPOLoss's)."""
+        return getattr(self, "_metrics", {}).get("train", {})
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        store = self._reward_store()
+        before = {k: len(v) for k, v in store.items() if k.startswith("rewards/")}
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        stage = self.stage_of_step[self.state.global_step % len(self.stage_of_step)]
+        mine = self._by_stage.setdefault(stage, {"steps": set(), "loss": 0.0})
+        mine["steps"].add(self.state.global_step)
+        # the micro-batches' shares of the step's loss, summed as the Trainer sums them (a tensor: no device sync)
+        mine["loss"] = mine["loss"] + loss
+        for k, v in self._reward_store().items():
+            if k.startswith("rewards/"):
+                mine.setdefault(k, []).extend(v[before.get(k, 0):])
+        return loss
+
+    def _stage_logs(self) -> dict:
+        """The per-stage means since the last training log, averaged over processes (each saw its share)."""
+        logs = {}
+        for stage, m in sorted(self._by_stage.items()):
+            logs[f"{stage}_loss"] = float(m["loss"]) / len(m["steps"])
+            for k, v in m.items():
+                if k.startswith("rewards/") and v:
+                    logs[k.replace("rewards/", f"rewards/{stage}/", 1)] = sum(v) / len(v)
+        self._by_stage = {}
+        if logs and self.accelerator.num_processes > 1:
+            import torch
+            t = torch.tensor(list(logs.values()), dtype=torch.float64, device=self.accelerator.device)
+            logs = dict(zip(logs, self.accelerator.reduce(t, reduction="mean").tolist()))
+        return logs
+
+    def log(self, logs, start_time=None):
+        if "loss" in logs and self._by_stage:  # a training log
+            logs |= self._stage_logs()
+        super().log(logs, start_time)
+
+    def _held_out_metrics(self, prefix: str) -> dict:
+        from . import chain, distributed
+
+        losses, counts = {}, {}
+        for stage in self.held_out:
+            out = self.evaluation_loop(self.get_eval_dataloader(stage), description=f"eval loss ({stage})",
+                                       prediction_loss_only=True, metric_key_prefix=f"{prefix}_{stage}")
+            losses[stage], counts[stage] = out.metrics[f"{prefix}_{stage}_loss"], out.num_samples
+        metrics = {f"{prefix}_loss": sum(losses[s] * counts[s] for s in losses) / max(1, sum(counts.values()))}
+        metrics |= {f"{prefix}_{s}_loss": v for s, v in losses.items()}
+        scores = chain.step_scores(self.model, self.processing_class, self.held_out, distributed.map_sharded,
+                                   batch_size=self.chain_kwargs["batch_size"], decoding=self.chain_kwargs["summarize"])
+        return metrics | {f"{prefix}_{k}": v for k, v in scores.items()}
+
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
         from . import distributed
+        metrics = self._held_out_metrics(metric_key_prefix) if self.held_out else {}
         acc = distributed.chain_accuracy(self.accelerator, self.model, self.processing_class, self.valid,
                                          desc="valid", **self.chain_kwargs)
-        metrics = {f"{metric_key_prefix}_accuracy": acc}
+        metrics[f"{metric_key_prefix}_accuracy"] = acc
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
         return metrics
@@ -124,9 +187,11 @@ def curriculum_trainer(base, *mixins, **kwargs):
     return type(f"Curriculum{base.__name__}", (*mixins, CurriculumChainMixin, base), {})(**kwargs)
 
 
-def sft_trainer(kind, params: Params, model, tokenizer, rows, valid, **kwargs):
+def sft_trainer(kind, params: Params, model, tokenizer, rows, valid, held_out=None, **kwargs):
     """Phase 1's trainer for the student family `kind` (seq2seq.py or causal.py): the family's library Trainer
-    (`kind.sft_trainer`) with the curriculum sampler and chain validation."""
-    base, fields = kind.sft_trainer(params, model, tokenizer, rows, valid)
-    return curriculum_trainer(base, **fields, valid=valid, **kwargs)
+    (`kind.sft_trainer`; its eval dataset the `held_out` teacher rows per stage, prepared as `rows` are) with the
+    curriculum sampler and chain validation."""
+    prepared = {stage: kind.sft_data(params, {stage: r}, tokenizer)[0] for stage, r in (held_out or {}).items()}
+    base, fields = kind.sft_trainer(params, model, tokenizer, rows, valid, prepared or None)
+    return curriculum_trainer(base, **fields, valid=valid, held_out=held_out, **kwargs)
 

@@ -160,7 +160,9 @@ class DPOLoss:
     def __init__(self, *args, dpo, **kwargs):
         super().__init__(*args, **kwargs)
         self.dpo = dpo
-        self._stored: dict[str, list[float]] = {}
+        # per micro-batch values since the last training log, kept as TRL's DPOTrainer keeps them (the curriculum
+        # mixin reads them per pair kind)
+        self._metrics: dict[str, dict[str, list[float]]] = {"train": {}}
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         chosen, rejected, nll = policy_logps(model, inputs)
@@ -168,18 +170,19 @@ class DPOLoss:
         loss, metrics = dpo_loss(chosen, rejected, inputs["ref_chosen"], inputs["ref_rejected"], nll,
                                  d.beta, d.loss_type, d.loss_weights)
         for k, v in metrics.items():
-            self._stored.setdefault(k, []).append(v)
+            self._metrics["train"].setdefault(k, []).append(v)
         return (loss, {}) if return_outputs else loss
 
     def log(self, logs, start_time=None):
-        if "loss" in logs and self._stored:  # a training log: add the reward means since the last one
-            means = {k: sum(v) / len(v) for k, v in self._stored.items()}
+        stored = self._metrics["train"]
+        if "loss" in logs and stored:  # a training log: add the reward means since the last one
+            means = {k: sum(v) / len(v) for k, v in stored.items()}
             if self.accelerator.num_processes > 1:  # each process saw its share: the mean over all
                 import torch
                 t = torch.tensor(list(means.values()), dtype=torch.float64, device=self.accelerator.device)
                 means = dict(zip(means, self.accelerator.reduce(t, reduction="mean").tolist()))
             logs |= means
-            self._stored = {}
+            self._metrics["train"] = {}
         super().log(logs, start_time)
 
 

@@ -25,9 +25,10 @@ def schedule_intervals(n_recall: int, n_analyze: int, batch_size: int, n_summari
 
 def training_args(run, params: Params, intervals: dict[str, int], factory=None):
     """An iteration's arguments (`run`: its engine.Run; `factory`: the trainer's `arguments`): evaluation and
-    checkpoints once per schedule cycle (in optimizer steps), `dpo.passes` cycles in all."""
+    checkpoints once per schedule cycle (in optimizer steps), `dpo.passes` cycles in all, a log every step (an
+    iteration is short, and each pair kind's rewards come only from the steps of its blocks)."""
     d, cycle = params.dpo, sum(intervals.values())
-    return run.arguments(factory, eval_every=cycle, log_every=max(1, min(50, cycle // 4)), max_steps=d.passes * cycle,
+    return run.arguments(factory, eval_every=cycle, log_every=1, max_steps=d.passes * cycle,
                          per_device_train_batch_size=d.batch_size, learning_rate=d.learning_rate,
                          warmup_steps=d.warmup_ratio,  # float = ratio
                          weight_decay=0.0, max_grad_norm=d.max_grad_norm)

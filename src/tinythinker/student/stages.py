@@ -112,6 +112,21 @@ def stage_data(params: Params, paths: Paths) -> dict[str, list[dict]]:
     return out
 
 
+def hold_out(stages: dict[str, list[dict]], k: int, seed: int) -> tuple[dict, dict]:
+    """(training rows, held-out rows) by stage: every row of `k` training questions (drawn with `seed` from those of
+    the first stage) moves to the held-out side, so eval loss is measured on questions SFT never saw."""
+    import random
+
+    if not k:
+        return stages, {}
+    qids = list(dict.fromkeys(r["qid"] for r in next(iter(stages.values()))))
+    if k >= len(qids):
+        raise DataError(f"sft.eval_questions: {k} held out of {len(qids)} training questions leaves none to train on")
+    held = set(random.Random(f"{seed}/eval_questions").sample(qids, k))
+    return ({s: [r for r in rows if r["qid"] not in held] for s, rows in stages.items()},
+            {s: [r for r in rows if r["qid"] in held] for s, rows in stages.items()})
+
+
 MAX_CUT_SHARE = 0.05  # more of a stage's rows cut than this (and more than one), the run would learn fragments
 
 
@@ -166,13 +181,13 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     kind = family(params)
     run = Run(params, paths, "sft", "sft")
     args = run.arguments(lambda **fields: kind.sft_arguments(params, **fields), eval_every=eval_every,
-                         log_every=max(1, min(50, eval_every // 4)), per_device_train_batch_size=s.batch_size,
+                         log_every=max(1, min(10, eval_every // 4)), per_device_train_batch_size=s.batch_size,
                          learning_rate=s.learning_rate, num_train_epochs=s.epochs, warmup_steps=s.warmup_ratio,
                          weight_decay=s.weight_decay, max_grad_norm=s.max_grad_norm)
     # The model after the arguments: under ZeRO-3 they register the DeepSpeed config that makes loading build
     # the model partitioned, and FSDP's cpu_ram_efficient_loading needs the process group (distributed.py).
     model, tokenizer = load_student(params, paths)
-    stages = stage_data(params, paths)
+    stages, held_out = hold_out(stage_data(params, paths), s.eval_questions, params.seed)
     cut = over_limits(params, paths, stages, tokenizer)
     rows, lengths = kind.sft_data(params, stages, tokenizer)
     # One optimizer step = batch_size x accumulation per process, all processes in the same stage block.
@@ -181,7 +196,7 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
                                      lengths if s.group_by_length else None, s.gradient_accumulation_steps,
                                      num_replicas=procs.num_processes, rank=procs.process_index)
     resume = run.resume(sft_fingerprint(params, paths, procs.num_processes))
-    trainer = sft_trainer(kind, params, model, tokenizer, rows, valid, args=args, batch_sampler=sampler,
+    trainer = sft_trainer(kind, params, model, tokenizer, rows, valid, held_out, args=args, batch_sampler=sampler,
                           chain_kwargs=validation_chain(params),
                           callbacks=run.callbacks(stop_at=max_steps, evaluate_at_end=True))
     resumed = {"resumed_from_step": resumed_step(resume)}
@@ -190,7 +205,8 @@ def sft(params: Params, paths: Paths, max_steps: int | None = None) -> dict:
     state = trainer.state
     metrics = {"valid_accuracy": state.best_metric, "best_step": state.best_global_step,
                "train_steps": state.global_step, "train_loss": run.train_loss,
-               "processes": trainer.accelerator.num_processes, **cut}
+               "processes": trainer.accelerator.num_processes,
+               "eval_questions": len({r["qid"] for rows in held_out.values() for r in rows}), **cut}
     return run.complete(metrics, paths.sft_model, trainer=trainer, family=kind) | resumed
 
 
