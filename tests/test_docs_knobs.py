@@ -61,8 +61,13 @@ class Built(Exception):
 
 @pytest.fixture
 def recorder(monkeypatch):
-    import transformers
+    import sys
 
+    # Import every module of the package first, then patch the module `from transformers import` reads now: the
+    # first `from transformers import TrainerCallback` (engine.py) puts a new module object in sys.modules, so a
+    # patch of the one imported before is not seen (the test failed when run alone).
+    find("training_args"), find("sft", ".stages")
+    transformers = sys.modules["transformers"]
     seen: dict = {}
 
     def record(*args, **kwargs):

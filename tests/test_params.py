@@ -177,6 +177,7 @@ def test_every_integer_knob_that_sizes_memory_has_a_bound_naming_its_cost():
         "teacher.requests_per_minute", "teacher.tokens_per_minute",  # rates of a server, paced, nothing held
         "teacher.max_failures_in_a_row", "teacher.max_retries",  # counts of failures before stopping
         "teacher.num_shots",  # at most the exemplars of the file
+        "sft.eval_questions",  # fewer than the training questions (sft refuses more, naming it)
         "dataset.synthetic.clues_per_category",  # bounded in __post_init__ by MAX_CLUES
         "sft.gradient_accumulation_steps", "dpo.gradient_accumulation_steps",  # time, not memory
         "sft.eval_every", "generation.top_k", "dpo.top_k",  # a cadence, a cut

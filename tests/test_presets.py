@@ -35,6 +35,7 @@ SPEC = {
     "sft.precision": "fp32", "sft.tf32": False,                         # 5.2: fp32
     "sft.group_by_length": False,                                       # 5.4: a RandomSampler per stage
     "sft.eval_every": "cycle",                                          # 5.1, 5.6: every I x (2 + options)
+    "sft.eval_questions": 0,                                            # 5.3: every teacher row trains
     "generation.strategy": "greedy", "generation.times": 1,             # 7: one greedy chain
     "generation.max_new_tokens": 200, "generation.batch_size": 256,     # 5.5: max_length 200, batch 256
     "generation.temperature": 0.7, "generation.top_k": 0, "generation.top_p": 1.0,  # 7: the `random` option

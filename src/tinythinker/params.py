@@ -299,7 +299,7 @@ class SFTParams:
     # Training questions whose teacher rows (every stage) sft holds out of training: their teacher-forced loss per
     # stage (eval/loss) and each step run alone on the teacher's input (eval/recall_f1, ...) at every validation.
     # 0: none held out, every teacher row trains (the paper's data).
-    eval_questions: Natural = 0
+    eval_questions: Natural
 
     def __post_init__(self):
         tokens = self.batch_size * (self.max_source_length + self.max_target_length)

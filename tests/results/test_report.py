@@ -44,9 +44,18 @@ def run_metrics(paths: Paths) -> None:
     live = paths.metrics / "sft_live" / "plots" / "metrics"
     _tsv(live / "train" / "loss.tsv", "loss", [5.0, 2.0, 1.0, 0.5])
     _tsv(live / "eval" / "accuracy.tsv", "accuracy", [20.0, 61.25])
+    for stage in ("recall", "analyze", "summarize"):
+        _tsv(live / "train" / f"{stage}_loss.tsv", f"{stage}_loss", [4.0, 1.5, 0.5])
+        _tsv(live / "eval" / f"{stage}_loss.tsv", f"{stage}_loss", [4.5, 2.0])
+    _tsv(live / "eval" / "loss.tsv", "loss", [4.4, 1.9])
+    _tsv(live / "eval" / "recall_f1.tsv", "recall_f1", [10.0, 80.0])
+    _tsv(live / "eval" / "summarize_accuracy.tsv", "summarize_accuracy", [30.0, 90.0])
     dpo = paths.metrics / "dpo_live" / "iter1" / "plots" / "metrics"
     _tsv(dpo / "train" / "loss.tsv", "loss", [0.7, 0.6, 0.5])
     _tsv(dpo / "rewards" / "margins.tsv", "margins", [0.0, 0.4, 0.9])
+    for kind in ("recall", "analyze"):
+        _tsv(dpo / "rewards" / kind / "margins.tsv", "margins", [0.1, 0.5])
+        _tsv(dpo / "rewards" / kind / "accuracies.tsv", "accuracies", [0.5, 1.0])
     _tsv(dpo / "eval" / "accuracy.tsv", "accuracy", [61.25, 66.0])
 
 
@@ -75,8 +84,17 @@ def test_report_headline_table_and_pictures(tmp_path):
             "training answers: 0 -> 75 %)") in md
     pictures = sorted(p.name for p in (paths.metrics / "report").glob("*.png"))
     # the DPO accuracy curve of a skipped iteration is one start point: only iter1 draws it
-    assert pictures == ["accuracy.png", "dpo_eval_accuracy.png", "dpo_rewards_margins.png", "dpo_train_loss.png",
-                        "pretrain_train_loss.png", "sft_eval_accuracy.png", "sft_train_loss.png"]
+    assert pictures == ["accuracy.png", "dpo_eval_accuracy.png", "dpo_rewards_by_kind_accuracies.png",
+                        "dpo_rewards_by_kind_margins.png", "dpo_rewards_margins.png", "dpo_train_loss.png",
+                        "pretrain_train_loss.png", "sft_eval_accuracy.png", "sft_eval_loss.png", "sft_train_loss.png"]
+    def series(stem, field="series"):
+        chart = json.loads((paths.metrics / "report" / f"{stem}.vl.json").read_text())
+        assert chart["encoding"]["color"]["field"] == field  # one colour per series
+        return {v[field] for v in chart["data"]["values"]}
+    assert series("sft_train_loss") == {"all", "recall", "analyze", "summarize"}
+    assert series("sft_eval_loss") == {"all", "recall", "analyze", "summarize"}
+    assert series("sft_eval_accuracy") == {"validation chain accuracy", "recall alone (F1)", "summarize alone (answer)"}
+    assert series("dpo_rewards_by_kind_margins", "iteration") == {"iter1 recall", "iter1 analyze"}
     for name in pictures:
         png = (paths.metrics / "report" / name).read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000, name  # drawn, not an empty canvas

@@ -133,30 +133,66 @@ def _accuracy(rows: list[dict]) -> dict:
 
 
 Y_TITLES = {TRAIN_LOSS: "loss", "rewards/margins": "reward margin (chosen - rejected)"}
+STEPS = ("recall", "analyze", "summarize")  # the chain's steps, as the curves name them (train/recall_loss, ...)
+
+
+def _together(curves: dict[str, list[dict]], names: dict[str, str]) -> list[dict]:
+    """The curves `names` (curve -> series label) as one table with a `series` column, the missing ones left out."""
+    return [{**v, "series": label} for name, label in names.items() for v in curves.get(name, [])]
+
+
+def _sft(curves: dict[str, list[dict]]) -> dict[str, dict]:
+    """SFT's curves: the loss per curriculum stage beside the whole, the held-out questions' loss per stage, and the
+    validation accuracy beside each step run alone on held-out teacher inputs (where the chain fails)."""
+    specs = {}
+    train = _together(curves, {TRAIN_LOSS: "all", **{f"train/{s}_loss": s for s in STEPS}})
+    if train:
+        specs["sft_train_loss"] = _line("SFT training loss by curriculum stage", train, "step", "value", "series",
+                                        y_title="loss")
+    held = _together(curves, {"eval/loss": "all", **{f"eval/{s}_loss": s for s in STEPS}})
+    if held:
+        specs["sft_eval_loss"] = _line("SFT loss on held-out training questions, by stage", held, "step", "value",
+                                       "series", y_title="loss")
+    accuracy = _together(curves, {EVAL_ACCURACY: "validation chain accuracy", "eval/recall_f1": "recall alone (F1)",
+                                  "eval/analyze_f1": "analyze alone (F1)",
+                                  "eval/summarize_accuracy": "summarize alone (answer)"})
+    if accuracy:
+        specs["sft_eval_accuracy"] = _line("SFT validation: the chain, and each step alone on held-out questions",
+                                           accuracy, "step", "value", "series", percent=True, y_title="score (%)")
+    return specs
+
+
+def _dpo(rows: list[dict], paths: Paths) -> dict[str, dict]:
+    """DPO's curves by iteration (iterations that trained): loss, margins, validation accuracy, and the rewards'
+    margins and accuracies per pair kind."""
+    specs, dpo = {}, {}
+    for key in [r["model"] for r in rows[1:]]:
+        for name, series in _curves(paths.curves(f"dpo/{key}")).items():
+            kind = next((k for k in STEPS if name.startswith(f"rewards/{k}/")), None)
+            name = name.replace(f"rewards/{kind}/", "rewards/by_kind/") if kind else name
+            dpo.setdefault(name, []).extend({**v, "iteration": key if kind is None else f"{key} {kind}"}
+                                            for v in series)
+    for name in (TRAIN_LOSS, "rewards/margins", EVAL_ACCURACY, "rewards/by_kind/margins",
+                 "rewards/by_kind/accuracies"):  # per logging step
+        series = dpo.get(name, [])
+        if len(series) > len({v["iteration"] for v in series}):  # more than a start point each
+            title = name.replace("/by_kind/", " ").replace("/", " ")
+            by_kind = "by_kind" in name
+            specs[f"dpo_{name.replace('/', '_')}"] = _line(
+                f"DPO {title} by iteration" + (" and pair kind" if by_kind else ""), series, "step", "value",
+                "iteration", percent="accuracy" in name and not by_kind,
+                y_title=("reward accuracy (chosen > rejected)" if name.endswith("accuracies")
+                         else Y_TITLES.get(name.replace("by_kind/", ""))))
+    return specs
 
 
 def charts(rows: list[dict], paths: Paths) -> dict[str, dict]:
-    """Vega-Lite specs by file stem: accuracy by model, SFT curves, DPO curves (iterations that trained)."""
+    """Vega-Lite specs by file stem: accuracy by model, pretraining loss, SFT curves, DPO curves."""
     specs = {"accuracy": _accuracy(rows)}
     pretrain = _curves(paths.curves("pretrain")).get(TRAIN_LOSS)
     if pretrain:
         specs["pretrain_train_loss"] = _line("Student pretraining loss", pretrain, "step", "value", y_title="loss")
-    sft = _curves(paths.curves("sft"))
-    for name, title in ((TRAIN_LOSS, "SFT training loss"), (EVAL_ACCURACY, "SFT validation accuracy")):
-        if sft.get(name):
-            specs[f"sft_{name.replace('/', '_')}"] = _line(title, sft[name], "step", "value",
-                                                           percent="accuracy" in name, y_title=Y_TITLES.get(name))
-    dpo: dict[str, list[dict]] = {}
-    for key in [r["model"] for r in rows[1:]]:
-        for name, series in _curves(paths.curves(f"dpo/{key}")).items():
-            dpo.setdefault(name, []).extend({**v, "iteration": key} for v in series)
-    for name in (TRAIN_LOSS, "rewards/margins", EVAL_ACCURACY):  # per logging step
-        series = dpo.get(name, [])
-        if len(series) > len({v["iteration"] for v in series}):  # more than a start point each
-            specs[f"dpo_{name.replace('/', '_')}"] = _line(f"DPO {name.replace('/', ' ')} by iteration", series,
-                                                           "step", "value", "iteration", percent="accuracy" in name,
-                                                           y_title=Y_TITLES.get(name))
-    return specs
+    return specs | _sft(_curves(paths.curves("sft"))) | _dpo(rows, paths)
 
 
 def _png(spec: dict) -> bytes:
