@@ -36,6 +36,9 @@ def test_dvc_repro_end_to_end(repo):
         assert (repo / out).exists(), out
     rows = json.loads((repo / "metrics/iterations.json").read_text())
     assert [r["model"] for r in rows] == ["sft", "iter1", "iter2"]
+    for key in ("iter1", "iter2"):  # dpo.control: false in the default: the stage only says so
+        assert json.loads((repo / f"metrics/control/{key}.json").read_text()) == {"skipped": 1}
+    assert "control_test_accuracy" not in rows[1]
     assert all(0.0 <= r["test_accuracy"] <= 100.0 for r in rows)
     # The headline is the only metrics file; stage diagnostics are git-tracked outputs, not metric columns.
     shown = json.loads(sh("dvc metrics show --json", repo))

@@ -160,6 +160,21 @@ def test(model: Path = typer.Option(..., help="Checkpoint directory to evaluate.
 
 
 @app.command()
+def control(iteration: str = typer.Argument(..., help="Iteration key of dpo.iterations, e.g. iter1."),
+            root: Path = ROOT) -> None:
+    """The iteration's start trained as many steps on its SFT data alone, then tested (with dpo.control: true)."""
+    from .results.control import control as run
+    _run(lambda: print(_control_line(iteration, run(*_ctx(root), iteration))))
+
+
+def _control_line(iteration: str, m: dict) -> str:
+    if m.get("skipped"):
+        return f"{iteration}: no control (dpo.control: false)"
+    return (f"{iteration}: test {m['start_test_accuracy']} -> DPO {m['dpo_test_accuracy']}, control "
+            f"{m['control_test_accuracy']} ({m['control_steps']} steps); over control {m.get('over_control')}")
+
+
+@app.command()
 def report(root: Path = ROOT) -> None:
     """Headline metrics (metrics/summary.json), the per-model table and metrics/report.md with its pictures."""
     from .results.report import report as run
@@ -238,12 +253,14 @@ def _seed_list(text: str) -> list[int]:
 def seeds_queue(seeds: str = typer.Option(..., "--seeds", help="Comma-separated seeds, e.g. 42,43,44."),
                 sets: list[str] = typer.Option([], "--set", "-S", help="A params override as `dvc exp run -S` "
                                                "takes it (repeatable); seed and dataset.seed are set per run."),
+                control: bool = typer.Option(True, help="Also train each DPO iteration's control "
+                                             "(dpo.control=true): phase 2 against as many more SFT steps."),
                 name: str = SEEDS_NAME, root: Path = ROOT) -> None:
     """Queue the run once per seed (`dvc exp run --queue`); then `dvc queue start -j 1`, then `seeds report`."""
     from .results.seeds import queue
 
     def run():
-        names = queue(root, _seed_list(seeds), sets, name)
+        names = queue(root, _seed_list(seeds), [f"dpo.control={str(control).lower()}", *sets], name)
         typer.echo(f"queued {', '.join(names)}: `dvc queue start -j 1` runs them one at a time, "
                    f"`tinythinker seeds report --name {name}` aggregates them")
     _run(run)

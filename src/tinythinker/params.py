@@ -338,6 +338,10 @@ class DPOParams:
     tf32: bool  # as sft.tf32; set before the reference log-probs are computed
     gradient_accumulation_steps: Count  # as sft: micro-batches of batch_size per optimizer step
     gradient_checkpointing: bool
+    # The `control` stage: each iteration's start trained as many optimizer steps on its SFT data alone, then
+    # tested (metrics/control/<iteration>.json), so phase 2 is read against more training; off, the stage writes
+    # only that it was skipped.
+    control: bool
     iterations: dict[str, DPOIteration]
 
     def __post_init__(self):

@@ -41,6 +41,10 @@ def run_metrics(paths: Paths) -> None:
     write_json(paths.metric("dpo/iter2_pairs"), {"questions": 10, "questions_with_pairs": 0, "sample_accuracy": 100.0,
                                                  "recall_pairs": 0, "analyze_pairs": 0})
     write_json(paths.metric("test/iter2"), {"accuracy": 63.0})
+    write_json(paths.metric("control/iter1"), {"start": "sft", "start_test_accuracy": 58.333333, "dpo_steps": 30,
+                                               "dpo_test_accuracy": 63.0, "control_steps": 30,
+                                               "control_test_accuracy": 60.0, "over_control": 3.0})
+    write_json(paths.metric("control/iter2"), {"skipped": 1})
     live = paths.metrics / "sft_live" / "plots" / "metrics"
     _tsv(live / "train" / "loss.tsv", "loss", [5.0, 2.0, 1.0, 0.5])
     _tsv(live / "eval" / "accuracy.tsv", "accuracy", [20.0, 61.25])
@@ -67,16 +71,19 @@ def test_report_headline_table_and_pictures(tmp_path):
     assert json.loads(paths.metric("summary").read_text()) == {
         "test": {"sft": 58.33, "iter1": 63.0, "iter2": 63.0}, "valid": {"sft": 61.25, "iter1": 66.0, "iter2": 66.0},
         "pairs": {"iter1": 75, "iter2": 0}, "steps": {"pretrain": 300, "sft": 400, "iter1": 30, "iter2": 0},
+        "over_control": {"iter1": 3.0},  # iter2's control was skipped
         "probe": {"all": 80.0, "held_out": 75.0}, "chains": 31,
         "teacher": {"requests": 16, "usd": 0.5}}  # every answer the data used: sent, journal, store
     assert json.loads(paths.metric("iterations").read_text())[1] == {
         "model": "iter1", "step": 1, "valid_accuracy": 66.0, "test_accuracy": 63.0, "test_ci95": [53.22, 71.82],
-        "recall_pairs": 40, "analyze_pairs": 25, "summarize_pairs": 10, "train_steps": 30}
+        "recall_pairs": 40, "analyze_pairs": 25, "summarize_pairs": 10, "train_steps": 30,
+        "control_test_accuracy": 60.0, "over_control": 3.0}
     md = (paths.metrics / "report.md").read_text()
     # Wilson's interval: 63 of 100 -> 53.22-71.82, 35 of 60 -> 45.73-69.94
     assert "| sft | 61.25 | 58.33 | 45.73-69.94 | – | – | – | 400 |" in md
     assert "| iter1 | 66 | 63 | 53.22-71.82 | 40 | 25 | 10 | 30 |" in md
     assert "| iter2 | 66 | 63 | – | 0 | 0 | – | 0 |" in md  # a test metric without its question count: no interval
+    assert "| iter1 | 63 | 60 | 3 |" in md and "| iter2 | 63 |" not in md.split("beside its control")[1]
     assert "12 requests sent, 4 served from the journal or store; spend $0.50" in md
     assert "31 chains accepted for 10 questions; rejected: length 4." in md
     assert "| iter1 | 10 | 7 | 55 | 40 | 25 | 10 |" in md

@@ -14,7 +14,8 @@ from tinythinker.results.seeds import aggregate, interval, queue, report, runs
 def row(name, seed, sft, last, state="Success"):
     return {"Experiment": name, "State": state, "seed": float(seed), "dataset.seed": float(seed),
             "test.sft": sft, "test.iter1": (sft + last) / 2, "test.iter2": last,
-            "valid.sft": sft - 1, "valid.iter1": sft, "valid.iter2": last - 1}
+            "valid.sft": sft - 1, "valid.iter1": sft, "valid.iter2": last - 1,
+            "over_control.iter1": (last - sft) / 2, "over_control.iter2": float("nan")}  # iter2's control: none
 
 
 ROWS = [{"Experiment": None, "rev": "workspace", "seed": 42.0, "test.sft": 77.67},  # the workspace: not a run
@@ -44,6 +45,8 @@ def test_aggregate_and_report_over_three_seeds(tmp_path):
     md = (tmp_path / "metrics" / "seeds.md").read_text()
     assert "| sft | 75.00 ± 5.00 | [62.58, 87.42] | 70-80 |" in md
     assert "Phase 2's gain (iter2 - sft (test)): +4.00" in md
+    assert summary["over_control"]["iter1"]["per_seed"] == [2.5, 0.5, 3.0] and "iter2" not in summary["over_control"]
+    assert "| iter1 | +2.00 ± 1.32 | [-1.29, 5.29] | +2.5, +0.5, +3 |" in md
     assert json.loads((tmp_path / "metrics" / "seeds.json").read_text())["name"] == "seeds"
     assert (tmp_path / "metrics" / "seeds.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(DataError, match="no finished experiment"):
@@ -79,3 +82,10 @@ def test_three_seeds_of_a_shrunken_default_queued_run_and_reported(tmp_path):
     assert summary["seeds"] == [1, 2, 3] and summary["models"] == ["sft", "iter1"]
     assert summary["test"]["sft"]["n"] == 3 and len(summary["gain"]["per_seed"]) == 3
     assert "# `tiny` over seeds 1, 2, 3" in out and (repo / "metrics" / "seeds.png").exists()
+    # the controls ran (the command sets dpo.control=true): phase 2 over as many more SFT steps, per seed
+    assert len(summary["over_control"]["iter1"]["per_seed"]) == 3 and "Each iteration over its control" in out
+    sh("dvc exp apply tiny-2", repo)
+    ctl = json.loads((repo / "metrics" / "control" / "iter1.json").read_text())
+    assert ctl["control_steps"] == ctl["dpo_steps"] > 0  # as many optimizer steps as the iteration trained
+    assert ctl["over_control"] == round(ctl["dpo_test_accuracy"] - ctl["control_test_accuracy"], 2)
+    assert ctl["control_kept_start"] == 1 or ctl["control_valid_accuracy"] > ctl.get("start_valid_accuracy", -1)

@@ -63,8 +63,18 @@ def collect(params: Params, paths: Paths) -> list[dict]:
         dpo = _read(paths.metric(f"dpo/{key}"), f"dpo_train@{key}")
         rows.append({"model": key, "step": step, "valid_accuracy": _round(dpo.get("valid_accuracy")),
                      **_test(paths, key, f"test@{key}"), **{f"{s}_pairs": dpo.get(f"{s}_pairs") for s in PAIR_KINDS},
-                     "train_steps": dpo.get("steps")})
+                     "train_steps": dpo.get("steps"), **_control(paths, key)})
     return rows
+
+
+def _control(paths: Paths, key: str) -> dict:
+    """The iteration's control (results/control.py): its test accuracy and the iteration's over it; {} when it did not
+    run (dpo.control: false, or a run from before the stage)."""
+    path = paths.metric(f"control/{key}")
+    m = read_json(path) if path.exists() else {}
+    if "control_test_accuracy" not in m:
+        return {}
+    return {"control_test_accuracy": _round(m["control_test_accuracy"]), "over_control": _round(m.get("over_control"))}
 
 
 def headline(rows: list[dict], teacher: dict, build: dict, pretrain: dict | None = None) -> dict:
@@ -73,6 +83,8 @@ def headline(rows: list[dict], teacher: dict, build: dict, pretrain: dict | None
     return {"test": {r["model"]: r["test_accuracy"] for r in rows},
             "valid": {r["model"]: r["valid_accuracy"] for r in rows},
             "pairs": pairs, "steps": {"pretrain": pretrain.get("steps"), **{r["model"]: r["train_steps"] for r in rows}},
+            **({"over_control": {r["model"]: r["over_control"] for r in rows if "over_control" in r}}
+               if any("over_control" in r for r in rows) else {}),
             # the share of the world's facts the pretrained student completes (held-out things: test answers)
             "probe": {"all": pretrain.get("probe_accuracy"), "held_out": pretrain.get("probe_held_out_accuracy")},
             "chains": build.get("accepted_chains"),
@@ -248,6 +260,13 @@ def markdown(rows: list[dict], teacher: dict, build: dict, pretrain: dict, pairs
            "|" + "---|" * (5 + len(PAIR_KINDS))]
     out += [_row([r["model"], r["valid_accuracy"], r["test_accuracy"], _ci(r.get("test_ci95")),
                   *(r[f"{k}_pairs"] for k in PAIR_KINDS), r["train_steps"]]) for r in rows]
+    controls = [r for r in rows if "control_test_accuracy" in r]
+    if controls:
+        out += ["", "Each iteration beside its control: the same start trained as many steps on the SFT data alone "
+                "(`dpo.control`), test accuracy:", "", _row(["iteration", "test", "control test", "over control"]),
+                "|---|---|---|---|"]
+        out += [_row([r["model"], r["test_accuracy"], r["control_test_accuracy"], r["over_control"]])
+                for r in controls]
     rejected = {k.removeprefix("rejected_"): v for k, v in build.items() if k.startswith("rejected_") and v}
     if pretrain:
         out += ["", "## Student pretraining", "", _pretraining(pretrain)]

@@ -1,6 +1,7 @@
 """Results over seeds: the run (the default, or any params) queued once per seed as DVC experiments, then what they
 reached, aggregated: per model the mean, spread and 95 % interval of the test and validation accuracy, and phase 2's
-gain (the last DPO iteration over SFT, per seed), as `metrics/seeds.json`, `metrics/seeds.md` and a picture.
+gain (the last DPO iteration over SFT, per seed) and, where the controls ran (`dpo.control`), each iteration over
+its control, as `metrics/seeds.json`, `metrics/seeds.md` and a picture.
 
 A seed sets both `seed` (training) and `dataset.seed` (the synthetic world and the splits), so each run is an
 independent draw of the whole pipeline. The experiments are DVC's own (`dvc exp show` lists them, `dvc exp apply`
@@ -83,6 +84,13 @@ def aggregate(found: list[dict]) -> dict:
         gains = [r[f"test.{models[-1]}"] - r["test.sft"] for r in found
                  if _number(r.get(f"test.{models[-1]}")) and _number(r.get("test.sft"))]
         out["gain"] = {"of": f"{models[-1]} - sft (test)", **interval(gains), "per_seed": [round(g, 2) for g in gains]}
+    over = {}  # per iteration whose control ran: its test accuracy - its control's (report.headline over_control)
+    for m in _models(found[0], "over_control"):
+        values = [r[f"over_control.{m}"] for r in found if _number(r.get(f"over_control.{m}"))]
+        if values:
+            over[m] = {**interval(values), "per_seed": [round(v, 2) for v in values]}
+    if over:
+        out["over_control"] = over
     return out
 
 
@@ -106,6 +114,11 @@ def markdown(summary: dict, name: str) -> str:
         g = summary["gain"]
         out += ["", f"Phase 2's gain ({g['of']}): {g['mean']:+.2f} ± {g['sd']:.2f}, 95 % CI {_ci(g)}; per seed: "
                 + ", ".join(f"{x:+g}" for x in g["per_seed"]) + "."]
+    if summary.get("over_control"):
+        out += ["", "Each iteration over its control (the same start trained as many steps on the SFT data alone; "
+                "test points):", "", "| iteration | mean ± sd | 95 % CI | per seed |", "|---|---|---|---|"]
+        out += [f"| {m} | {d['mean']:+.2f} ± {d['sd']:.2f} | {_ci(d)} | " + ", ".join(f"{x:+g}" for x in d["per_seed"])
+                + " |" for m, d in summary["over_control"].items()]
     return "\n".join(out) + "\n"
 
 

@@ -1,0 +1,99 @@
+"""Stage `control` (one per DPO iteration): what self-reflection adds over more training.
+
+The control of an iteration starts from the same model (its `init`) and trains as many optimizer steps as the
+iteration did, at its learning rate, batch size, warm-up and accumulation, validating as often (once per pass), on
+the SFT curriculum data alone: the sft stage's own code, in a scratch workspace beside the run. Like the iteration it
+keeps the best of its start and its checkpoints by validation chain accuracy; then the kept model is tested. The
+report sets each iteration's test accuracy beside its control's (`over control`); `tinythinker seeds` aggregates it.
+With `dpo.control: false` the stage writes only that it was skipped.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from ..io import DataError, read_json, write_json
+from ..params import Params
+from ..paths import Paths
+from ..protocol import read_questions
+
+
+def _start_test(paths: Paths, params: Params, iteration: str) -> tuple[str, float | None]:
+    """The iteration's start (`sft` or an earlier iteration) and its test accuracy."""
+    init = paths.root / params.dpo.iterations[iteration].init
+    name = "sft" if init.resolve() == paths.sft_model.resolve() else init.name
+    path = paths.metric(f"test/{name}")
+    if not path.exists():
+        raise DataError(f"{path}: no such file; the control of {iteration} needs its start's test "
+                        f"(`dvc repro {'test_sft' if name == 'sft' else 'test@' + name}`)")
+    return name, read_json(path).get("accuracy")
+
+
+def control_params(params: Params, init: Path, steps: int, per_epoch: int) -> Params:
+    """The sft params of a control: the iteration's start as a local student, the iteration's optimizer knobs, one
+    validation per pass, and epochs such that the trainer's ceil(epochs x batches per epoch) is exactly `steps`."""
+    d = params.dpo
+    return params.replace(**{"student.model": str(init.resolve()), "sft.learning_rate": d.learning_rate,
+                             "sft.batch_size": d.batch_size, "sft.warmup_ratio": d.warmup_ratio,
+                             "sft.gradient_accumulation_steps": d.gradient_accumulation_steps,
+                             "sft.eval_every": max(1, steps // d.passes), "sft.epochs": (steps - 0.5) / per_epoch})
+
+
+def _train(params: Params, paths: Paths, init: Path, steps: int, start_valid: float) -> dict:
+    """Train and test the control in a scratch workspace whose data/sft is the run's (a link)."""
+    from ..lm.curriculum import CurriculumBatchSampler, sft_intervals
+    from ..student.stages import hold_out, sft, stage_data, test
+
+    # beside the run's models (a large student's checkpoints may not fit a small /tmp)
+    with tempfile.TemporaryDirectory(prefix=".control-", dir=paths.root / "models") as tmp:
+        scratch = Paths(Path(tmp))
+        (scratch.root / "data").mkdir()
+        os.symlink(paths.sft_data.resolve(), scratch.sft_data)
+        scratch.tokenizer.parent.mkdir(parents=True)
+        os.symlink(init.resolve(), scratch.tokenizer)  # the start's own tokenizer
+        s = params.sft
+        stages, _ = hold_out(stage_data(params, paths), s.eval_questions, params.seed)  # what sft trained on
+        options = max(len(q["options"]) for q in read_questions(paths.sft_data / "valid.jsonl"))
+        per_epoch = len(CurriculumBatchSampler({k: len(v) for k, v in stages.items()},
+                                               sft_intervals(s.stage_type, s.interval, options),
+                                               params.dpo.batch_size * params.dpo.gradient_accumulation_steps,
+                                               params.seed))
+        p = control_params(params, init, steps, per_epoch)
+        t0 = time.time()
+        m = sft(p, scratch)
+        kept = m["valid_accuracy"] > start_valid  # as an iteration: a tie keeps the start
+        out = {"steps": m["train_steps"], "best_valid_accuracy": m["valid_accuracy"], "kept_start": int(not kept),
+               "valid_accuracy": m["valid_accuracy"] if kept else start_valid}
+        if kept:
+            out["test_accuracy"] = test(p, scratch, scratch.sft_model, "test/control")["accuracy"]
+        out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def control(params: Params, paths: Paths, iteration: str) -> dict:
+    """Train, test and write metrics/control/<iteration>.json: the iteration's and its control's test accuracy from
+    the same start and the gain of self-reflection over the control."""
+    if iteration not in params.dpo.iterations:
+        raise DataError(f"{iteration}: no such key in dpo.iterations ({', '.join(params.dpo.iterations)})")
+    if not params.dpo.control:
+        metrics = {"skipped": 1}
+        write_json(paths.metric(f"control/{iteration}"), metrics)
+        return metrics
+    dpo = read_json(paths.metric(f"dpo/{iteration}"))
+    start, start_test = _start_test(paths, params, iteration)
+    dpo_test = read_json(paths.metric(f"test/{iteration}")).get("accuracy")
+    row = {"start": start, "start_test_accuracy": start_test, "dpo_steps": dpo.get("steps", 0),
+           "dpo_test_accuracy": dpo_test}
+    if not row["dpo_steps"]:  # nothing trained: the control is the start too
+        ctl = {"steps": 0, "kept_start": 1, "valid_accuracy": dpo.get("start_valid_accuracy")}
+    else:
+        ctl = _train(params, paths, paths.root / params.dpo.iterations[iteration].init, row["dpo_steps"],
+                     dpo.get("start_valid_accuracy") or 0.0)
+    ctl.setdefault("test_accuracy", start_test)
+    metrics = row | {f"control_{k}": v for k, v in ctl.items()}
+    if None not in (dpo_test, ctl["test_accuracy"]):
+        metrics["over_control"] = round(dpo_test - ctl["test_accuracy"], 2)
+    write_json(paths.metric(f"control/{iteration}"), metrics)
+    return metrics
