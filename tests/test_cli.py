@@ -56,3 +56,20 @@ def test_bad_params_exit_2_naming_the_key(tmp_path):
     res = CliRunner().invoke(app, ["report", "--root", str(tmp_path)])
     assert res.exit_code == 2
     assert "sft.learning_rate" in res.output
+
+
+def test_control_says_when_it_is_off_and_names_what_it_misses(tmp_path):
+    """`tinythinker control`: with dpo.control false it writes only that it was skipped; on, a missing input is one
+    line naming the file and the stage that writes it; an iteration params.yaml lacks is named too (exit 2)."""
+    import json
+
+    (tmp_path / "params.yaml").write_text(PARAMS_TEXT)
+    res = CliRunner().invoke(app, ["control", "iter1", "--root", str(tmp_path)])
+    assert res.exit_code == 0 and "iter1: no control (dpo.control: false)" in res.output
+    assert json.loads((tmp_path / "metrics" / "control" / "iter1.json").read_text()) == {"skipped": 1}
+    (tmp_path / "params.yaml").write_text(PARAMS_TEXT.replace("control: false", "control: true"))
+    res = CliRunner().invoke(app, ["control", "iter1", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and "metrics/dpo/iter1.json: no such file" in res.output
+    assert "`dvc repro dpo_train@iter1` writes it" in res.output
+    res = CliRunner().invoke(app, ["control", "iter9", "--root", str(tmp_path)])
+    assert res.exit_code == 2 and "iter9: no such key in dpo.iterations" in res.output

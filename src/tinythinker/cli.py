@@ -170,8 +170,10 @@ def control(iteration: str = typer.Argument(..., help="Iteration key of dpo.iter
 def _control_line(iteration: str, m: dict) -> str:
     if m.get("skipped"):
         return f"{iteration}: no control (dpo.control: false)"
-    return (f"{iteration}: test {m['start_test_accuracy']} -> DPO {m['dpo_test_accuracy']}, control "
-            f"{m['control_test_accuracy']} ({m['control_steps']} steps); over control {m.get('over_control')}")
+    def pct(x):
+        return "–" if x is None else f"{x:.2f}"
+    return (f"{iteration}: test {pct(m['start_test_accuracy'])} -> DPO {pct(m['dpo_test_accuracy'])}, control "
+            f"{pct(m['control_test_accuracy'])} ({m['control_steps']} steps); over control {pct(m.get('over_control'))}")
 
 
 @app.command()

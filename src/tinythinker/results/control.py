@@ -20,15 +20,19 @@ from ..paths import Paths
 from ..protocol import read_questions
 
 
+def _metric(paths: Paths, name: str, stage: str) -> dict:
+    """A stage's metrics file; a missing one is a DataError naming it and the stage that writes it."""
+    path = paths.metric(name)
+    if not path.exists():
+        raise DataError(f"{path}: no such file; the control needs it: `dvc repro {stage}` writes it")
+    return read_json(path)
+
+
 def _start_test(paths: Paths, params: Params, iteration: str) -> tuple[str, float | None]:
     """The iteration's start (`sft` or an earlier iteration) and its test accuracy."""
     init = paths.root / params.dpo.iterations[iteration].init
     name = "sft" if init.resolve() == paths.sft_model.resolve() else init.name
-    path = paths.metric(f"test/{name}")
-    if not path.exists():
-        raise DataError(f"{path}: no such file; the control of {iteration} needs its start's test "
-                        f"(`dvc repro {'test_sft' if name == 'sft' else 'test@' + name}`)")
-    return name, read_json(path).get("accuracy")
+    return name, _metric(paths, f"test/{name}", "test_sft" if name == "sft" else f"test@{name}").get("accuracy")
 
 
 def control_params(params: Params, init: Path, steps: int, per_epoch: int) -> Params:
@@ -81,9 +85,9 @@ def control(params: Params, paths: Paths, iteration: str) -> dict:
         metrics = {"skipped": 1}
         write_json(paths.metric(f"control/{iteration}"), metrics)
         return metrics
-    dpo = read_json(paths.metric(f"dpo/{iteration}"))
+    dpo = _metric(paths, f"dpo/{iteration}", f"dpo_train@{iteration}")
     start, start_test = _start_test(paths, params, iteration)
-    dpo_test = read_json(paths.metric(f"test/{iteration}")).get("accuracy")
+    dpo_test = _metric(paths, f"test/{iteration}", f"test@{iteration}").get("accuracy")
     row = {"start": start, "start_test_accuracy": start_test, "dpo_steps": dpo.get("steps", 0),
            "dpo_test_accuracy": dpo_test}
     if not row["dpo_steps"]:  # nothing trained: the control is the start too
