@@ -30,6 +30,9 @@ def test_interval_is_the_t_interval_of_the_mean():
     half = 4.303 * 5.0 / math.sqrt(3)
     assert d["ci95"] == [round(75 - half, 2), round(75 + half, 2)]
     assert math.isnan(interval([5.0])["ci95"][0])  # one seed: no interval
+    # an accuracy's interval stays within 0-100 (the default's seeds: 47.67, 100, 96.33 gave 8.76-153.90)
+    assert interval([47.67, 100.0, 96.33], (0.0, 100.0))["ci95"] == [8.76, 100.0]
+    assert interval([47.67, 100.0, 96.33])["ci95"][1] > 150  # a difference has no such bound
 
 
 def test_runs_keep_the_named_finished_experiments_one_per_seed():

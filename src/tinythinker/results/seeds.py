@@ -56,15 +56,20 @@ def runs(rows: list[dict], name: str) -> list[dict]:
     return [found[s] for s in sorted(found)]
 
 
-def interval(values: list[float]) -> dict:
-    """n, mean, standard deviation, the 95 % t interval of the mean, min and max."""
+def interval(values: list[float], bounds: tuple[float, float] = (-math.inf, math.inf)) -> dict:
+    """n, mean, standard deviation, the 95 % t interval of the mean (kept within `bounds`: an accuracy's 0-100,
+    which a wide interval over few seeds would pass), min and max."""
     n = len(values)
     sd = stdev(values) if n > 1 else 0.0
     t = _T95[max(k for k in _T95 if k <= n - 1)] if 1 < n <= 31 else 1.96
     half = t * sd / math.sqrt(n) if n > 1 else math.nan
     m = mean(values)
-    return {"n": n, "mean": round(m, 2), "sd": round(sd, 2), "ci95": [round(m - half, 2), round(m + half, 2)],
+    lo, hi = (max(bounds[0], m - half), min(bounds[1], m + half)) if n > 1 else (math.nan, math.nan)
+    return {"n": n, "mean": round(m, 2), "sd": round(sd, 2), "ci95": [round(lo, 2), round(hi, 2)],
             "min": min(values), "max": max(values)}
+
+
+PERCENT = (0.0, 100.0)
 
 
 def _models(row: dict, what: str) -> list[str]:
@@ -78,7 +83,8 @@ def aggregate(found: list[dict]) -> dict:
     models = _models(found[0], "test")
     out = {"seeds": [int(r["seed"]) for r in found], "models": models}
     for what in ("test", "valid"):
-        out[what] = {m: interval([r[f"{what}.{m}"] for r in found if _number(r.get(f"{what}.{m}"))]) for m in models
+        out[what] = {m: interval([r[f"{what}.{m}"] for r in found if _number(r.get(f"{what}.{m}"))], PERCENT)
+                     for m in models
                      if any(_number(r.get(f"{what}.{m}")) for r in found)}
     if len(models) > 1:
         gains = [r[f"test.{models[-1]}"] - r["test.sft"] for r in found
