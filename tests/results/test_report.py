@@ -99,6 +99,9 @@ def test_report_headline_table_and_pictures(tmp_path):
         assert chart["encoding"]["color"]["field"] == field  # one colour per series
         return {v[field] for v in chart["data"]["values"]}
     assert series("sft_train_loss") == {"all", "recall", "analyze", "summarize"}
+    for stem in ("sft_train_loss", "sft_eval_loss", "pretrain_train_loss", "dpo_train_loss"):  # losses: log axis
+        assert json.loads((paths.metrics / "report" / f"{stem}.vl.json").read_text())["encoding"]["y"]["scale"] == {
+            "type": "log"}, stem
     assert series("sft_eval_loss") == {"all", "recall", "analyze", "summarize"}
     assert series("sft_eval_accuracy") == {"validation chain accuracy", "recall alone (F1)", "summarize alone (answer)"}
     assert series("dpo_rewards_by_kind_margins", "iteration") == {"iter1 recall", "iter1 analyze"}

@@ -118,6 +118,8 @@ def _line(title: str, values: list[dict], x: str, y: str, color: str | None = No
     """A line chart with both axes titled (`y_title`, else the percent sign or the curve's name) and, with `color`,
     one colour per series."""
     scale = {"domain": [0, 100]} if percent else {"zero": False}
+    if y_title == "loss" and values and all(v[y] > 0 for v in values):
+        scale = {"type": "log"}  # a loss falls by orders of magnitude: on a linear axis the first steps hide the rest
     enc = {"x": {"field": x, "type": x_type, "axis": {"labelAngle": 0},
                  "title": "optimizer step" if x == "step" else x},
            "y": {"field": y, "type": "quantitative", "scale": scale,
