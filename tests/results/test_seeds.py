@@ -80,6 +80,7 @@ def test_three_seeds_of_a_shrunken_default_queued_run_and_reported(tmp_path):
     repo = copy_repo(tmp_path / "repo", {"dpo.iterations": {"iter1": {"init": "models/sft"}}})
     assert "queued tiny-1, tiny-2, tiny-3" in sh("tinythinker seeds queue --seeds 1,2,3 --name tiny", repo)
     sh("dvc exp run --run-all -j 1", repo)
+    sh("git commit -q --allow-empty -m 'a commit after queueing'", repo)  # their baseline is no longer HEAD
     out = sh("tinythinker seeds report --name tiny", repo)
     summary = json.loads((repo / "metrics" / "seeds.json").read_text())
     assert summary["seeds"] == [1, 2, 3] and summary["models"] == ["sft", "iter1"]

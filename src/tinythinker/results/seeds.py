@@ -18,6 +18,7 @@ from typing import Callable, Optional
 from ..io import DataError, atomic_path, write_json, write_text
 
 SEED_KEYS = ("seed", "dataset.seed")
+BASELINES = 20  # commits back from HEAD whose experiments `report` reads
 # Two-sided 95 % quantiles of Student's t by degrees of freedom (n - 1); beyond the table, the normal's.
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
         12: 2.179, 15: 2.131, 20: 2.086, 30: 2.042}
@@ -79,7 +80,8 @@ def _models(row: dict, what: str) -> list[str]:
 def aggregate(found: list[dict]) -> dict:
     """Per model and metric (`test`, `valid`): the interval over seeds; `gain`: last iteration - sft, per seed."""
     if not found:
-        raise DataError("no finished experiment of this name: `dvc queue status` shows where they are")
+        raise DataError(f"no finished experiment of this name on the last {BASELINES} commits: `dvc queue status` "
+                        "shows where they are")
     models = _models(found[0], "test")
     out = {"seeds": [int(r["seed"]) for r in found], "models": models}
     for what in ("test", "valid"):
@@ -157,7 +159,9 @@ def report(root: Path, name: str, rows: Optional[list[dict]] = None) -> dict:
     if rows is None:
         import dvc.api
 
-        rows = dvc.api.exp_show(repo=str(root))
+        # the experiments of the last BASELINES commits: a commit made after queueing (the reference run's, say)
+        # must not hide them, as `dvc exp show` alone (HEAD's experiments only) would
+        rows = dvc.api.exp_show(repo=str(root), num=BASELINES)
     found = runs(rows, name)
     summary = aggregate(found)
     values = {m: [r[f"test.{m}"] for r in found if _number(r.get(f"test.{m}"))] for m in summary["models"]}
