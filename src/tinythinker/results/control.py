@@ -14,18 +14,15 @@ import shutil
 import time
 from pathlib import Path
 
-from ..io import DataError, read_json, write_json
+from ..io import DataError, write_json
 from ..params import Params
 from ..paths import Paths
 from ..protocol import read_questions
+from .report import stage_metrics
 
 
 def _metric(paths: Paths, name: str, stage: str) -> dict:
-    """A stage's metrics file; a missing one is a DataError naming it and the stage that writes it."""
-    path = paths.metric(name)
-    if not path.exists():
-        raise DataError(f"{path}: no such file; the control needs it: `dvc repro {stage}` writes it")
-    return read_json(path)
+    return stage_metrics(paths.metric(name), stage, "the control")
 
 
 def _start_test(paths: Paths, params: Params, iteration: str) -> tuple[str, float | None]:

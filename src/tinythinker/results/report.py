@@ -25,11 +25,11 @@ from ..protocol import EVAL_ACCURACY, PAIR_KINDS, TRAIN_LOSS
 SCHEMA = "https://vega.github.io/schema/vega-lite/v5.json"
 
 
-def _read(path: Path, stage: str) -> dict:
-    """A stage's JSON; a missing one is a DataError naming it and the stage that writes it (a report of nulls
-    would pass for a result), as is a broken one."""
+def stage_metrics(path: Path, stage: str, reader: str = "the report") -> dict:
+    """A stage's JSON; a missing one is a DataError naming it, the `reader` that needs it and the stage that writes
+    it (a report of nulls would pass for a result), as is a broken one."""
     if not path.exists():
-        raise DataError(f"{path}: no such file; the report needs it: `dvc repro {stage}` writes it")
+        raise DataError(f"{path}: no such file; {reader} needs it: `dvc repro {stage}` writes it")
     return read_json(path)
 
 
@@ -49,18 +49,18 @@ def interval(accuracy: float | None, n: int | None, z: float = 1.96) -> list[flo
 
 
 def _test(paths: Paths, model: str, stage: str) -> dict:
-    m = _read(paths.metric(f"test/{model}"), stage)
+    m = stage_metrics(paths.metric(f"test/{model}"), stage)
     return {"test_accuracy": _round(m.get("accuracy")), "test_ci95": interval(m.get("accuracy"), m.get("questions"))}
 
 
 def collect(params: Params, paths: Paths) -> list[dict]:
     """One row per model (SFT, then each DPO iteration): accuracies (test with its 95 % interval), pairs, steps."""
-    sft = _read(paths.metric("sft"), "sft")
+    sft = stage_metrics(paths.metric("sft"), "sft")
     rows = [{"model": "sft", "step": 0, "valid_accuracy": _round(sft.get("valid_accuracy")),
              **_test(paths, "sft", "test_sft"), **{f"{s}_pairs": None for s in PAIR_KINDS},
              "train_steps": sft.get("train_steps")}]
     for step, key in enumerate(params.dpo.iterations, 1):
-        dpo = _read(paths.metric(f"dpo/{key}"), f"dpo_train@{key}")
+        dpo = stage_metrics(paths.metric(f"dpo/{key}"), f"dpo_train@{key}")
         rows.append({"model": key, "step": step, "valid_accuracy": _round(dpo.get("valid_accuracy")),
                      **_test(paths, key, f"test@{key}"), **{f"{s}_pairs": dpo.get(f"{s}_pairs") for s in PAIR_KINDS},
                      "train_steps": dpo.get("steps"), **_control(paths, key)})
@@ -293,9 +293,10 @@ def markdown(rows: list[dict], teacher: dict, build: dict, pretrain: dict, pairs
 
 def report(params: Params, paths: Paths) -> list[dict]:
     rows = collect(params, paths)
-    teacher, build, pretrain = (_read(paths.metric(m), stage) for m, stage in
+    teacher, build, pretrain = (stage_metrics(paths.metric(m), stage) for m, stage in
                                 (("teacher_request", "request"), ("build", "build"), ("pretrain", "pretrain")))
-    pairs = {r["model"]: _read(paths.metric(f"dpo/{r['model']}_pairs"), f"dpo_sample@{r['model']}") for r in rows[1:]}
+    pairs = {r["model"]: stage_metrics(paths.metric(f"dpo/{r['model']}_pairs"), f"dpo_sample@{r['model']}")
+             for r in rows[1:]}
     write_json(paths.metric("iterations"), rows)
     write_json(paths.metric("summary"), headline(rows, teacher, build, pretrain))
     specs = charts(rows, paths)
