@@ -176,7 +176,7 @@ def step_scores(model, tokenizer, rows: dict[str, list[dict]], mapper=None, *, b
         texts = mapper(lambda part: generate(model, tokenizer, [r["input"] for r in part], decoding, batch_size),
                        data)
         if stage == "summarize":
-            hits = [P.extract_answer(t) is not None and P.extract_answer(t) == P.extract_answer(r["target"])
+            hits = [is_correct({"prediction": P.extract_answer(t), "gt": P.extract_answer(r["target"])})
                     for t, r in zip(texts, data)]
             out["summarize_accuracy"] = 100.0 * sum(hits) / max(1, len(hits))
         else:

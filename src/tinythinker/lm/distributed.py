@@ -94,6 +94,16 @@ def chain_accuracy(state, model, tokenizer, questions: list[dict], **chain_kwarg
     return chain.accuracy(map_sharded(lambda qs: chain.run_chain(model, tokenizer, qs, **chain_kwargs), questions))
 
 
+def mean_over_processes(accelerator, values: dict[str, float]) -> dict[str, float]:
+    """Each value averaged over the processes (each logged the mean of its own share); as they are with one."""
+    if not values or accelerator.num_processes == 1:
+        return values
+    import torch
+
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=accelerator.device)
+    return dict(zip(values, accelerator.reduce(t, reduction="mean").tolist()))
+
+
 def rank_seed(seed: int) -> int:
     """A sampling seed of this process: `seed` on the main one (a single process draws what it always drew),
     a seed derived from (seed, rank) on the others so their shares are not sampled with the same stream."""

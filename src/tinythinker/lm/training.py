@@ -145,11 +145,8 @@ class CurriculumChainMixin:
                 if k.startswith("rewards/") and v:
                     logs[k.replace("rewards/", f"rewards/{stage}/", 1)] = sum(v) / len(v)
         self._by_stage = {}
-        if logs and self.accelerator.num_processes > 1:
-            import torch
-            t = torch.tensor(list(logs.values()), dtype=torch.float64, device=self.accelerator.device)
-            logs = dict(zip(logs, self.accelerator.reduce(t, reduction="mean").tolist()))
-        return logs
+        from . import distributed
+        return distributed.mean_over_processes(self.accelerator, logs)
 
     def log(self, logs, start_time=None):
         if "loss" in logs and self._by_stage:  # a training log

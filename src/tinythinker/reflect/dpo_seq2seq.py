@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from ..params import Params
+from ..lm.distributed import mean_over_processes
 from ..lm.training import autocast, curriculum_trainer
 
 KIND = "seq2seq"  # the student family (student/seq2seq.py) this trainer serves
@@ -176,12 +177,7 @@ class DPOLoss:
     def log(self, logs, start_time=None):
         stored = self._metrics["train"]
         if "loss" in logs and stored:  # a training log: add the reward means since the last one
-            means = {k: sum(v) / len(v) for k, v in stored.items()}
-            if self.accelerator.num_processes > 1:  # each process saw its share: the mean over all
-                import torch
-                t = torch.tensor(list(means.values()), dtype=torch.float64, device=self.accelerator.device)
-                means = dict(zip(means, self.accelerator.reduce(t, reduction="mean").tolist()))
-            logs |= means
+            logs |= mean_over_processes(self.accelerator, {k: sum(v) / len(v) for k, v in stored.items()})
             self._metrics["train"] = {}
         super().log(logs, start_time)
 
